@@ -1,0 +1,14 @@
+//! nodewright: just-in-time capacity for Kubernetes.
+//!
+//! Pure decisions live in [`policy`] and [`model`]; adapters around them in [`http`] (webhooks, TLS),
+//! [`cluster`] (Kubernetes) and [`metrics`]; [`app`] composes them for `main` and the tests.
+
+pub mod app;
+pub mod certs;
+pub mod cluster;
+pub mod config;
+pub mod http;
+pub mod metrics;
+pub mod model;
+pub mod policy;
+pub mod watch;
