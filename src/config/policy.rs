@@ -1,0 +1,176 @@
+//! The `nodewright.io/v1alpha1` `Policy` document: what Karpenter has no field for.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use serde::{Deserialize, Serialize};
+
+/// Default nodeSelector key written onto steered pods (Karpenter v1).
+pub const DEFAULT_NODE_SELECTOR_KEY: &str = "karpenter.sh/nodepool";
+/// Default topology key of the added spread constraint.
+pub const ZONE_TOPOLOGY_KEY: &str = "topology.kubernetes.io/zone";
+
+/// The `spec` of the `nodewright.io/v1alpha1` `Policy` document.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PolicySpec {
+    /// Label key written into `spec.nodeSelector`; `karpenter.sh/provisioner-name` for pre-v1 Karpenter.
+    #[serde(default = "default_node_selector_key")]
+    pub node_selector_key: String,
+    /// Spread added by rules that do not set their own; `None` adds no spread.
+    #[serde(default)]
+    pub spread: Option<SpreadSpec>,
+    /// Ordered steering rules: the first rule that selects a pod decides its pool.
+    #[serde(default)]
+    pub rules: Vec<SteeringRule>,
+    /// Namespaces never steered, on top of kube-system, kube-public, kube-node-lease and nodewright's own.
+    #[serde(default)]
+    pub excluded_namespaces: Vec<String>,
+    /// Per-namespace pod quotas (enforced by `/validate`).
+    #[serde(default)]
+    pub quotas: Vec<QuotaRule>,
+    /// What `/validate` does when the Kubernetes API cannot be reached.
+    #[serde(default)]
+    pub quota_failure_policy: FailurePolicy,
+    /// Provisioning batch windows (Karpenter's defaults: idle 1s, max 10s).
+    #[serde(default)]
+    pub batching: BatchingSpec,
+}
+
+/// No rules, no quotas, Karpenter v1's nodeSelector key and Karpenter's batching windows: what a
+/// config without a Policy document means.
+impl Default for PolicySpec {
+    fn default() -> Self {
+        Self {
+            node_selector_key: default_node_selector_key(),
+            spread: None,
+            rules: Vec::new(),
+            excluded_namespaces: Vec::new(),
+            quotas: Vec::new(),
+            quota_failure_policy: FailurePolicy::default(),
+            batching: BatchingSpec::default(),
+        }
+    }
+}
+
+fn default_node_selector_key() -> String {
+    DEFAULT_NODE_SELECTOR_KEY.to_owned()
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SteeringRule {
+    /// A name for logs, metrics and audit annotations; defaults to `rule-<index>`.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// The NodePool (by `metadata.name`) the selected pods are steered to.
+    pub node_pool: String,
+    /// Namespaces selected by name. A rule with neither `namespaces` nor `namespaceSelector` selects every namespace.
+    #[serde(default)]
+    pub namespaces: Vec<String>,
+    /// Namespaces selected by their labels (needs a reachable cluster). Either match (name or labels) suffices.
+    #[serde(default)]
+    pub namespace_selector: Option<LabelSelector>,
+    /// Pods selected by their own labels; combined with the namespace match by AND.
+    #[serde(default)]
+    pub pod_selector: Option<LabelSelector>,
+    /// Spread for this rule; overrides `spec.spread`.
+    #[serde(default)]
+    pub spread: Option<SpreadSpec>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SpreadSpec {
+    #[serde(default = "default_topology_key")]
+    pub topology_key: String,
+    #[serde(default = "default_max_skew")]
+    pub max_skew: i32,
+    #[serde(default)]
+    pub when_unsatisfiable: WhenUnsatisfiable,
+}
+
+fn default_topology_key() -> String {
+    ZONE_TOPOLOGY_KEY.to_owned()
+}
+
+fn default_max_skew() -> i32 {
+    1
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WhenUnsatisfiable {
+    #[default]
+    DoNotSchedule,
+    ScheduleAnyway,
+}
+
+impl WhenUnsatisfiable {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::DoNotSchedule => "DoNotSchedule",
+            Self::ScheduleAnyway => "ScheduleAnyway",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct QuotaRule {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub namespaces: Vec<String>,
+    #[serde(default)]
+    pub namespace_selector: Option<LabelSelector>,
+    pub max_pods: u32,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FailurePolicy {
+    #[default]
+    Fail,
+    Ignore,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BatchingSpec {
+    /// Go duration, e.g. `1s`, `500ms`.
+    #[serde(default = "default_idle")]
+    pub idle_duration: String,
+    #[serde(default = "default_max")]
+    pub max_duration: String,
+}
+
+impl BatchingSpec {
+    /// `idleDuration` as a duration (validated when the config is parsed).
+    pub fn idle(&self) -> Result<std::time::Duration, String> {
+        super::parse_go_duration(&self.idle_duration)
+    }
+
+    /// `maxDuration` as a duration (validated when the config is parsed).
+    pub fn max(&self) -> Result<std::time::Duration, String> {
+        super::parse_go_duration(&self.max_duration)
+    }
+}
+
+impl Default for BatchingSpec {
+    fn default() -> Self {
+        Self {
+            idle_duration: default_idle(),
+            max_duration: default_max(),
+        }
+    }
+}
+
+fn default_idle() -> String {
+    "1s".to_owned()
+}
+
+fn default_max() -> String {
+    "10s".to_owned()
+}
+
+/// Labels keyed by name, as carried in selectors.
+pub type Labels = BTreeMap<String, String>;
