@@ -1,0 +1,4 @@
+//! Pure decisions: what to do with a pod (steering) and, later, with a quota request. No I/O here.
+
+pub mod mutate;
+pub mod selector;

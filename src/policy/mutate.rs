@@ -1,0 +1,936 @@
+//! The steering decision: pod + policy -> skip, allow unchanged, patch, or deny. Pure: no I/O.
+//!
+//! The patch is built for the object exactly as the apiserver sent it and applied by the apiserver with
+//! RFC 6902 semantics, so every `add` targets either a parent that exists or the missing map/list itself
+//! (never a key under an absent parent, which would fail the whole request with a 500), and a second pass
+//! over the patched pod yields no patch (the webhook is registered with `reinvocationPolicy: IfNeeded`).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use json_patch::jsonptr::PointerBuf;
+use json_patch::{AddOperation, Patch, PatchOperation};
+use k8s_openapi::api::core::v1::{
+    NodeSelectorRequirement, Pod, PodSpec, Toleration, TopologySpreadConstraint,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use serde_json::{Value, json};
+
+use crate::config::{Config, SpreadSpec};
+use crate::model::{Requirement, Taint};
+use crate::policy::selector;
+
+/// Namespaces a steering webhook must never touch.
+pub const SYSTEM_NAMESPACES: [&str; 3] = ["kube-system", "kube-public", "kube-node-lease"];
+/// Annotation (or label) by which a pod opts out of steering.
+pub const SKIP_KEY: &str = "nodewright.io/skip";
+/// Pod labels that differ between revisions of one workload; a spread must not select on them.
+const REVISION_LABELS: [&str; 2] = ["pod-template-hash", "controller-revision-hash"];
+const MIRROR_ANNOTATION: &str = "kubernetes.io/config.mirror";
+
+/// What the admission request is about, already decoded. Built by the HTTP adapter.
+#[derive(Debug, Clone, Copy)]
+pub struct PodAdmission<'a> {
+    pub operation: Operation,
+    /// `request.kind`: `(group, kind)`; core pods are `("", "Pod")`.
+    pub group: &'a str,
+    pub kind: &'a str,
+    /// `request.namespace` (the pod's own may be empty on CREATE).
+    pub namespace: &'a str,
+    pub pod: Option<&'a Pod>,
+    /// Labels of the pod's namespace when a cluster is reachable; `None` when unknown.
+    pub namespace_labels: Option<&'a BTreeMap<String, String>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Operation {
+    Create,
+    Update,
+    Delete,
+    Connect,
+}
+
+impl Operation {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "CREATE" => Some(Self::Create),
+            "UPDATE" => Some(Self::Update),
+            "DELETE" => Some(Self::Delete),
+            "CONNECT" => Some(Self::Connect),
+            _ => None,
+        }
+    }
+}
+
+/// Why a pod is left untouched. Label values for metrics and logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SkipReason {
+    NotCreate,
+    NotPod,
+    NoSpec,
+    HasNodeName,
+    DaemonSet,
+    Mirror,
+    ExcludedNamespace,
+    OptedOut,
+    NoRule,
+}
+
+impl SkipReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::NotCreate => "not_create",
+            Self::NotPod => "not_pod",
+            Self::NoSpec => "no_spec",
+            Self::HasNodeName => "has_node_name",
+            Self::DaemonSet => "daemonset",
+            Self::Mirror => "mirror",
+            Self::ExcludedNamespace => "excluded_namespace",
+            Self::OptedOut => "opted_out",
+            Self::NoRule => "no_rule",
+        }
+    }
+}
+
+/// What was added to a steered pod, for the warning and the audit annotations.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Additions {
+    pub node_selector: Option<(String, String)>,
+    pub tolerations: usize,
+    pub spread_topology_key: Option<String>,
+    /// A note for the user when something was deliberately not added.
+    pub notes: Vec<String>,
+}
+
+impl Additions {
+    pub fn is_empty(&self) -> bool {
+        self.node_selector.is_none() && self.tolerations == 0 && self.spread_topology_key.is_none()
+    }
+
+    /// One short line (WIRE.md: warnings of 120 characters or fewer).
+    pub fn warning(&self, pool: &str) -> String {
+        let mut parts = Vec::new();
+        if let Some((k, _)) = &self.node_selector {
+            parts.push(format!("nodeSelector {k}"));
+        }
+        match self.tolerations {
+            0 => {}
+            1 => parts.push("1 toleration".to_owned()),
+            n => parts.push(format!("{n} tolerations")),
+        }
+        if let Some(key) = &self.spread_topology_key {
+            parts.push(format!(
+                "spread on {}",
+                key.rsplit('/').next().unwrap_or(key)
+            ));
+        }
+        let mut line = format!(
+            "nodewright: steered to NodePool {pool}: added {}",
+            parts.join(", ")
+        );
+        if line.len() > 120 {
+            line.truncate(117);
+            line.push_str("...");
+        }
+        line
+    }
+
+    /// Comma-separated field names, for the `added` audit annotation.
+    pub fn fields(&self) -> String {
+        let mut fields = Vec::new();
+        if self.node_selector.is_some() {
+            fields.push("nodeSelector");
+        }
+        if self.tolerations > 0 {
+            fields.push("tolerations");
+        }
+        if self.spread_topology_key.is_some() {
+            fields.push("topologySpreadConstraints");
+        }
+        fields.join(",")
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decision {
+    /// Out of scope: allowed as sent.
+    Skip(SkipReason),
+    /// Selected by a rule, but already carries everything the pool needs.
+    Unchanged { pool: String, rule: String },
+    /// Selected by a rule: allowed with this patch.
+    Patch {
+        pool: String,
+        rule: String,
+        patch: Patch,
+        additions: Additions,
+    },
+    /// Selected by a rule, but the pod asks for something the pool cannot give.
+    Deny {
+        pool: String,
+        rule: String,
+        message: String,
+    },
+}
+
+/// The steering part of the config, compiled once per config load.
+#[derive(Debug, Clone)]
+pub struct Steering {
+    node_selector_key: String,
+    excluded_namespaces: BTreeSet<String>,
+    rules: Vec<CompiledRule>,
+}
+
+#[derive(Debug, Clone)]
+struct CompiledRule {
+    name: String,
+    namespaces: BTreeSet<String>,
+    namespace_selector: Option<LabelSelector>,
+    pod_selector: Option<LabelSelector>,
+    spread: Option<SpreadSpec>,
+    pool: PoolTarget,
+}
+
+/// What a pod needs to know of a NodePool to land on it.
+#[derive(Debug, Clone)]
+struct PoolTarget {
+    name: String,
+    taints: Vec<Taint>,
+    requirements: Vec<Requirement>,
+    labels: BTreeMap<String, String>,
+}
+
+impl Steering {
+    /// Compile the Policy's rules against the NodePools they name. `own_namespace` is nodewright's
+    /// namespace, never steered. Rules naming an unknown pool were rejected by config validation.
+    pub fn new(config: &Config, own_namespace: Option<&str>) -> Self {
+        let policy = &config.policy;
+        let mut excluded_namespaces: BTreeSet<String> =
+            SYSTEM_NAMESPACES.iter().map(|s| s.to_string()).collect();
+        excluded_namespaces.extend(policy.excluded_namespaces.iter().cloned());
+        excluded_namespaces.extend(own_namespace.map(str::to_owned));
+        let rules = policy
+            .rules
+            .iter()
+            .enumerate()
+            .filter_map(|(i, rule)| {
+                let pool = config.node_pools.get(&rule.node_pool)?;
+                let template = &pool.spec.template;
+                Some(CompiledRule {
+                    name: rule.name.clone().unwrap_or_else(|| format!("rule-{i}")),
+                    namespaces: rule.namespaces.iter().cloned().collect(),
+                    namespace_selector: rule.namespace_selector.clone(),
+                    pod_selector: rule.pod_selector.clone(),
+                    spread: rule.spread.clone().or_else(|| policy.spread.clone()),
+                    pool: PoolTarget {
+                        name: rule.node_pool.clone(),
+                        taints: template.spec.taints.clone(),
+                        requirements: template.spec.requirements.clone(),
+                        labels: template
+                            .metadata
+                            .as_ref()
+                            .map(|m| m.labels.clone())
+                            .unwrap_or_default(),
+                    },
+                })
+            })
+            .collect();
+        Self {
+            node_selector_key: policy.node_selector_key.clone(),
+            excluded_namespaces,
+            rules,
+        }
+    }
+
+    /// True when some rule selects namespaces by label, so namespace labels must be looked up.
+    pub fn needs_namespace_labels(&self) -> bool {
+        self.rules.iter().any(|r| r.namespace_selector.is_some())
+    }
+
+    pub fn node_selector_key(&self) -> &str {
+        &self.node_selector_key
+    }
+
+    /// Decide what to do with one admission request.
+    pub fn decide(&self, req: &PodAdmission<'_>) -> Decision {
+        if req.operation != Operation::Create {
+            return Decision::Skip(SkipReason::NotCreate);
+        }
+        if !req.group.is_empty() || req.kind != "Pod" {
+            return Decision::Skip(SkipReason::NotPod);
+        }
+        let Some(pod) = req.pod else {
+            return Decision::Skip(SkipReason::NotPod);
+        };
+        let Some(spec) = pod.spec.as_ref() else {
+            return Decision::Skip(SkipReason::NoSpec);
+        };
+        if let Some(reason) = self.out_of_scope(req.namespace, pod, spec) {
+            return Decision::Skip(reason);
+        }
+        let empty = BTreeMap::new();
+        let pod_labels = pod.metadata.labels.as_ref().unwrap_or(&empty);
+        let Some(rule) = self
+            .rules
+            .iter()
+            .find(|r| r.selects(req.namespace, req.namespace_labels, pod_labels))
+        else {
+            return Decision::Skip(SkipReason::NoRule);
+        };
+        let pool = &rule.pool;
+        if let Some(message) = self.conflict(req.namespace, rule, spec) {
+            return Decision::Deny {
+                pool: pool.name.clone(),
+                rule: rule.name.clone(),
+                message,
+            };
+        }
+
+        let mut ops = Vec::new();
+        let mut additions = Additions::default();
+
+        // nodeSelector: add the key into the existing map, or add the whole map when absent or null.
+        let key = &self.node_selector_key;
+        match &spec.node_selector {
+            Some(map) if map.contains_key(key) => {}
+            Some(_) => ops.push(add(&["spec", "nodeSelector", key], json!(pool.name))),
+            None => ops.push(add(&["spec", "nodeSelector"], json!({ key: pool.name }))),
+        }
+        if !spec
+            .node_selector
+            .as_ref()
+            .is_some_and(|m| m.contains_key(key))
+        {
+            additions.node_selector = Some((key.clone(), pool.name.clone()));
+        }
+
+        // Tolerations for the pool's taints (not its startupTaints), unless one already tolerates it.
+        let existing = spec.tolerations.as_deref().unwrap_or_default();
+        let missing: Vec<Toleration> = pool
+            .taints
+            .iter()
+            .filter(|taint| !existing.iter().any(|t| taint.is_tolerated_by(t)))
+            .map(Taint::to_toleration)
+            .collect();
+        additions.tolerations = missing.len();
+        append(&mut ops, "tolerations", spec.tolerations.is_some(), missing);
+
+        // Topology spread on the rule's key, unless the pod already spreads on that key.
+        if let Some(spread) = &rule.spread {
+            let has_one = spec
+                .topology_spread_constraints
+                .iter()
+                .flatten()
+                .any(|c| c.topology_key == spread.topology_key);
+            if !has_one {
+                match spread_constraint(spread, pod_labels) {
+                    Some(constraint) => {
+                        additions.spread_topology_key = Some(spread.topology_key.clone());
+                        append(
+                            &mut ops,
+                            "topologySpreadConstraints",
+                            spec.topology_spread_constraints.is_some(),
+                            vec![constraint],
+                        );
+                    }
+                    None => additions.notes.push(
+                        "no spread added: the pod has no labels to select its peers".to_owned(),
+                    ),
+                }
+            }
+        }
+
+        if ops.is_empty() {
+            Decision::Unchanged {
+                pool: pool.name.clone(),
+                rule: rule.name.clone(),
+            }
+        } else {
+            Decision::Patch {
+                pool: pool.name.clone(),
+                rule: rule.name.clone(),
+                patch: Patch(ops),
+                additions,
+            }
+        }
+    }
+
+    fn out_of_scope(&self, namespace: &str, pod: &Pod, spec: &PodSpec) -> Option<SkipReason> {
+        let meta = &pod.metadata;
+        if spec.node_name.as_deref().is_some_and(|n| !n.is_empty()) {
+            return Some(SkipReason::HasNodeName);
+        }
+        if meta
+            .annotations
+            .as_ref()
+            .is_some_and(|a| a.contains_key(MIRROR_ANNOTATION))
+        {
+            return Some(SkipReason::Mirror);
+        }
+        if meta
+            .owner_references
+            .iter()
+            .flatten()
+            .any(|o| o.kind == "DaemonSet")
+        {
+            return Some(SkipReason::DaemonSet);
+        }
+        if self.excluded_namespaces.contains(namespace) {
+            return Some(SkipReason::ExcludedNamespace);
+        }
+        let opted_out = |m: &Option<BTreeMap<String, String>>| {
+            m.as_ref()
+                .and_then(|m| m.get(SKIP_KEY))
+                .is_some_and(|v| v == "true")
+        };
+        if opted_out(&meta.annotations) || opted_out(&meta.labels) {
+            return Some(SkipReason::OptedOut);
+        }
+        None
+    }
+
+    /// A message when the pod already asks for a node this rule's pool cannot be.
+    fn conflict(&self, namespace: &str, rule: &CompiledRule, spec: &PodSpec) -> Option<String> {
+        let pool = &rule.pool;
+        let key = &self.node_selector_key;
+        let steered = || {
+            format!(
+                "namespace {namespace} is steered to NodePool {} (rule {})",
+                pool.name, rule.name
+            )
+        };
+        for (k, v) in spec.node_selector.iter().flatten() {
+            if k == key && v != &pool.name {
+                return Some(format!(
+                    "pod selects {k}={v} but {}; remove that nodeSelector or ask the platform team to change the nodewright Policy",
+                    steered()
+                ));
+            }
+            if let Some(own) = pool.labels.get(k).filter(|own| *own != v) {
+                return Some(format!(
+                    "pod selects {k}={v} but {}, whose nodes carry {k}={own}; remove that nodeSelector",
+                    steered()
+                ));
+            }
+            if let Some(req) = pool
+                .requirements
+                .iter()
+                .find(|r| &r.key == k && !r.allows(Some(v)))
+            {
+                return Some(format!(
+                    "pod selects {k}={v} but {}, which allows {k} {}; remove that nodeSelector",
+                    steered(),
+                    req.describe_allowed()
+                ));
+            }
+        }
+        // Required node affinity: terms are ORed; the pod is incompatible only if every term rejects the pool.
+        let terms = spec
+            .affinity
+            .as_ref()
+            .and_then(|a| a.node_affinity.as_ref())
+            .and_then(|n| {
+                n.required_during_scheduling_ignored_during_execution
+                    .as_ref()
+            })
+            .map(|r| r.node_selector_terms.as_slice())
+            .unwrap_or_default();
+        let rejects =
+            |e: &NodeSelectorRequirement| e.key == *key && !node_expression_allows(e, &pool.name);
+        let rejecting: Vec<&NodeSelectorRequirement> = terms
+            .iter()
+            .filter_map(|t| t.match_expressions.iter().flatten().find(|e| rejects(e)))
+            .collect();
+        if !terms.is_empty() && rejecting.len() == terms.len() {
+            let e = rejecting[0];
+            return Some(format!(
+                "pod's required node affinity needs {key} {} [{}] but {}; remove that affinity term",
+                e.operator,
+                e.values.as_deref().unwrap_or_default().join(", "),
+                steered()
+            ));
+        }
+        None
+    }
+}
+
+impl CompiledRule {
+    fn selects(
+        &self,
+        namespace: &str,
+        namespace_labels: Option<&BTreeMap<String, String>>,
+        pod_labels: &BTreeMap<String, String>,
+    ) -> bool {
+        let by_name = self.namespaces.contains(namespace);
+        let by_labels = match (&self.namespace_selector, namespace_labels) {
+            (Some(sel), Some(labels)) => selector::matches(sel, labels),
+            _ => false,
+        };
+        let any_namespace = self.namespaces.is_empty() && self.namespace_selector.is_none();
+        let namespace_ok = any_namespace || by_name || by_labels;
+        namespace_ok
+            && self
+                .pod_selector
+                .as_ref()
+                .is_none_or(|sel| selector::matches(sel, pod_labels))
+    }
+}
+
+/// Core `NodeSelectorRequirement` semantics for one label value that a node of the pool carries.
+fn node_expression_allows(e: &NodeSelectorRequirement, value: &str) -> bool {
+    let values = e.values.as_deref().unwrap_or_default();
+    let int = |s: &str| s.parse::<i64>().ok();
+    match e.operator.as_str() {
+        "In" => values.iter().any(|v| v == value),
+        "NotIn" => !values.iter().any(|v| v == value),
+        "Exists" => true,
+        "DoesNotExist" => false,
+        "Gt" => {
+            matches!((int(value), values.first().and_then(|v| int(v))), (Some(a), Some(b)) if a > b)
+        }
+        "Lt" => {
+            matches!((int(value), values.first().and_then(|v| int(v))), (Some(a), Some(b)) if a < b)
+        }
+        _ => false,
+    }
+}
+
+fn spread_constraint(spread: &SpreadSpec, pod_labels: &BTreeMap<String, String>) -> Option<Value> {
+    let match_labels: BTreeMap<&String, &String> = pod_labels
+        .iter()
+        .filter(|(k, _)| !REVISION_LABELS.contains(&k.as_str()))
+        .collect();
+    if match_labels.is_empty() {
+        return None;
+    }
+    let mut constraint = TopologySpreadConstraint {
+        max_skew: spread.max_skew,
+        topology_key: spread.topology_key.clone(),
+        when_unsatisfiable: spread.when_unsatisfiable.as_str().to_owned(),
+        label_selector: Some(LabelSelector {
+            match_labels: Some(
+                match_labels
+                    .into_iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+            ),
+            match_expressions: None,
+        }),
+        ..Default::default()
+    };
+    if pod_labels.contains_key("pod-template-hash") {
+        constraint.match_label_keys = Some(vec!["pod-template-hash".to_owned()]);
+    }
+    serde_json::to_value(constraint).ok()
+}
+
+fn add(tokens: &[&str], value: Value) -> PatchOperation {
+    PatchOperation::Add(AddOperation {
+        path: PointerBuf::from_tokens(tokens.iter().copied()),
+        value,
+    })
+}
+
+/// Append items to `/spec/<field>`: one `add .../-` each when the list exists, else the whole list.
+fn append<T: serde::Serialize>(
+    ops: &mut Vec<PatchOperation>,
+    field: &str,
+    exists: bool,
+    items: Vec<T>,
+) {
+    if items.is_empty() {
+        return;
+    }
+    let values = items
+        .into_iter()
+        .filter_map(|i| serde_json::to_value(i).ok());
+    if exists {
+        ops.extend(values.map(|v| add(&["spec", field, "-"], v)));
+    } else {
+        ops.push(add(&["spec", field], Value::Array(values.collect())));
+    }
+}
+
+/// Audit annotations for a steered pod (the apiserver prefixes each key with the webhook name).
+pub fn audit_annotations(pool: &str, rule: &str, additions: &Additions) -> HashMap<String, String> {
+    HashMap::from([
+        ("nodepool".to_owned(), pool.to_owned()),
+        ("rule".to_owned(), rule.to_owned()),
+        ("added".to_owned(), additions.fields()),
+    ])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CONFIG: &str = include_str!("../../tests/data/steering.yaml");
+
+    fn steering(text: &str) -> Steering {
+        Steering::new(
+            &Config::parse(text, "test.yaml").unwrap(),
+            Some("nodewright"),
+        )
+    }
+
+    fn pod(v: Value) -> Pod {
+        serde_json::from_value(v).unwrap()
+    }
+
+    fn base_pod() -> Value {
+        json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"generateName": "web-5d4f-", "labels": {"app": "web", "pod-template-hash": "5d4f"}},
+            "spec": {"containers": [{"name": "c", "image": "nginx"}]}
+        })
+    }
+
+    fn decide_in(
+        s: &Steering,
+        namespace: &str,
+        p: &Pod,
+        ns_labels: Option<&BTreeMap<String, String>>,
+    ) -> Decision {
+        s.decide(&PodAdmission {
+            operation: Operation::Create,
+            group: "",
+            kind: "Pod",
+            namespace,
+            pod: Some(p),
+            namespace_labels: ns_labels,
+        })
+    }
+
+    fn ops(decision: &Decision) -> Vec<(String, Value)> {
+        match decision {
+            Decision::Patch { patch, .. } => patch
+                .0
+                .iter()
+                .map(|op| match op {
+                    PatchOperation::Add(a) => (a.path.to_string(), a.value.clone()),
+                    other => panic!("only adds expected, got {other:?}"),
+                })
+                .collect(),
+            other => panic!("expected a patch, got {other:?}"),
+        }
+    }
+
+    fn edit(f: impl FnOnce(&mut Value)) -> Pod {
+        let mut v = base_pod();
+        f(&mut v);
+        pod(v)
+    }
+
+    #[test]
+    fn bare_pod_gets_whole_maps_and_lists() {
+        let d = decide_in(&steering(CONFIG), "team-riker", &pod(base_pod()), None);
+        let ops = ops(&d);
+        assert_eq!(ops.len(), 3, "{ops:?}");
+        assert_eq!(
+            ops[0],
+            (
+                "/spec/nodeSelector".into(),
+                json!({"karpenter.sh/nodepool": "default"})
+            )
+        );
+        assert_eq!(
+            ops[1],
+            (
+                "/spec/tolerations".into(),
+                json!([{"key": "nodewright.io/pool", "operator": "Equal", "value": "default", "effect": "NoSchedule"}])
+            )
+        );
+        assert_eq!(ops[2].0, "/spec/topologySpreadConstraints");
+        assert_eq!(
+            ops[2].1,
+            json!([{
+                "maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone", "whenUnsatisfiable": "DoNotSchedule",
+                "labelSelector": {"matchLabels": {"app": "web"}}, "matchLabelKeys": ["pod-template-hash"]
+            }])
+        );
+    }
+
+    #[test]
+    fn existing_maps_and_lists_get_keys_and_items_appended() {
+        let p = edit(|v| {
+            v["spec"]["nodeSelector"] = json!({"disktype": "ssd"});
+            v["spec"]["tolerations"] = json!([{"key": "x", "operator": "Exists"}]);
+            v["spec"]["topologySpreadConstraints"] = json!([{"maxSkew": 1, "topologyKey": "kubernetes.io/hostname", "whenUnsatisfiable": "ScheduleAnyway"}]);
+        });
+        let d = decide_in(&steering(CONFIG), "team-riker", &p, None);
+        let paths: Vec<String> = ops(&d).into_iter().map(|(p, _)| p).collect();
+        assert_eq!(
+            paths,
+            [
+                "/spec/nodeSelector/karpenter.sh~1nodepool",
+                "/spec/tolerations/-",
+                "/spec/topologySpreadConstraints/-"
+            ]
+        );
+    }
+
+    #[test]
+    fn what_the_pod_already_has_is_not_added_again() {
+        let cases: Vec<(&str, Value, Value)> = vec![
+            (
+                "exact toleration",
+                json!([{"key": "nodewright.io/pool", "operator": "Equal", "value": "default", "effect": "NoSchedule"}]),
+                json!(null),
+            ),
+            (
+                "exists on key",
+                json!([{"key": "nodewright.io/pool", "operator": "Exists"}]),
+                json!(null),
+            ),
+            ("wildcard", json!([{"operator": "Exists"}]), json!(null)),
+            (
+                "zone spread",
+                json!(null),
+                json!([{"maxSkew": 2, "topologyKey": "topology.kubernetes.io/zone", "whenUnsatisfiable": "ScheduleAnyway"}]),
+            ),
+        ];
+        for (name, tolerations, spread) in cases {
+            let p = edit(|v| {
+                v["spec"]["tolerations"] = tolerations.clone();
+                v["spec"]["topologySpreadConstraints"] = spread.clone();
+            });
+            let d = decide_in(&steering(CONFIG), "team-riker", &p, None);
+            let ops = ops(&d);
+            assert_eq!(ops.len(), 2, "{name}: {ops:?}");
+            let Decision::Patch { additions, .. } = &d else {
+                unreachable!()
+            };
+            if !tolerations.is_null() {
+                assert_eq!(additions.tolerations, 0, "{name}");
+            }
+            if !spread.is_null() {
+                assert!(additions.spread_topology_key.is_none(), "{name}");
+            }
+        }
+        // A toleration for another value or effect does not count.
+        let p = edit(|v| {
+            v["spec"]["tolerations"] =
+                json!([{"key": "nodewright.io/pool", "value": "gpu", "effect": "NoSchedule"}])
+        });
+        let Decision::Patch { additions, .. } =
+            decide_in(&steering(CONFIG), "team-riker", &p, None)
+        else {
+            panic!()
+        };
+        assert_eq!(additions.tolerations, 1);
+    }
+
+    #[test]
+    fn fully_steered_pod_is_unchanged() {
+        let p = edit(|v| {
+            v["spec"]["nodeSelector"] = json!({"karpenter.sh/nodepool": "default"});
+            v["spec"]["tolerations"] =
+                json!([{"key": "nodewright.io/pool", "value": "default", "effect": "NoSchedule"}]);
+            v["spec"]["topologySpreadConstraints"] = json!([{"maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone", "whenUnsatisfiable": "DoNotSchedule"}]);
+        });
+        assert!(matches!(
+            decide_in(&steering(CONFIG), "team-riker", &p, None),
+            Decision::Unchanged { .. }
+        ));
+    }
+
+    #[test]
+    fn pod_without_peer_labels_gets_no_spread_and_a_note() {
+        let p = edit(|v| v["metadata"]["labels"] = json!({"pod-template-hash": "5d4f"}));
+        let d = decide_in(&steering(CONFIG), "team-riker", &p, None);
+        let Decision::Patch { additions, .. } = &d else {
+            panic!("{d:?}")
+        };
+        assert!(additions.spread_topology_key.is_none());
+        assert_eq!(additions.notes.len(), 1);
+        assert_eq!(ops(&d).len(), 2);
+    }
+
+    #[test]
+    fn conflicting_requests_are_denied_naming_key_and_values() {
+        let cases: Vec<(&str, Value, &[&str])> = vec![
+            (
+                "other pool",
+                json!({"nodeSelector": {"karpenter.sh/nodepool": "gpu"}}),
+                &["karpenter.sh/nodepool=gpu", "NodePool default"],
+            ),
+            (
+                "template label",
+                json!({"nodeSelector": {"type": "fargate"}}),
+                &["type=fargate", "type=karpenter"],
+            ),
+            (
+                "requirement",
+                json!({"nodeSelector": {"karpenter.sh/capacity-type": "reserved"}}),
+                &[
+                    "karpenter.sh/capacity-type=reserved",
+                    "In [spot, on-demand]",
+                ],
+            ),
+            (
+                "affinity",
+                json!({"affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+                    {"matchExpressions": [{"key": "karpenter.sh/nodepool", "operator": "In", "values": ["gpu"]}]}
+                ]}}}}),
+                &["karpenter.sh/nodepool In [gpu]", "NodePool default"],
+            ),
+        ];
+        for (name, spec, parts) in cases {
+            let p = edit(|v| {
+                for (k, val) in spec.as_object().unwrap() {
+                    v["spec"][k] = val.clone();
+                }
+            });
+            match decide_in(&steering(CONFIG), "team-riker", &p, None) {
+                Decision::Deny { message, .. } => {
+                    for part in parts {
+                        assert!(message.contains(part), "{name}: {message:?} lacks {part:?}");
+                    }
+                }
+                other => panic!("{name}: expected deny, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn compatible_requests_are_kept() {
+        let p = edit(|v| {
+            v["spec"]["nodeSelector"] = json!({"karpenter.sh/capacity-type": "spot", "type": "karpenter", "disktype": "ssd"});
+            v["spec"]["affinity"] = json!({"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+                {"matchExpressions": [{"key": "karpenter.sh/nodepool", "operator": "In", "values": ["gpu"]}]},
+                {"matchExpressions": [{"key": "karpenter.sh/nodepool", "operator": "NotIn", "values": ["gpu"]}]}
+            ]}}});
+        });
+        let d = decide_in(&steering(CONFIG), "team-riker", &p, None);
+        assert_eq!(ops(&d)[0].0, "/spec/nodeSelector/karpenter.sh~1nodepool");
+    }
+
+    #[test]
+    fn out_of_scope_pods_are_skipped() {
+        let s = steering(CONFIG);
+        let cases: Vec<(&str, &str, Pod, SkipReason)> = vec![
+            (
+                "nodeName",
+                "team-riker",
+                edit(|v| v["spec"]["nodeName"] = json!("n1")),
+                SkipReason::HasNodeName,
+            ),
+            (
+                "mirror",
+                "team-riker",
+                edit(|v| {
+                    v["metadata"]["annotations"] = json!({"kubernetes.io/config.mirror": "abc"})
+                }),
+                SkipReason::Mirror,
+            ),
+            (
+                "daemonset",
+                "team-riker",
+                edit(
+                    |v| v["metadata"]["ownerReferences"] = json!([{"apiVersion": "apps/v1", "kind": "DaemonSet", "name": "d", "uid": "u"}]),
+                ),
+                SkipReason::DaemonSet,
+            ),
+            (
+                "kube-system",
+                "kube-system",
+                pod(base_pod()),
+                SkipReason::ExcludedNamespace,
+            ),
+            (
+                "own namespace",
+                "nodewright",
+                pod(base_pod()),
+                SkipReason::ExcludedNamespace,
+            ),
+            (
+                "annotation",
+                "team-riker",
+                edit(|v| v["metadata"]["annotations"] = json!({"nodewright.io/skip": "true"})),
+                SkipReason::OptedOut,
+            ),
+            (
+                "label",
+                "team-riker",
+                edit(|v| v["metadata"]["labels"]["nodewright.io/skip"] = json!("true")),
+                SkipReason::OptedOut,
+            ),
+            ("no rule", "elsewhere", pod(base_pod()), SkipReason::NoRule),
+        ];
+        for (name, ns, p, want) in cases {
+            assert_eq!(decide_in(&s, ns, &p, None), Decision::Skip(want), "{name}");
+        }
+        let p = pod(base_pod());
+        for (op, kind, want) in [
+            (Operation::Update, "Pod", SkipReason::NotCreate),
+            (Operation::Delete, "Pod", SkipReason::NotCreate),
+            (Operation::Create, "Deployment", SkipReason::NotPod),
+        ] {
+            let req = PodAdmission {
+                operation: op,
+                group: "",
+                kind,
+                namespace: "team-riker",
+                pod: Some(&p),
+                namespace_labels: None,
+            };
+            assert_eq!(s.decide(&req), Decision::Skip(want));
+        }
+    }
+
+    #[test]
+    fn rules_select_by_namespace_labels_and_pod_labels_first_match_wins() {
+        let s = steering(CONFIG);
+        assert!(s.needs_namespace_labels());
+        let labelled: BTreeMap<String, String> =
+            [("nodewright.io/pool".to_owned(), "default".to_owned())].into();
+        let other: BTreeMap<String, String> = [("team".to_owned(), "x".to_owned())].into();
+        let p = pod(base_pod());
+        assert!(
+            matches!(decide_in(&s, "ns1", &p, Some(&labelled)), Decision::Patch { ref rule, .. } if rule == "labelled")
+        );
+        assert_eq!(
+            decide_in(&s, "ns1", &p, Some(&other)),
+            Decision::Skip(SkipReason::NoRule)
+        );
+        assert_eq!(
+            decide_in(&s, "ns1", &p, None),
+            Decision::Skip(SkipReason::NoRule),
+            "unknown labels select nothing"
+        );
+        // The pod-label rule comes first, in any namespace.
+        let batch = edit(|v| v["metadata"]["labels"]["workload"] = json!("batch"));
+        assert!(
+            matches!(decide_in(&s, "team-riker", &batch, None), Decision::Patch { ref pool, .. } if pool == "gpu")
+        );
+    }
+
+    #[test]
+    fn provisioner_name_key_works() {
+        let text = CONFIG.replace(
+            "spec:\n  spread:",
+            "spec:\n  nodeSelectorKey: karpenter.sh/provisioner-name\n  spread:",
+        );
+        let s = steering(&text);
+        assert_eq!(s.node_selector_key(), "karpenter.sh/provisioner-name");
+        let d = decide_in(&s, "team-riker", &pod(base_pod()), None);
+        assert_eq!(
+            ops(&d)[0].1,
+            json!({"karpenter.sh/provisioner-name": "default"})
+        );
+    }
+
+    #[test]
+    fn warning_is_short() {
+        let a = Additions {
+            node_selector: Some(("karpenter.sh/nodepool".into(), "default".into())),
+            tolerations: 2,
+            spread_topology_key: Some("topology.kubernetes.io/zone".into()),
+            notes: vec![],
+        };
+        let w = a.warning(&"p".repeat(200));
+        assert!(w.len() <= 120, "{w}");
+        assert_eq!(
+            a.warning("default"),
+            "nodewright: steered to NodePool default: added nodeSelector karpenter.sh/nodepool, 2 tolerations, spread on zone"
+        );
+    }
+}
