@@ -1,0 +1,217 @@
+//! Composition root: builds every part from settings and runs the service. Used by `main` and by tests.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use arc_swap::ArcSwap;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::certs;
+use crate::cluster::{self, namespaces::NamespaceLabels};
+use crate::config::Config;
+use crate::http::{self, AppState, Limits, Readiness, tls};
+use crate::metrics::{Metrics, ReloadKind, ReloadResult};
+use crate::policy::mutate::Steering;
+use crate::watch;
+
+/// Where the serving certificate comes from.
+#[derive(Debug, Clone)]
+pub enum TlsSource {
+    /// PEM files, reloaded when they change.
+    Files { cert: PathBuf, key: PathBuf },
+    /// A CA and certificate made at start for `names`; the CA PEM is written to `ca_out` if given.
+    SelfSigned {
+        names: Vec<String>,
+        ca_out: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct ServeSettings {
+    /// `None`: the embedded example config.
+    pub config: Option<PathBuf>,
+    pub listen: SocketAddr,
+    pub metrics_listen: SocketAddr,
+    pub tls: TlsSource,
+    pub limits: Limits,
+    pub shutdown_timeout: Duration,
+    /// How often watched files are polled in case no filesystem event arrives.
+    pub reload_poll: Duration,
+    /// nodewright's own namespace, never steered.
+    pub own_namespace: Option<String>,
+    /// Serve `/bench/fixed` for the load benchmark.
+    pub bench_endpoints: bool,
+}
+
+/// Load the config named by `path`, or the embedded example.
+pub fn load_config(path: Option<&PathBuf>) -> Result<Config> {
+    match path {
+        Some(path) => Ok(Config::load(path)?),
+        None => {
+            tracing::info!(
+                "no --config given: using the embedded example config (examples/workshop.yaml)"
+            );
+            Ok(crate::config::embedded_example())
+        }
+    }
+}
+
+/// Run the service until `shutdown` is cancelled, then drain and return.
+/// Errors before serving (bad config, unreadable certificate, port in use) are returned at once.
+pub async fn serve(settings: ServeSettings, shutdown: CancellationToken) -> Result<()> {
+    let metrics = Metrics::new();
+    let config = load_config(settings.config.as_ref())?;
+    tracing::info!(
+        node_pools = config.node_pools.len(),
+        node_classes = config.node_classes.len(),
+        rules = config.policy.rules.len(),
+        "config loaded"
+    );
+    let own_namespace = settings.own_namespace.clone();
+    let steering = Arc::new(ArcSwap::from_pointee(Steering::new(
+        &config,
+        own_namespace.as_deref(),
+    )));
+
+    let resolver = match &settings.tls {
+        TlsSource::Files { cert, key } => {
+            let cert_pem =
+                std::fs::read(cert).with_context(|| format!("reading {}", cert.display()))?;
+            let key_pem =
+                std::fs::read(key).with_context(|| format!("reading {}", key.display()))?;
+            let loaded = tls::load_pem(&cert_pem, &key_pem)
+                .with_context(|| format!("loading {} and {}", cert.display(), key.display()))?;
+            metrics.set_certificate_not_after(loaded.not_after);
+            let resolver = Arc::new(tls::CertResolver::new(loaded.key));
+            tls::spawn_reloader(
+                cert.clone(),
+                key.clone(),
+                resolver.clone(),
+                metrics.clone(),
+                settings.reload_poll,
+                shutdown.clone(),
+            );
+            resolver
+        }
+        TlsSource::SelfSigned { names, ca_out } => {
+            let bundle = certs::generate(names, time::Duration::days(365))?;
+            if let Some(path) = ca_out {
+                certs::write_file(path, bundle.ca_pem.as_bytes(), false)?;
+                tracing::info!(ca = %path.display(), names = ?names, "self-signed CA written");
+            } else {
+                tracing::info!(names = ?names, "self-signed certificate made; pass --ca-out FILE to save its CA");
+            }
+            let loaded = tls::load_pem(bundle.cert_pem.as_bytes(), bundle.key_pem.as_bytes())?;
+            metrics.set_certificate_not_after(loaded.not_after);
+            Arc::new(tls::CertResolver::new(loaded.key))
+        }
+    };
+    let tls_config = Arc::new(tls::server_config(resolver)?);
+
+    if let Some(path) = settings.config.clone() {
+        spawn_config_reloader(
+            path,
+            own_namespace,
+            steering.clone(),
+            metrics.clone(),
+            settings.reload_poll,
+            shutdown.clone(),
+        );
+    }
+
+    let namespaces = match cluster::client_from_env().await {
+        Some(client) => NamespaceLabels::watch(client, shutdown.clone()),
+        None => NamespaceLabels::Standalone,
+    };
+
+    let readiness = Arc::new(Readiness::default());
+    let state = AppState {
+        steering,
+        namespaces,
+        metrics,
+        limits: settings.limits,
+        readiness: readiness.clone(),
+    };
+
+    let ops_listener = TcpListener::bind(settings.metrics_listen)
+        .await
+        .with_context(|| format!("binding --metrics-listen {}", settings.metrics_listen))?;
+    let tls_listener = TcpListener::bind(settings.listen)
+        .await
+        .with_context(|| format!("binding --listen {}", settings.listen))?;
+    tracing::info!(
+        listen = %tls_listener.local_addr()?,
+        metrics_listen = %ops_listener.local_addr()?,
+        "serving"
+    );
+
+    let ops_stop = CancellationToken::new();
+    let ops = {
+        let stop = ops_stop.clone();
+        let router = http::ops_router(state.clone());
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(ops_listener, router)
+                .with_graceful_shutdown(stop.cancelled_owned())
+                .await
+            {
+                tracing::error!(error = %e, "metrics server failed");
+            }
+        })
+    };
+
+    readiness.set_tls_bound();
+    let draining = {
+        let readiness = readiness.clone();
+        let shutdown = shutdown.clone();
+        async move {
+            shutdown.cancelled().await;
+            readiness.set_draining();
+        }
+    };
+    let webhooks = http::webhook_router(state, settings.bench_endpoints);
+    tokio::join!(
+        http::server::serve_tls(
+            tls_listener,
+            tls_config,
+            webhooks,
+            shutdown.clone(),
+            settings.shutdown_timeout
+        ),
+        draining
+    );
+    ops_stop.cancel();
+    let _ = ops.await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Reload the config file when it changes; a bad file keeps the last good config.
+fn spawn_config_reloader(
+    path: PathBuf,
+    own_namespace: Option<String>,
+    steering: Arc<ArcSwap<Steering>>,
+    metrics: Metrics,
+    poll: Duration,
+    shutdown: CancellationToken,
+) {
+    let mut changes = watch::watch_files(vec![path.clone()], poll, shutdown);
+    tokio::spawn(async move {
+        while changes.recv().await.is_some() {
+            match Config::load(&path) {
+                Ok(config) => {
+                    steering.store(Arc::new(Steering::new(&config, own_namespace.as_deref())));
+                    metrics.reload(ReloadKind::Config, ReloadResult::Success);
+                    tracing::info!(config = %path.display(), rules = config.policy.rules.len(), "config reloaded");
+                }
+                Err(e) => {
+                    metrics.reload(ReloadKind::Config, ReloadResult::Failure);
+                    tracing::error!(config = %path.display(), error = %e, "config reload failed; keeping the last good config");
+                }
+            }
+        }
+    });
+}

@@ -1,0 +1,338 @@
+//! AdmissionReview v1 at the HTTP edge: read and check the body, decode with kube-rs's types, call the
+//! pure decision, and write the response exactly as the apiserver verifies it (WIRE.md §1).
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use http_body_util::{BodyExt, Limited};
+use k8s_openapi::api::core::v1::Pod;
+use kube::core::admission::{
+    AdmissionRequest, AdmissionResponse, AdmissionReview, Operation as KubeOperation,
+};
+use kube::core::{DynamicObject, Resource, Status};
+use serde::{Deserialize, Serialize};
+
+use super::AppState;
+use crate::metrics::{Endpoint, Outcome, operation_label};
+use crate::policy::mutate::{Decision, Operation, PodAdmission, audit_annotations};
+
+const REVIEW_API_VERSION: &str = "admission.k8s.io/v1";
+const REVIEW_KIND: &str = "AdmissionReview";
+
+/// The query the apiserver appends (`?timeout=10s`). Accepted; the decision is far faster than any timeout.
+#[derive(Debug, Default, Deserialize)]
+pub struct AdmissionQuery {
+    #[allow(dead_code)]
+    pub timeout: Option<String>,
+}
+
+/// An error answered with a 4xx/5xx status and a JSON body `{"error": reason, "message": text}`.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub reason: &'static str,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::BAD_REQUEST,
+            reason: "BadRequest",
+            message: message.into(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        #[derive(Serialize)]
+        struct Body<'a> {
+            error: &'a str,
+            message: &'a str,
+        }
+        let body = serde_json::to_vec(&Body {
+            error: self.reason,
+            message: &self.message,
+        })
+        .unwrap_or_default();
+        (
+            self.status,
+            [(header::CONTENT_TYPE, "application/json")],
+            body,
+        )
+            .into_response()
+    }
+}
+
+/// Check the content type and read the body, refusing early (from Content-Length) or as soon as it
+/// passes `limit` bytes.
+pub async fn read_json_body(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+) -> Result<Bytes, ApiError> {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let media_type = content_type.split(';').next().unwrap_or("").trim();
+    if !media_type.eq_ignore_ascii_case("application/json") {
+        return Err(ApiError {
+            status: StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            reason: "UnsupportedMediaType",
+            message: format!("expected Content-Type application/json, got {content_type:?}"),
+        });
+    }
+    let too_large = || ApiError {
+        status: StatusCode::PAYLOAD_TOO_LARGE,
+        reason: "RequestEntityTooLarge",
+        message: format!("request body is larger than the limit of {limit} bytes"),
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+        Err(e) => Err(ApiError::bad_request(format!(
+            "reading the request body: {e}"
+        ))),
+    }
+}
+
+/// A decoded admission request: a Pod, or any other kind (which nodewright leaves alone).
+pub enum Incoming {
+    Pod(Box<AdmissionRequest<Pod>>),
+    Other(Box<AdmissionRequest<DynamicObject>>),
+}
+
+impl Incoming {
+    pub fn operation(&self) -> &'static str {
+        let op = match self {
+            Self::Pod(r) => &r.operation,
+            Self::Other(r) => &r.operation,
+        };
+        match op {
+            KubeOperation::Create => "CREATE",
+            KubeOperation::Update => "UPDATE",
+            KubeOperation::Delete => "DELETE",
+            KubeOperation::Connect => "CONNECT",
+        }
+    }
+}
+
+/// Decode an AdmissionReview v1. Pods decode straight into k8s-openapi's `Pod` (the common, fast path);
+/// anything else falls back to a `DynamicObject` so that other kinds still get a proper answer.
+pub fn decode_review(bytes: &[u8]) -> Result<Incoming, ApiError> {
+    match serde_json::from_slice::<AdmissionReview<Pod>>(bytes) {
+        Ok(review) => into_request(review).map(|r| Incoming::Pod(Box::new(r))),
+        Err(pod_error) => {
+            let review = serde_json::from_slice::<AdmissionReview<DynamicObject>>(bytes)
+                .map_err(|e| ApiError::bad_request(format!("malformed AdmissionReview: {e}")))?;
+            let request = into_request(review)?;
+            if request.kind.group.is_empty() && request.kind.kind == "Pod" {
+                return Err(ApiError::bad_request(format!(
+                    "request.object is not a valid Pod: {pod_error}"
+                )));
+            }
+            Ok(Incoming::Other(Box::new(request)))
+        }
+    }
+}
+
+fn into_request<T: Resource>(review: AdmissionReview<T>) -> Result<AdmissionRequest<T>, ApiError> {
+    if review.types.api_version != REVIEW_API_VERSION || review.types.kind != REVIEW_KIND {
+        return Err(ApiError::bad_request(format!(
+            "expected apiVersion {REVIEW_API_VERSION} kind {REVIEW_KIND}, got apiVersion {:?} kind {:?}; register the webhook with admissionReviewVersions: [v1]",
+            review.types.api_version, review.types.kind
+        )));
+    }
+    review
+        .try_into()
+        .map_err(|_| ApiError::bad_request("AdmissionReview has no request"))
+}
+
+/// The response, serialized as the apiserver expects it: top-level apiVersion/kind, the request's uid,
+/// `patch` as standard padded base64 and only together with `patchType`, `status` only on denial.
+pub fn encode_response(response: &AdmissionResponse) -> Vec<u8> {
+    #[derive(Serialize)]
+    struct Review<'a> {
+        #[serde(rename = "apiVersion")]
+        api_version: &'static str,
+        kind: &'static str,
+        response: Wire<'a>,
+    }
+    #[derive(Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Wire<'a> {
+        uid: &'a str,
+        allowed: bool,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        status: Option<&'a Status>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        patch: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        patch_type: Option<&'static str>,
+        #[serde(skip_serializing_if = "HashMap::is_empty")]
+        audit_annotations: &'a HashMap<String, String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        warnings: Option<&'a Vec<String>>,
+    }
+    let patch = response
+        .patch
+        .as_ref()
+        .map(|p| base64::engine::general_purpose::STANDARD.encode(p));
+    let review = Review {
+        api_version: REVIEW_API_VERSION,
+        kind: REVIEW_KIND,
+        response: Wire {
+            uid: &response.uid,
+            allowed: response.allowed,
+            status: (!response.allowed).then_some(&response.result),
+            patch_type: patch.as_ref().map(|_| "JSONPatch"),
+            patch,
+            audit_annotations: &response.audit_annotations,
+            warnings: response.warnings.as_ref().filter(|w| !w.is_empty()),
+        },
+    };
+    serde_json::to_vec(&review).unwrap_or_default()
+}
+
+fn json_response(body: Vec<u8>) -> Response {
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        body,
+    )
+        .into_response()
+}
+
+/// `POST /mutate`: steer pods onto their NodePool.
+pub async fn mutate(
+    State(state): State<AppState>,
+    Query(_query): Query<AdmissionQuery>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let started = Instant::now();
+    let (operation, outcome, response) = match mutate_inner(&state, &headers, body).await {
+        Ok((operation, outcome, response)) => (
+            operation,
+            outcome,
+            json_response(encode_response(&response)),
+        ),
+        Err(e) => {
+            tracing::warn!(status = e.status.as_u16(), error = %e.message, "rejected admission request");
+            ("unknown", Outcome::Error, e.into_response())
+        }
+    };
+    state.metrics.admission(
+        Endpoint::Mutate,
+        operation,
+        outcome,
+        started.elapsed().as_secs_f64(),
+    );
+    response
+}
+
+async fn mutate_inner(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<(&'static str, Outcome, AdmissionResponse), ApiError> {
+    let bytes = read_json_body(headers, body, state.limits.max_body_bytes).await?;
+    let incoming = decode_review(&bytes)?;
+    let operation = operation_label(Some(incoming.operation()));
+    let request = match incoming {
+        Incoming::Other(request) => {
+            return Ok((
+                operation,
+                Outcome::Allowed,
+                AdmissionResponse::from(&*request),
+            ));
+        }
+        Incoming::Pod(request) => *request,
+    };
+    let namespace = request.namespace.as_deref().unwrap_or_default();
+    let steering = state.steering.load();
+    let namespace_labels = if steering.needs_namespace_labels() {
+        state.namespaces.labels(namespace).await
+    } else {
+        None
+    };
+    let admission = PodAdmission {
+        operation: match request.operation {
+            KubeOperation::Create => Operation::Create,
+            KubeOperation::Update => Operation::Update,
+            KubeOperation::Delete => Operation::Delete,
+            KubeOperation::Connect => Operation::Connect,
+        },
+        group: &request.kind.group,
+        kind: &request.kind.kind,
+        namespace,
+        pod: request.object.as_ref(),
+        namespace_labels: namespace_labels.as_ref(),
+    };
+    let decision = steering.decide(&admission);
+    let pod_name = request
+        .object
+        .as_ref()
+        .and_then(|p| {
+            p.metadata
+                .name
+                .clone()
+                .or_else(|| p.metadata.generate_name.clone())
+        })
+        .unwrap_or_default();
+    let (outcome, response) = match decision {
+        Decision::Skip(reason) => {
+            tracing::debug!(uid = %request.uid, namespace, pod = %pod_name, reason = reason.as_str(), "not steered");
+            (Outcome::Allowed, AdmissionResponse::from(&request))
+        }
+        Decision::Unchanged { pool, rule } => {
+            tracing::debug!(uid = %request.uid, namespace, pod = %pod_name, pool, rule, "already steered");
+            (Outcome::Allowed, AdmissionResponse::from(&request))
+        }
+        Decision::Patch {
+            pool,
+            rule,
+            patch,
+            additions,
+        } => {
+            tracing::debug!(uid = %request.uid, namespace, pod = %pod_name, pool, rule, added = %additions.fields(), dry_run = request.dry_run, "steered");
+            let mut response = AdmissionResponse::from(&request)
+                .with_patch(patch)
+                .map_err(|e| ApiError {
+                    status: StatusCode::INTERNAL_SERVER_ERROR,
+                    reason: "InternalError",
+                    message: e.to_string(),
+                })?;
+            let mut warnings = vec![additions.warning(&pool)];
+            warnings.extend(additions.notes.iter().map(|n| format!("nodewright: {n}")));
+            response.warnings = Some(warnings);
+            response.audit_annotations = audit_annotations(&pool, &rule, &additions);
+            (Outcome::Patched, response)
+        }
+        Decision::Deny {
+            pool,
+            rule,
+            message,
+        } => {
+            tracing::info!(uid = %request.uid, namespace, pod = %pod_name, pool, rule, %message, "denied");
+            let mut response = AdmissionResponse::from(&request).deny(&message);
+            response.result = Status::failure(&message, "Forbidden").with_code(403);
+            (Outcome::Denied, response)
+        }
+    };
+    Ok((operation, outcome, response))
+}

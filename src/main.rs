@@ -1,0 +1,211 @@
+//! `nodewright`: parse the command line, build, serve, wait for a signal, drain.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use nodewright::app::{self, ServeSettings, TlsSource};
+use nodewright::certs;
+use nodewright::config::parse_go_duration;
+use nodewright::http::Limits;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(
+    name = "nodewright",
+    version,
+    about = "Just-in-time capacity for Kubernetes: pod steering, quotas, scheduler extender"
+)]
+struct Cli {
+    /// Log format: `json` (one object per line, for clusters) or `text` (for people).
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "json",
+        env = "NODEWRIGHT_LOG_FORMAT"
+    )]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Json,
+    Text,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the service: admission webhooks over HTTPS, health and metrics over plain HTTP.
+    Serve(ServeArgs),
+    /// Make a CA and a serving certificate for a Service, and optionally write the CA into webhook configurations.
+    Certs(CertsArgs),
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// Config file (multi-document YAML: NodePools, EC2NodeClasses, a Policy). Default: the embedded example.
+    #[arg(long, env = "NODEWRIGHT_CONFIG")]
+    config: Option<PathBuf>,
+    /// HTTPS address for the webhooks.
+    #[arg(long, default_value = "0.0.0.0:8443")]
+    listen: SocketAddr,
+    /// Plain-HTTP address for /healthz, /readyz and /metrics.
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    metrics_listen: SocketAddr,
+    /// Serving certificate (PEM, chain allowed), reloaded when it changes.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// Serving key (PEM), reloaded when it changes.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Without --tls-cert/--tls-key: where to write the PEM of the self-signed CA made at start.
+    #[arg(long, conflicts_with = "tls_cert")]
+    ca_out: Option<PathBuf>,
+    /// Without --tls-cert/--tls-key: extra DNS names or IPs for the self-signed certificate (repeatable).
+    #[arg(long = "tls-san", conflicts_with = "tls_cert")]
+    tls_sans: Vec<String>,
+    /// Largest request body accepted, in bytes.
+    #[arg(long, default_value_t = Limits::default().max_body_bytes)]
+    max_body_bytes: usize,
+    /// How long SIGTERM waits for in-flight requests (Go duration).
+    #[arg(long, default_value = "30s", value_parser = parse_go_duration)]
+    shutdown_timeout: Duration,
+    /// How often watched files (config, certificate) are polled besides filesystem events.
+    #[arg(long, default_value = "10s", value_parser = parse_go_duration)]
+    reload_poll_interval: Duration,
+    /// nodewright's own namespace, never steered.
+    #[arg(long, env = "POD_NAMESPACE")]
+    namespace: Option<String>,
+    /// Serve POST /bench/fixed (a fixed answer) for the load benchmark.
+    #[arg(long, hide = true)]
+    bench_endpoints: bool,
+}
+
+#[derive(Args)]
+struct CertsArgs {
+    /// Service name the apiserver calls.
+    #[arg(long)]
+    service: String,
+    /// Namespace of the Service.
+    #[arg(long)]
+    namespace: String,
+    /// Directory for ca.crt, tls.crt and tls.key.
+    #[arg(long)]
+    out: PathBuf,
+    /// Webhook configuration YAML files whose clientConfig.caBundle is set to the new CA (rewritten in place).
+    #[arg(long = "webhook-config")]
+    webhook_configs: Vec<PathBuf>,
+    /// Validity of the serving certificate, in days.
+    #[arg(long, default_value_t = 365)]
+    validity_days: i64,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.log_format);
+    let result = match cli.command {
+        Command::Serve(args) => serve(args),
+        Command::Certs(args) => make_certs(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "exiting");
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("NODEWRIGHT_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let tls = match (args.tls_cert, args.tls_key) {
+        (Some(cert), Some(key)) => TlsSource::Files { cert, key },
+        _ => {
+            let mut names = certs::local_names();
+            names.extend(args.tls_sans);
+            TlsSource::SelfSigned {
+                names,
+                ca_out: args.ca_out,
+            }
+        }
+    };
+    let settings = ServeSettings {
+        config: args.config,
+        listen: args.listen,
+        metrics_listen: args.metrics_listen,
+        tls,
+        limits: Limits {
+            max_body_bytes: args.max_body_bytes,
+        },
+        shutdown_timeout: args.shutdown_timeout,
+        reload_poll: args.reload_poll_interval,
+        own_namespace: args.namespace,
+        bench_endpoints: args.bench_endpoints,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let shutdown = CancellationToken::new();
+        tokio::spawn(cancel_on_signal(shutdown.clone()));
+        app::serve(settings, shutdown).await
+    })
+}
+
+/// SIGTERM (the kubelet) or SIGINT (a terminal) starts the drain.
+async fn cancel_on_signal(shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers");
+        return;
+    };
+    let name = tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    };
+    tracing::info!(signal = name, "shutting down");
+    shutdown.cancel();
+}
+
+fn make_certs(args: CertsArgs) -> anyhow::Result<()> {
+    let names = certs::service_dns_names(&args.service, &args.namespace);
+    let bundle = certs::generate(&names, time::Duration::days(args.validity_days))?;
+    certs::write_bundle(&args.out, &bundle)?;
+    println!(
+        "wrote {0}/ca.crt, {0}/tls.crt and {0}/tls.key for {1}",
+        args.out.display(),
+        names.join(", ")
+    );
+    for path in &args.webhook_configs {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
+        let (updated, count) = certs::set_ca_bundle(&text, &bundle.ca_pem)?;
+        certs::write_file(path, updated.as_bytes(), false)?;
+        println!("set caBundle on {count} webhook(s) in {}", path.display());
+    }
+    Ok(())
+}

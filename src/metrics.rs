@@ -1,0 +1,212 @@
+//! One Prometheus registry, built at start and passed down. Label values come from enums only.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+
+/// Which HTTP endpoint served a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    Mutate,
+}
+
+impl Endpoint {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Mutate => "mutate",
+        }
+    }
+}
+
+/// How an admission request ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Allowed as sent.
+    Allowed,
+    /// Allowed with a patch.
+    Patched,
+    /// `allowed: false`.
+    Denied,
+    /// The request could not be answered with a review (4xx/5xx).
+    Error,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Allowed => "allowed",
+            Self::Patched => "patched",
+            Self::Denied => "denied",
+            Self::Error => "error",
+        }
+    }
+}
+
+/// `operation` label: the admission operation, or `unknown` when the request could not be read.
+pub fn operation_label(op: Option<&str>) -> &'static str {
+    match op {
+        Some("CREATE") => "CREATE",
+        Some("UPDATE") => "UPDATE",
+        Some("DELETE") => "DELETE",
+        Some("CONNECT") => "CONNECT",
+        _ => "unknown",
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReloadKind {
+    Config,
+    Certificate,
+}
+
+impl ReloadKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Config => "config",
+            Self::Certificate => "certificate",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReloadResult {
+    Success,
+    Failure,
+}
+
+impl ReloadResult {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Success => "success",
+            Self::Failure => "failure",
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    admission_requests: IntCounterVec,
+    admission_duration: HistogramVec,
+    reloads: IntCounterVec,
+    last_reload_ok: IntGaugeVec,
+    certificate_not_after: IntGauge,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new_custom(Some("nodewright".to_owned()), None)
+            .expect("static prefix is valid");
+        let admission_requests = IntCounterVec::new(
+            Opts::new(
+                "admission_requests_total",
+                "Admission requests answered, by endpoint, operation and outcome.",
+            ),
+            &["endpoint", "operation", "outcome"],
+        )
+        .expect("static metric");
+        let admission_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "admission_request_duration_seconds",
+                "Time from request received to response ready, by endpoint.",
+            )
+            .buckets(vec![
+                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+            ]),
+            &["endpoint"],
+        )
+        .expect("static metric");
+        let reloads = IntCounterVec::new(
+            Opts::new(
+                "reloads_total",
+                "Config and certificate reloads, by kind and result.",
+            ),
+            &["kind", "result"],
+        )
+        .expect("static metric");
+        let last_reload_ok = IntGaugeVec::new(
+            Opts::new(
+                "last_reload_successful",
+                "1 if the last reload of this kind succeeded (or none was needed), 0 if the last good one is still in use.",
+            ),
+            &["kind"],
+        )
+        .expect("static metric");
+        let certificate_not_after = IntGauge::new(
+            "serving_certificate_expiry_timestamp_seconds",
+            "Unix time at which the serving certificate in use expires.",
+        )
+        .expect("static metric");
+        for c in [
+            Box::new(admission_requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(admission_duration.clone()),
+            Box::new(reloads.clone()),
+            Box::new(last_reload_ok.clone()),
+            Box::new(certificate_not_after.clone()),
+        ] {
+            registry.register(c).expect("metric names are unique");
+        }
+        for kind in [ReloadKind::Config, ReloadKind::Certificate] {
+            last_reload_ok.with_label_values(&[kind.as_str()]).set(1);
+            for result in [ReloadResult::Success, ReloadResult::Failure] {
+                reloads.with_label_values(&[kind.as_str(), result.as_str()]);
+            }
+        }
+        Self {
+            registry,
+            admission_requests,
+            admission_duration,
+            reloads,
+            last_reload_ok,
+            certificate_not_after,
+        }
+    }
+
+    pub fn admission(
+        &self,
+        endpoint: Endpoint,
+        operation: &'static str,
+        outcome: Outcome,
+        seconds: f64,
+    ) {
+        self.admission_requests
+            .with_label_values(&[endpoint.as_str(), operation, outcome.as_str()])
+            .inc();
+        self.admission_duration
+            .with_label_values(&[endpoint.as_str()])
+            .observe(seconds);
+    }
+
+    pub fn reload(&self, kind: ReloadKind, result: ReloadResult) {
+        self.reloads
+            .with_label_values(&[kind.as_str(), result.as_str()])
+            .inc();
+        self.last_reload_ok
+            .with_label_values(&[kind.as_str()])
+            .set(i64::from(result == ReloadResult::Success));
+    }
+
+    pub fn set_certificate_not_after(&self, unix_seconds: i64) {
+        self.certificate_not_after.set(unix_seconds);
+    }
+
+    /// The registry, for adapters that add their own collectors.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Text exposition format 0.0.4.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        // Encoding into a Vec cannot fail for well-formed families.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
