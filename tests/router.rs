@@ -1,0 +1,460 @@
+//! Router-level tests: the real axum router (no sockets) fed with real AdmissionReview payloads.
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use axum::body::Body;
+use axum::http::{Request, StatusCode, header};
+use base64::Engine;
+use http_body_util::BodyExt;
+use k8s_openapi::api::core::v1::Pod;
+use nodewright::cluster::namespaces::NamespaceLabels;
+use nodewright::config::Config;
+use nodewright::http::{AppState, Limits, Readiness, ops_router, webhook_router};
+use nodewright::metrics::Metrics;
+use nodewright::policy::mutate::Steering;
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+const REPLICASET_POD: &str = include_str!(
+    "data/fixtures/admissionreview_v1_pod_create_replicaset__salesforce_generic-sidecar-injector.json"
+);
+const KUBECTL_POD: &str =
+    include_str!("data/fixtures/admissionreview_v1_pod_create_kubectl__kubewarden_kwctl.json");
+
+fn state_with_limit(max_body_bytes: usize) -> AppState {
+    let config = Config::parse(
+        include_str!("data/steering.yaml"),
+        "tests/data/steering.yaml",
+    )
+    .unwrap();
+    AppState {
+        steering: Arc::new(ArcSwap::from_pointee(Steering::new(
+            &config,
+            Some("nodewright"),
+        ))),
+        namespaces: NamespaceLabels::Standalone,
+        metrics: Metrics::new(),
+        limits: Limits { max_body_bytes },
+        readiness: Arc::new(Readiness::default()),
+    }
+}
+
+fn state() -> AppState {
+    state_with_limit(Limits::default().max_body_bytes)
+}
+
+async fn post_raw(
+    state: &AppState,
+    uri: &str,
+    content_type: &str,
+    body: impl Into<Body>,
+) -> (StatusCode, Value) {
+    let request = Request::post(uri)
+        .header(header::CONTENT_TYPE, content_type)
+        .body(body.into())
+        .unwrap();
+    let response = webhook_router(state.clone(), false)
+        .oneshot(request)
+        .await
+        .unwrap();
+    let status = response.status();
+    assert_eq!(
+        response
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .map(|v| v.to_str().unwrap()),
+        Some("application/json"),
+        "every answer is JSON"
+    );
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    (
+        status,
+        serde_json::from_slice(&bytes).expect("body is JSON"),
+    )
+}
+
+async fn post(state: &AppState, review: &Value) -> (StatusCode, Value) {
+    post_raw(
+        state,
+        "/mutate?timeout=10s",
+        "application/json",
+        review.to_string(),
+    )
+    .await
+}
+
+fn with(review: &str, edit: impl FnOnce(&mut Value)) -> Value {
+    let mut v: Value = serde_json::from_str(review).unwrap();
+    edit(&mut v);
+    v
+}
+
+/// Decode the response patch (standard padded base64) and apply it to `request.object` as the apiserver does.
+fn patched_object(request: &Value, response: &Value) -> Value {
+    let r = &response["response"];
+    assert_eq!(r["patchType"], "JSONPatch");
+    let b64 = r["patch"].as_str().expect("patch is a base64 string");
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .expect("standard padded base64");
+    let patch: json_patch::Patch = serde_json::from_slice(&bytes).unwrap();
+    let mut object = request["request"]["object"].clone();
+    json_patch::patch(&mut object, &patch).expect("patch applies to the object as sent");
+    object
+}
+
+#[tokio::test]
+async fn replicaset_pod_is_steered_with_selector_toleration_and_spread() {
+    let state = state();
+    let request = with(REPLICASET_POD, |_| {});
+    let (status, body) = post(&state, &request).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["apiVersion"], "admission.k8s.io/v1");
+    assert_eq!(body["kind"], "AdmissionReview");
+    let r = &body["response"];
+    assert_eq!(r["uid"], request["request"]["uid"]);
+    assert_eq!(r["allowed"], true);
+    assert!(r.get("status").is_none(), "status only on denial");
+    assert_eq!(r["auditAnnotations"]["nodepool"], "default");
+    assert_eq!(
+        r["auditAnnotations"]["added"],
+        "nodeSelector,tolerations,topologySpreadConstraints"
+    );
+    let warning = r["warnings"][0].as_str().unwrap();
+    assert!(
+        warning.len() <= 120 && warning.contains("NodePool default"),
+        "{warning}"
+    );
+
+    let object = patched_object(&request, &body);
+    let pod: Pod = serde_json::from_value(object.clone()).expect("patched object is a Pod");
+    let spec = pod.spec.unwrap();
+    assert_eq!(
+        spec.node_selector.unwrap()["karpenter.sh/nodepool"],
+        "default"
+    );
+    let tolerations = spec.tolerations.unwrap();
+    assert_eq!(tolerations.len(), 3, "two defaults kept, one added");
+    assert!(
+        tolerations
+            .iter()
+            .any(|t| t.key.as_deref() == Some("nodewright.io/pool")
+                && t.value.as_deref() == Some("default")
+                && t.effect.as_deref() == Some("NoSchedule"))
+    );
+    assert!(
+        !tolerations
+            .iter()
+            .any(|t| t.key.as_deref() == Some("ebs.csi.aws.com/agent-not-ready")),
+        "startupTaints need no toleration"
+    );
+    let spread = &spec.topology_spread_constraints.unwrap()[0];
+    assert_eq!(spread.topology_key, "topology.kubernetes.io/zone");
+    assert_eq!(spread.max_skew, 1);
+    assert_eq!(spread.when_unsatisfiable, "DoNotSchedule");
+    let selector = spread
+        .label_selector
+        .as_ref()
+        .unwrap()
+        .match_labels
+        .as_ref()
+        .unwrap();
+    assert_eq!(selector["app.kubernetes.io/name"], "keymaker");
+    assert!(!selector.contains_key("pod-template-hash"));
+    assert_eq!(
+        spread.match_label_keys.as_deref(),
+        Some(&["pod-template-hash".to_owned()][..])
+    );
+
+    // Nothing the user wrote was dropped: every original spec field is still there, unchanged.
+    for (k, v) in request["request"]["object"]["spec"].as_object().unwrap() {
+        if k != "tolerations" {
+            assert_eq!(&object["spec"][k], v, "spec.{k} changed");
+        }
+    }
+}
+
+#[tokio::test]
+async fn second_pass_over_the_patched_pod_adds_nothing() {
+    let state = state();
+    let request = with(REPLICASET_POD, |_| {});
+    let (_, body) = post(&state, &request).await;
+    let object = patched_object(&request, &body);
+    let again = with(REPLICASET_POD, |v| v["request"]["object"] = object);
+    let (status, body) = post(&state, &again).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["response"]["allowed"], true);
+    assert!(body["response"].get("patch").is_none() && body["response"].get("patchType").is_none());
+}
+
+#[tokio::test]
+async fn unselected_namespace_is_allowed_without_patch() {
+    let (status, body) = post(&state(), &with(KUBECTL_POD, |_| {})).await;
+    assert_eq!(status, StatusCode::OK);
+    let r = &body["response"];
+    assert_eq!(r["allowed"], true);
+    assert!(r.get("patch").is_none() && r.get("patchType").is_none());
+    assert_eq!(r["uid"], "1299d386-525b-4032-98ae-1949f69f9cfc");
+}
+
+#[tokio::test]
+async fn dry_run_gets_the_same_answer() {
+    let state = state();
+    let wet = post(&state, &with(REPLICASET_POD, |_| {})).await.1;
+    let dry = post(
+        &state,
+        &with(REPLICASET_POD, |v| v["request"]["dryRun"] = json!(true)),
+    )
+    .await
+    .1;
+    assert_eq!(wet["response"]["patch"], dry["response"]["patch"]);
+}
+
+#[tokio::test]
+async fn pod_selecting_another_pool_is_denied_with_both_values() {
+    let request = with(REPLICASET_POD, |v| {
+        v["request"]["object"]["spec"]["nodeSelector"] = json!({"karpenter.sh/nodepool": "gpu"})
+    });
+    let (status, body) = post(&state(), &request).await;
+    assert_eq!(status, StatusCode::OK);
+    let r = &body["response"];
+    assert_eq!(r["allowed"], false);
+    assert_eq!(r["status"]["code"], 403);
+    assert_eq!(r["status"]["reason"], "Forbidden");
+    let message = r["status"]["message"].as_str().unwrap();
+    for part in ["karpenter.sh/nodepool=gpu", "NodePool default", "keymaker"] {
+        assert!(message.contains(part), "{message:?} lacks {part:?}");
+    }
+    assert!(r.get("patch").is_none());
+}
+
+#[tokio::test]
+async fn pod_labels_rule_steers_any_namespace() {
+    let request = with(KUBECTL_POD, |v| {
+        v["request"]["object"]["metadata"]["labels"]["workload"] = json!("batch")
+    });
+    let (_, body) = post(&state(), &request).await;
+    assert_eq!(body["response"]["auditAnnotations"]["nodepool"], "gpu");
+    let object = patched_object(&request, &body);
+    assert_eq!(
+        object["spec"]["nodeSelector"]["karpenter.sh/nodepool"],
+        "gpu"
+    );
+    // The user's own toleration and the two defaults are kept; both gpu taints are added.
+    let tolerations = object["spec"]["tolerations"].as_array().unwrap();
+    assert_eq!(tolerations.len(), 5, "{tolerations:?}");
+}
+
+#[tokio::test]
+async fn other_operations_kinds_and_exempt_pods_pass_untouched() {
+    let state = state();
+    let cases = [
+        with(REPLICASET_POD, |v| {
+            v["request"]["operation"] = json!("DELETE");
+            v["request"]["oldObject"] = v["request"]["object"].take();
+        }),
+        with(REPLICASET_POD, |v| {
+            v["request"]["operation"] = json!("UPDATE")
+        }),
+        with(REPLICASET_POD, |v| {
+            v["request"]["kind"] = json!({"group": "apps", "version": "v1", "kind": "Deployment"});
+            v["request"]["object"] = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d"}, "spec": {}});
+        }),
+        with(REPLICASET_POD, |v| {
+            v["request"]["object"]["spec"]["nodeName"] = json!("node-1")
+        }),
+        with(REPLICASET_POD, |v| {
+            v["request"]["object"]["metadata"]["annotations"]["nodewright.io/skip"] = json!("true")
+        }),
+        with(REPLICASET_POD, |v| {
+            v["request"]["object"]["metadata"]["ownerReferences"][0]["kind"] = json!("DaemonSet")
+        }),
+        with(REPLICASET_POD, |v| {
+            v["request"]["object"]["metadata"]["annotations"]["kubernetes.io/config.mirror"] =
+                json!("x")
+        }),
+        with(REPLICASET_POD, |v| {
+            v["request"]["namespace"] = json!("kube-system")
+        }),
+        with(REPLICASET_POD, |v| {
+            v["request"]["namespace"] = json!("nodewright")
+        }),
+    ];
+    for (i, request) in cases.iter().enumerate() {
+        let (status, body) = post(&state, request).await;
+        assert_eq!(status, StatusCode::OK, "case {i}: {body}");
+        assert_eq!(body["response"]["allowed"], true, "case {i}");
+        assert!(body["response"].get("patch").is_none(), "case {i}: {body}");
+    }
+}
+
+#[tokio::test]
+async fn unknown_fields_are_ignored() {
+    let request = with(REPLICASET_POD, |v| {
+        v["request"]["futureField"] = json!({"x": 1});
+        v["request"]["object"]["spec"]["futureSpecField"] = json!(true);
+    });
+    let (status, body) = post(&state(), &request).await;
+    assert_eq!(status, StatusCode::OK);
+    // The patch is computed against the object as sent, so it still applies with the unknown field present.
+    let object = patched_object(&request, &body);
+    assert_eq!(object["spec"]["futureSpecField"], true);
+}
+
+#[tokio::test]
+async fn bad_input_gets_a_json_4xx() {
+    let state = state_with_limit(64 * 1024);
+    let review_v1beta1 = with(REPLICASET_POD, |v| {
+        v["apiVersion"] = json!("admission.k8s.io/v1beta1")
+    })
+    .to_string();
+    let wrong_kind = with(REPLICASET_POD, |v| v["kind"] = json!("Pod")).to_string();
+    let no_request =
+        json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview"}).to_string();
+    let mut invalid_utf8 = REPLICASET_POD.as_bytes().to_vec();
+    let at = REPLICASET_POD.find("keymaker-keymaker").unwrap();
+    invalid_utf8[at] = 0xff;
+    let bad_pod = with(REPLICASET_POD, |v| {
+        v["request"]["object"]["spec"]["containers"] = json!("not a list")
+    })
+    .to_string();
+    let huge = format!("{{\"pad\":\"{}\"}}", "x".repeat(128 * 1024));
+    let cases: Vec<(&str, &str, Vec<u8>, StatusCode)> = vec![
+        (
+            "malformed",
+            "application/json",
+            b"{\"apiVersion\":".to_vec(),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "not an object",
+            "application/json",
+            b"[1,2,3]".to_vec(),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "empty",
+            "application/json",
+            Vec::new(),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "v1beta1",
+            "application/json",
+            review_v1beta1.into_bytes(),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "wrong kind",
+            "application/json",
+            wrong_kind.into_bytes(),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "no request",
+            "application/json",
+            no_request.into_bytes(),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "invalid utf-8",
+            "application/json",
+            invalid_utf8,
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "bad pod",
+            "application/json",
+            bad_pod.into_bytes(),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "content type",
+            "text/plain",
+            REPLICASET_POD.as_bytes().to_vec(),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        ),
+        (
+            "too large",
+            "application/json",
+            huge.into_bytes(),
+            StatusCode::PAYLOAD_TOO_LARGE,
+        ),
+    ];
+    for (name, content_type, body, want) in cases {
+        let (status, json) = post_raw(&state, "/mutate", content_type, body).await;
+        assert_eq!(status, want, "{name}: {json}");
+        assert!(
+            json["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "{name}: {json}"
+        );
+    }
+    // A body over the limit without Content-Length (streamed) is cut off as soon as it passes the limit.
+    let chunks = futures::stream::iter((0..100).map(|_| Ok::<_, std::io::Error>(vec![b'x'; 4096])));
+    let (status, _) = post_raw(
+        &state,
+        "/mutate",
+        "application/json; charset=utf-8",
+        Body::from_stream(chunks),
+    )
+    .await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    // The state is still good after all that.
+    let (status, _) = post(&state, &with(REPLICASET_POD, |_| {})).await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn metrics_count_outcomes() {
+    let state = state();
+    post(&state, &with(REPLICASET_POD, |_| {})).await;
+    post(&state, &with(KUBECTL_POD, |_| {})).await;
+    post_raw(&state, "/mutate", "application/json", "{").await;
+    let response = ops_router(state.clone())
+        .oneshot(Request::get("/metrics").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    let text = String::from_utf8(
+        response
+            .into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes()
+            .to_vec(),
+    )
+    .unwrap();
+    for line in [
+        r#"nodewright_admission_requests_total{endpoint="mutate",operation="CREATE",outcome="patched"} 1"#,
+        r#"nodewright_admission_requests_total{endpoint="mutate",operation="CREATE",outcome="allowed"} 1"#,
+        r#"nodewright_admission_requests_total{endpoint="mutate",operation="unknown",outcome="error"} 1"#,
+        r#"nodewright_admission_request_duration_seconds_count{endpoint="mutate"} 3"#,
+    ] {
+        assert!(text.contains(line), "missing {line}\n{text}");
+    }
+}
+
+#[tokio::test]
+async fn readiness_follows_the_tls_listener_and_drain() {
+    let state = state();
+    let readyz = || async {
+        ops_router(state.clone())
+            .oneshot(Request::get("/readyz").body(Body::empty()).unwrap())
+            .await
+            .unwrap()
+            .status()
+    };
+    assert_eq!(readyz().await, StatusCode::SERVICE_UNAVAILABLE);
+    state.readiness.set_tls_bound();
+    assert_eq!(readyz().await, StatusCode::OK);
+    state.readiness.set_draining();
+    assert_eq!(readyz().await, StatusCode::SERVICE_UNAVAILABLE);
+}
+
+#[tokio::test]
+async fn unknown_path_is_a_json_404() {
+    let (status, body) = post_raw(&state(), "/nope", "application/json", "{}").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(body["error"], "NotFound");
+}

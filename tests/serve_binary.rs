@@ -1,0 +1,666 @@
+//! The real `nodewright serve` binary over TLS + HTTP/2: certificates from files (rotated the way the
+//! kubelet updates a mounted Secret), self-signed mode, config reload, body limits, promtool, SIGTERM drain.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+use serde_json::Value;
+
+const REPLICASET_POD: &str = include_str!(
+    "data/fixtures/admissionreview_v1_pod_create_replicaset__salesforce_generic-sidecar-injector.json"
+);
+
+/// A running `nodewright serve`, killed on drop.
+struct Server {
+    child: Child,
+    https: String,
+    ops: String,
+    stderr: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Server {
+    /// Start with `args` after `serve`, on ephemeral ports, and wait until /readyz answers 200.
+    fn start(args: &[&str]) -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_nodewright"))
+            .arg("serve")
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--metrics-listen",
+                "127.0.0.1:0",
+                "--reload-poll-interval",
+                "1s",
+            ])
+            .args(args)
+            .env_remove("KUBECONFIG")
+            .env("HOME", "/nonexistent")
+            .env("NODEWRIGHT_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn nodewright");
+        let stderr = child.stderr.take().unwrap();
+        let lines = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        {
+            let lines = lines.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    if let Ok(v) = serde_json::from_str::<Value>(&line)
+                        && v["message"] == "serving"
+                    {
+                        let _ = tx.send((
+                            v["listen"].as_str().unwrap().to_owned(),
+                            v["metrics_listen"].as_str().unwrap().to_owned(),
+                        ));
+                    }
+                    lines.lock().unwrap().push(line);
+                }
+            });
+        }
+        let (https, ops) = rx
+            .recv_timeout(Duration::from_secs(30))
+            .unwrap_or_else(|_| {
+                panic!("server did not start: {:?}", lines.lock().unwrap());
+            });
+        let server = Server {
+            child,
+            https: format!("https://{https}"),
+            ops: format!("http://{ops}"),
+            stderr: lines,
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if probe::get_status(&format!("{}/readyz", server.ops)) == Some(200) {
+                return server;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("never ready");
+    }
+
+    fn logs(&self) -> String {
+        self.stderr.lock().unwrap().join("\n")
+    }
+
+    fn https_url(&self, path: &str) -> String {
+        // The certificate is for localhost; connect by name.
+        format!("{}{path}", self.https.replace("127.0.0.1", "localhost"))
+    }
+
+    fn sigterm(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "did not exit in {within:?}: {}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A tiny blocking plain-HTTP probe (reqwest's blocking client is not enabled).
+mod probe {
+    pub fn get_status(url: &str) -> Option<u16> {
+        let url = url.strip_prefix("http://")?;
+        let (host, path) = url.split_once('/').unwrap_or((url, ""));
+        let mut stream = std::net::TcpStream::connect(host).ok()?;
+        use std::io::{Read, Write};
+        write!(
+            stream,
+            "GET /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+        )
+        .ok()?;
+        let mut buf = String::new();
+        stream.read_to_string(&mut buf).ok()?;
+        buf.split_whitespace().nth(1)?.parse().ok()
+    }
+}
+
+/// A CA that can issue several serving certificates (a rotation keeps the CA).
+struct TestCa {
+    issuer: Issuer<'static, KeyPair>,
+    pem: String,
+}
+
+impl TestCa {
+    fn new(name: &str) -> TestCa {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let cert = params.self_signed(&key).unwrap();
+        TestCa {
+            pem: cert.pem(),
+            issuer: Issuer::new(params, key),
+        }
+    }
+
+    /// (chain PEM, key PEM, leaf DER)
+    fn issue(&self, cn: &str) -> (String, String, Vec<u8>) {
+        let key = KeyPair::generate().unwrap();
+        let mut params =
+            CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
+        params.distinguished_name.push(DnType::CommonName, cn);
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        (cert.pem(), key.serialize_pem(), cert.der().to_vec())
+    }
+
+    /// An intermediate CA signed by this one, and a leaf signed by the intermediate: (chain PEM leaf+intermediate, key PEM).
+    fn issue_via_intermediate(&self) -> (String, String) {
+        let mid_key = KeyPair::generate().unwrap();
+        let mut mid = CertificateParams::new(Vec::<String>::new()).unwrap();
+        mid.distinguished_name
+            .push(DnType::CommonName, "intermediate");
+        mid.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let mid_cert = mid.signed_by(&mid_key, &self.issuer).unwrap();
+        let mid_issuer = Issuer::new(mid, mid_key);
+        let key = KeyPair::generate().unwrap();
+        let params = CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+        let leaf = params.signed_by(&key, &mid_issuer).unwrap();
+        (
+            format!("{}{}", leaf.pem(), mid_cert.pem()),
+            key.serialize_pem(),
+        )
+    }
+}
+
+/// A directory laid out like a kubelet-mounted Secret: `tls.crt -> ..data/tls.crt`, `..data -> ..<version>`.
+struct SecretDir {
+    dir: tempfile::TempDir,
+    version: usize,
+}
+
+impl SecretDir {
+    fn new(cert: &str, key: &str) -> SecretDir {
+        let mut s = SecretDir {
+            dir: tempfile::tempdir().unwrap(),
+            version: 0,
+        };
+        s.update(cert, key);
+        std::os::unix::fs::symlink("..data/tls.crt", s.path("tls.crt")).unwrap();
+        std::os::unix::fs::symlink("..data/tls.key", s.path("tls.key")).unwrap();
+        s
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// What the kubelet's AtomicWriter does: write a new version directory, then rename a new symlink over `..data`.
+    fn update(&mut self, cert: &str, key: &str) {
+        self.version += 1;
+        let version = format!(
+            "..2026_11_25_00_00_0{}.{}",
+            self.version,
+            1000 + self.version
+        );
+        std::fs::create_dir(self.path(&version)).unwrap();
+        std::fs::write(self.path(&version).join("tls.crt"), cert).unwrap();
+        std::fs::write(self.path(&version).join("tls.key"), key).unwrap();
+        let tmp = self.path("..data_tmp");
+        std::os::unix::fs::symlink(&version, &tmp).unwrap();
+        std::fs::rename(&tmp, self.path("..data")).unwrap();
+    }
+}
+
+fn client(ca_pem: &str) -> reqwest::Client {
+    reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(ca_pem.as_bytes()).unwrap())
+        .tls_info(true)
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
+}
+
+async fn mutate(
+    client: &reqwest::Client,
+    url: &str,
+) -> (u16, reqwest::Version, Value, Option<Vec<u8>>) {
+    let response = client
+        .post(url)
+        .header("content-type", "application/json")
+        .body(REPLICASET_POD)
+        .send()
+        .await
+        .expect("request");
+    let status = response.status().as_u16();
+    let version = response.version();
+    let peer = response
+        .extensions()
+        .get::<reqwest::tls::TlsInfo>()
+        .and_then(|i| i.peer_certificate().map(<[u8]>::to_vec));
+    let body: Value = response.json().await.unwrap();
+    (status, version, body, peer)
+}
+
+async fn metrics(server: &Server) -> String {
+    reqwest::get(format!("{}/metrics", server.ops))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+fn metric_value(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(series)
+                .and_then(|rest| rest.trim().parse().ok())
+        })
+        .unwrap_or(0.0)
+}
+
+fn config_path() -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data/steering.yaml")
+        .display()
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_over_tls_and_certificate_rotation_by_symlink_swap() {
+    let ca = TestCa::new("rotation CA");
+    let (cert1, key1, der1) = ca.issue("leaf-one");
+    let mut secret = SecretDir::new(&cert1, &key1);
+    let cert_path = secret.path("tls.crt").display().to_string();
+    let key_path = secret.path("tls.key").display().to_string();
+    let server = Server::start(&[
+        "--config",
+        &config_path(),
+        "--tls-cert",
+        &cert_path,
+        "--tls-key",
+        &key_path,
+    ]);
+    let url = server.https_url("/mutate?timeout=10s");
+
+    let (status, version, body, peer) = mutate(&client(&ca.pem), &url).await;
+    assert_eq!(status, 200);
+    assert_eq!(version, reqwest::Version::HTTP_2, "ALPN must pick h2");
+    assert_eq!(body["response"]["patchType"], "JSONPatch");
+    let patch = base64::engine::general_purpose::STANDARD
+        .decode(body["response"]["patch"].as_str().unwrap())
+        .unwrap();
+    assert!(serde_json::from_slice::<json_patch::Patch>(&patch).is_ok());
+    assert_eq!(peer.as_deref(), Some(&der1[..]));
+
+    // Requests keep flowing on one long-lived HTTP/2 connection while the Secret is rotated.
+    let steady = client(&ca.pem);
+    let failures = Arc::new(AtomicUsize::new(0));
+    let done = Arc::new(AtomicUsize::new(0));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flow = {
+        let (failures, done, url, stop) =
+            (failures.clone(), done.clone(), url.clone(), stop.clone());
+        tokio::spawn(async move {
+            while !stop.load(Ordering::SeqCst) {
+                match steady
+                    .post(&url)
+                    .header("content-type", "application/json")
+                    .body(REPLICASET_POD)
+                    .send()
+                    .await
+                {
+                    Ok(r) if r.status() == 200 => done.fetch_add(1, Ordering::SeqCst),
+                    _ => failures.fetch_add(1, Ordering::SeqCst),
+                };
+            }
+        })
+    };
+
+    let (cert2, key2, der2) = ca.issue("leaf-two");
+    secret.update(&cert2, &key2);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        // A new client makes a new connection, hence a new handshake.
+        let (status, _, _, peer) = mutate(&client(&ca.pem), &url).await;
+        assert_eq!(status, 200);
+        if peer.as_deref() == Some(&der2[..]) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "rotated certificate never served: {}",
+            server.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // A broken update (key of another certificate) is refused; the good certificate stays.
+    let (_, other_key, _) = ca.issue("leaf-three");
+    secret.update(&cert2, &other_key);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while metric_value(
+        &metrics(&server).await,
+        r#"nodewright_reloads_total{kind="certificate",result="failure"}"#,
+    ) < 1.0
+    {
+        assert!(
+            Instant::now() < deadline,
+            "bad certificate not noticed: {}",
+            server.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (status, _, _, peer) = mutate(&client(&ca.pem), &url).await;
+    assert_eq!((status, peer.as_deref()), (200, Some(&der2[..])));
+
+    // A chain (leaf + intermediate) is served whole, so clients trusting only the root verify it.
+    let (chain, chain_key) = ca.issue_via_intermediate();
+    secret.update(&chain, &chain_key);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (status, _, _, peer) = mutate(&client(&ca.pem), &url).await;
+        assert_eq!(status, 200);
+        if peer.as_deref() != Some(&der2[..]) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "chain never served: {}",
+            server.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    stop.store(true, Ordering::SeqCst);
+    flow.await.unwrap();
+    assert_eq!(
+        failures.load(Ordering::SeqCst),
+        0,
+        "requests failed during rotation"
+    );
+    assert!(
+        done.load(Ordering::SeqCst) > 10,
+        "requests flowed during rotation"
+    );
+    let text = metrics(&server).await;
+    assert!(
+        metric_value(
+            &text,
+            r#"nodewright_reloads_total{kind="certificate",result="success"}"#
+        ) >= 2.0,
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn self_signed_mode_writes_its_ca_and_serves_http1_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca_out = dir.path().join("ca.crt");
+    let server = Server::start(&["--ca-out", ca_out.to_str().unwrap()]);
+    let ca = std::fs::read_to_string(&ca_out).expect("CA written");
+    let (status, _, body, _) = mutate(&client(&ca), &server.https_url("/mutate")).await;
+    assert_eq!(status, 200);
+    assert_eq!(body["response"]["allowed"], true);
+    let http1 = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(ca.as_bytes()).unwrap())
+        .http1_only()
+        .build()
+        .unwrap();
+    let response = http1
+        .post(server.https_url("/mutate"))
+        .header("content-type", "application/json")
+        .body(REPLICASET_POD)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.version(), reqwest::Version::HTTP_11);
+    assert_eq!(response.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn huge_body_is_refused_early_and_service_continues() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca_out = dir.path().join("ca.crt");
+    let server = Server::start(&["--ca-out", ca_out.to_str().unwrap()]);
+    let ca = std::fs::read_to_string(&ca_out).unwrap();
+    let client = client(&ca);
+    let started = Instant::now();
+    let response = client
+        .post(server.https_url("/mutate"))
+        .header("content-type", "application/json")
+        .body(vec![b' '; 32 * 1024 * 1024])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 413);
+    let body: Value = response.json().await.unwrap();
+    assert!(body["message"].as_str().unwrap().contains("limit"));
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let (status, _, _, _) = mutate(&client, &server.https_url("/mutate")).await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_pass_promtool() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca_out = dir.path().join("ca.crt");
+    let server = Server::start(&["--ca-out", ca_out.to_str().unwrap()]);
+    let ca = std::fs::read_to_string(&ca_out).unwrap();
+    mutate(&client(&ca), &server.https_url("/mutate")).await;
+    let text = metrics(&server).await;
+    assert!(text.contains("nodewright_admission_requests_total"));
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian package prometheus) must be installed: scripts/setup-test-deps.sh does it");
+    use std::io::Write;
+    promtool
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = promtool.wait_with_output().unwrap();
+    assert!(
+        out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
+        "promtool: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_reload_keeps_last_good_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.yaml");
+    let original = std::fs::read_to_string(config_path()).unwrap();
+    std::fs::write(&config, &original).unwrap();
+    let ca_out = dir.path().join("ca.crt");
+    let server = Server::start(&[
+        "--config",
+        config.to_str().unwrap(),
+        "--ca-out",
+        ca_out.to_str().unwrap(),
+    ]);
+    let client = client(&std::fs::read_to_string(&ca_out).unwrap());
+    let url = server.https_url("/mutate");
+    let steered = |body: &Value| body["response"].get("patch").is_some();
+    assert!(steered(&mutate(&client, &url).await.2));
+
+    // A broken file: the error is logged and counted, and the old config keeps steering.
+    std::fs::write(&config, original.replace("kind: Policy", "kind: Polcy")).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while metric_value(
+        &metrics(&server).await,
+        r#"nodewright_reloads_total{kind="config",result="failure"}"#,
+    ) < 1.0
+    {
+        assert!(Instant::now() < deadline, "bad config not noticed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        server.logs().contains("keeping the last good config"),
+        "{}",
+        server.logs()
+    );
+    assert!(
+        server.logs().contains("Polcy"),
+        "the log names the problem: {}",
+        server.logs()
+    );
+    assert_eq!(
+        metric_value(
+            &metrics(&server).await,
+            r#"nodewright_last_reload_successful{kind="config"}"#
+        ),
+        0.0
+    );
+    assert!(steered(&mutate(&client, &url).await.2));
+
+    // A good file that no longer steers keymaker takes effect.
+    std::fs::write(
+        &config,
+        original.replace(
+            r#"namespaces: ["keymaker", "team-riker"]"#,
+            r#"namespaces: ["team-riker"]"#,
+        ),
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while steered(&mutate(&client, &url).await.2) {
+        assert!(
+            Instant::now() < deadline,
+            "good config not applied: {}",
+            server.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        metric_value(
+            &metrics(&server).await,
+            r#"nodewright_last_reload_successful{kind="config"}"#
+        ),
+        1.0
+    );
+}
+
+#[test]
+fn bad_config_stops_startup_with_its_location() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("bad.yaml");
+    let text = std::fs::read_to_string(config_path()).unwrap().replace(
+        "effect: NoSchedule\n      startupTaints",
+        "effect: NoSchedul\n      startupTaints",
+    );
+    std::fs::write(&config, text).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_nodewright"))
+        .args([
+            "serve",
+            "--config",
+            config.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ])
+        .env_remove("KUBECONFIG")
+        .env("HOME", "/nonexistent")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for part in [
+        "bad.yaml",
+        "document 1",
+        "line 19",
+        "taints[0].effect",
+        "NoSchedul",
+    ] {
+        assert!(stderr.contains(part), "{part:?} missing from: {stderr}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_in_flight_requests_then_exits() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca_out = dir.path().join("ca.crt");
+    let mut server = Server::start(&[
+        "--ca-out",
+        ca_out.to_str().unwrap(),
+        "--config",
+        &config_path(),
+    ]);
+    let client = client(&std::fs::read_to_string(&ca_out).unwrap());
+    // A request whose body is still arriving when SIGTERM comes.
+    let (release_tx, release_rx) = tokio::sync::oneshot::channel::<()>();
+    let (first, rest) = REPLICASET_POD.split_at(100);
+    let (first, rest) = (first.to_owned(), rest.to_owned());
+    let body = futures::stream::once(async move { Ok::<_, std::io::Error>(first) }).chain(
+        futures::stream::once(async move {
+            let _ = release_rx.await;
+            Ok(rest)
+        }),
+    );
+    use futures::StreamExt;
+    let in_flight = {
+        let url = server.https_url("/mutate");
+        let client = client.clone();
+        tokio::spawn(async move {
+            client
+                .post(url)
+                .header("content-type", "application/json")
+                .body(reqwest::Body::wrap_stream(body))
+                .send()
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    server.sigterm();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        probe::get_status(&format!("{}/readyz", server.ops)).unwrap_or(503),
+        503,
+        "not ready while draining"
+    );
+    assert!(
+        server.child.try_wait().unwrap().is_none(),
+        "must wait for the in-flight request"
+    );
+    release_tx.send(()).unwrap();
+    let response = in_flight
+        .await
+        .unwrap()
+        .expect("in-flight request completes");
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    assert!(body["response"]["patch"].is_string());
+    let status = server.wait_exit(Duration::from_secs(10));
+    assert!(
+        status.success(),
+        "exit status {status:?}: {}",
+        server.logs()
+    );
+}
