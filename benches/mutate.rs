@@ -2,11 +2,11 @@
 //! through decode -> decide -> encode, without sockets. Run: `cargo bench --bench mutate`.
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use k8s_openapi::api::core::v1::Pod;
 use kube::core::admission::AdmissionResponse;
 use nodewright::config::Config;
 use nodewright::http::admission::{Incoming, decode_review, encode_response};
 use nodewright::policy::mutate::{Decision, Operation, PodAdmission, Steering};
+use nodewright::policy::pod::PodView;
 use serde_json::Value;
 use std::hint::black_box;
 
@@ -23,7 +23,7 @@ fn steering() -> Steering {
 fn bench(c: &mut Criterion) {
     let s = steering();
     let review: Value = serde_json::from_str(REVIEW).unwrap();
-    let pod: Pod = serde_json::from_value(review["request"]["object"].clone()).unwrap();
+    let pod: PodView = serde_json::from_value(review["request"]["object"].clone()).unwrap();
     let admission = |pod| PodAdmission {
         operation: Operation::Create,
         group: "",
@@ -45,6 +45,23 @@ fn bench(c: &mut Criterion) {
         b.iter(|| black_box(s.decide(black_box(&unsteered))))
     });
 
+    let load_body = std::fs::read("benches/load/pod-create.json").unwrap();
+    c.bench_function("review/decode_only_fixture", |b| {
+        b.iter(|| black_box(decode_review(black_box(REVIEW.as_bytes())).is_ok()))
+    });
+    c.bench_function("review/decode_only_load_body", |b| {
+        b.iter(|| black_box(decode_review(black_box(&load_body)).is_ok()))
+    });
+    c.bench_function("review/decode_to_value_load_body", |b| {
+        b.iter(|| black_box(serde_json::from_slice::<Value>(black_box(&load_body)).is_ok()))
+    });
+    c.bench_function("review/skip_only_load_body", |b| {
+        b.iter(|| {
+            black_box(
+                serde_json::from_slice::<serde::de::IgnoredAny>(black_box(&load_body)).is_ok(),
+            )
+        })
+    });
     c.bench_function("review/decode_decide_encode", |b| {
         b.iter(|| {
             let Ok(Incoming::Pod(req)) = decode_review(black_box(REVIEW.as_bytes())) else {

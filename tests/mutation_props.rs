@@ -5,6 +5,7 @@
 use k8s_openapi::api::core::v1::Pod;
 use nodewright::config::Config;
 use nodewright::policy::mutate::{Decision, Operation, PodAdmission, Steering};
+use nodewright::policy::pod::PodView;
 use proptest::prelude::*;
 use serde_json::{Map, Value, json};
 
@@ -109,7 +110,7 @@ prop_compose! {
 }
 
 fn decide(s: &Steering, raw: &Value, namespace: &str) -> Decision {
-    let pod: Pod = serde_json::from_value(raw.clone()).expect("generated pods are valid");
+    let pod: PodView = serde_json::from_value(raw.clone()).expect("generated pods are valid");
     s.decide(&PodAdmission {
         operation: Operation::Create,
         group: "",

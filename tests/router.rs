@@ -316,7 +316,7 @@ async fn bad_input_gets_a_json_4xx() {
     let at = REPLICASET_POD.find("keymaker-keymaker").unwrap();
     invalid_utf8[at] = 0xff;
     let bad_pod = with(REPLICASET_POD, |v| {
-        v["request"]["object"]["spec"]["containers"] = json!("not a list")
+        v["request"]["object"]["spec"]["tolerations"] = json!("not a list")
     })
     .to_string();
     let huge = format!("{{\"pad\":\"{}\"}}", "x".repeat(128 * 1024));

@@ -1,6 +1,7 @@
 //! AdmissionReview v1 at the HTTP edge: read and check the body, decode with kube-rs's types, call the
 //! pure decision, and write the response exactly as the apiserver verifies it (WIRE.md §1).
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::time::Instant;
 
@@ -10,16 +11,15 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use http_body_util::{BodyExt, Limited};
-use k8s_openapi::api::core::v1::Pod;
-use kube::core::admission::{
-    AdmissionRequest, AdmissionResponse, AdmissionReview, Operation as KubeOperation,
-};
-use kube::core::{DynamicObject, Resource, Status};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::core::admission::{AdmissionRequest, AdmissionResponse, Operation as KubeOperation};
+use kube::core::{DynamicObject, Resource, Status, TypeMeta};
 use serde::{Deserialize, Serialize};
 
 use super::AppState;
 use crate::metrics::{Endpoint, Outcome, operation_label};
 use crate::policy::mutate::{Decision, Operation, PodAdmission, audit_annotations};
+use crate::policy::pod::PodView;
 
 const REVIEW_API_VERSION: &str = "admission.k8s.io/v1";
 const REVIEW_KIND: &str = "AdmissionReview";
@@ -110,9 +110,10 @@ pub async fn read_json_body(
     }
 }
 
-/// A decoded admission request: a Pod, or any other kind (which nodewright leaves alone).
+/// A decoded admission request. `Pod` holds the steering view of the object (the decision itself
+/// checks that the kind is a core Pod); `Other` is an object that does not even read as one.
 pub enum Incoming {
-    Pod(Box<AdmissionRequest<Pod>>),
+    Pod(Box<AdmissionRequest<PodView>>),
     Other(Box<AdmissionRequest<DynamicObject>>),
 }
 
@@ -131,15 +132,52 @@ impl Incoming {
     }
 }
 
-/// Decode an AdmissionReview v1. Pods decode straight into k8s-openapi's `Pod` (the common, fast path);
-/// anything else falls back to a `DynamicObject` so that other kinds still get a proper answer.
+/// kube-rs's `AdmissionRequest` needs its object type to be a `Resource`.
+impl Resource for PodView {
+    type DynamicType = ();
+    type Scope = k8s_openapi::NamespaceResourceScope;
+
+    fn kind(_: &()) -> Cow<'_, str> {
+        Cow::Borrowed("Pod")
+    }
+    fn group(_: &()) -> Cow<'_, str> {
+        Cow::Borrowed("")
+    }
+    fn version(_: &()) -> Cow<'_, str> {
+        Cow::Borrowed("v1")
+    }
+    fn plural(_: &()) -> Cow<'_, str> {
+        Cow::Borrowed("pods")
+    }
+    fn meta(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+    fn meta_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.metadata
+    }
+}
+
+/// The top level of an AdmissionReview, around kube-rs's `AdmissionRequest`. kube's own
+/// `AdmissionReview<T>` flattens its `TypeMeta`, which makes serde buffer the whole review (object
+/// included) before decoding it; reading the two type fields here avoids that copy.
+#[derive(Deserialize)]
+struct Envelope<T: Resource> {
+    #[serde(rename = "apiVersion", default)]
+    api_version: String,
+    #[serde(default)]
+    kind: String,
+    request: Option<AdmissionRequest<T>>,
+}
+
+/// Decode an AdmissionReview v1. The object is read as a [`PodView`] (the common, fast path); an
+/// object that does not read as one falls back to a `DynamicObject`, so other kinds still get an answer.
 pub fn decode_review(bytes: &[u8]) -> Result<Incoming, ApiError> {
-    match serde_json::from_slice::<AdmissionReview<Pod>>(bytes) {
-        Ok(review) => into_request(review).map(|r| Incoming::Pod(Box::new(r))),
+    match serde_json::from_slice::<Envelope<PodView>>(bytes) {
+        Ok(envelope) => into_request(envelope).map(|r| Incoming::Pod(Box::new(r))),
         Err(pod_error) => {
-            let review = serde_json::from_slice::<AdmissionReview<DynamicObject>>(bytes)
+            let envelope = serde_json::from_slice::<Envelope<DynamicObject>>(bytes)
                 .map_err(|e| ApiError::bad_request(format!("malformed AdmissionReview: {e}")))?;
-            let request = into_request(review)?;
+            let request = into_request(envelope)?;
             if request.kind.group.is_empty() && request.kind.kind == "Pod" {
                 return Err(ApiError::bad_request(format!(
                     "request.object is not a valid Pod: {pod_error}"
@@ -150,16 +188,21 @@ pub fn decode_review(bytes: &[u8]) -> Result<Incoming, ApiError> {
     }
 }
 
-fn into_request<T: Resource>(review: AdmissionReview<T>) -> Result<AdmissionRequest<T>, ApiError> {
-    if review.types.api_version != REVIEW_API_VERSION || review.types.kind != REVIEW_KIND {
+fn into_request<T: Resource>(envelope: Envelope<T>) -> Result<AdmissionRequest<T>, ApiError> {
+    if envelope.api_version != REVIEW_API_VERSION || envelope.kind != REVIEW_KIND {
         return Err(ApiError::bad_request(format!(
             "expected apiVersion {REVIEW_API_VERSION} kind {REVIEW_KIND}, got apiVersion {:?} kind {:?}; register the webhook with admissionReviewVersions: [v1]",
-            review.types.api_version, review.types.kind
+            envelope.api_version, envelope.kind
         )));
     }
-    review
-        .try_into()
-        .map_err(|_| ApiError::bad_request("AdmissionReview has no request"))
+    let mut request = envelope
+        .request
+        .ok_or_else(|| ApiError::bad_request("AdmissionReview has no request"))?;
+    request.types = TypeMeta {
+        api_version: envelope.api_version,
+        kind: envelope.kind,
+    };
+    Ok(request)
 }
 
 /// The response, serialized as the apiserver expects it: top-level apiVersion/kind, the request's uid,

@@ -1,4 +1,5 @@
 //! Pure decisions: what to do with a pod (steering) and, later, with a quota request. No I/O here.
 
 pub mod mutate;
+pub mod pod;
 pub mod selector;

@@ -9,14 +9,13 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use json_patch::jsonptr::PointerBuf;
 use json_patch::{AddOperation, Patch, PatchOperation};
-use k8s_openapi::api::core::v1::{
-    NodeSelectorRequirement, Pod, PodSpec, Toleration, TopologySpreadConstraint,
-};
+use k8s_openapi::api::core::v1::{NodeSelectorRequirement, Toleration};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use serde_json::{Value, json};
 
 use crate::config::{Config, SpreadSpec};
 use crate::model::{Requirement, Taint};
+use crate::policy::pod::{PodSpecView, PodView};
 use crate::policy::selector;
 
 /// Namespaces a steering webhook must never touch.
@@ -36,7 +35,7 @@ pub struct PodAdmission<'a> {
     pub kind: &'a str,
     /// `request.namespace` (the pod's own may be empty on CREATE).
     pub namespace: &'a str,
-    pub pod: Option<&'a Pod>,
+    pub pod: Option<&'a PodView>,
     /// Labels of the pod's namespace when a cluster is reachable; `None` when unknown.
     pub namespace_labels: Option<&'a BTreeMap<String, String>>,
 }
@@ -353,7 +352,12 @@ impl Steering {
         }
     }
 
-    fn out_of_scope(&self, namespace: &str, pod: &Pod, spec: &PodSpec) -> Option<SkipReason> {
+    fn out_of_scope(
+        &self,
+        namespace: &str,
+        pod: &PodView,
+        spec: &PodSpecView,
+    ) -> Option<SkipReason> {
         let meta = &pod.metadata;
         if spec.node_name.as_deref().is_some_and(|n| !n.is_empty()) {
             return Some(SkipReason::HasNodeName);
@@ -388,7 +392,7 @@ impl Steering {
     }
 
     /// A message when the pod already asks for a node this rule's pool cannot be.
-    fn conflict(&self, namespace: &str, rule: &CompiledRule, spec: &PodSpec) -> Option<String> {
+    fn conflict(&self, namespace: &str, rule: &CompiledRule, spec: &PodSpecView) -> Option<String> {
         let pool = &rule.pool;
         let key = &self.node_selector_key;
         let steered = || {
@@ -494,32 +498,24 @@ fn node_expression_allows(e: &NodeSelectorRequirement, value: &str) -> bool {
 }
 
 fn spread_constraint(spread: &SpreadSpec, pod_labels: &BTreeMap<String, String>) -> Option<Value> {
-    let match_labels: BTreeMap<&String, &String> = pod_labels
+    let match_labels: serde_json::Map<String, Value> = pod_labels
         .iter()
         .filter(|(k, _)| !REVISION_LABELS.contains(&k.as_str()))
+        .map(|(k, v)| (k.clone(), Value::String(v.clone())))
         .collect();
     if match_labels.is_empty() {
         return None;
     }
-    let mut constraint = TopologySpreadConstraint {
-        max_skew: spread.max_skew,
-        topology_key: spread.topology_key.clone(),
-        when_unsatisfiable: spread.when_unsatisfiable.as_str().to_owned(),
-        label_selector: Some(LabelSelector {
-            match_labels: Some(
-                match_labels
-                    .into_iter()
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect(),
-            ),
-            match_expressions: None,
-        }),
-        ..Default::default()
-    };
+    let mut constraint = json!({
+        "maxSkew": spread.max_skew,
+        "topologyKey": spread.topology_key,
+        "whenUnsatisfiable": spread.when_unsatisfiable.as_str(),
+        "labelSelector": {"matchLabels": match_labels},
+    });
     if pod_labels.contains_key("pod-template-hash") {
-        constraint.match_label_keys = Some(vec!["pod-template-hash".to_owned()]);
+        constraint["matchLabelKeys"] = json!(["pod-template-hash"]);
     }
-    serde_json::to_value(constraint).ok()
+    Some(constraint)
 }
 
 fn add(tokens: &[&str], value: Value) -> PatchOperation {
@@ -571,7 +567,7 @@ mod tests {
         )
     }
 
-    fn pod(v: Value) -> Pod {
+    fn pod(v: Value) -> PodView {
         serde_json::from_value(v).unwrap()
     }
 
@@ -586,7 +582,7 @@ mod tests {
     fn decide_in(
         s: &Steering,
         namespace: &str,
-        p: &Pod,
+        p: &PodView,
         ns_labels: Option<&BTreeMap<String, String>>,
     ) -> Decision {
         s.decide(&PodAdmission {
@@ -613,7 +609,7 @@ mod tests {
         }
     }
 
-    fn edit(f: impl FnOnce(&mut Value)) -> Pod {
+    fn edit(f: impl FnOnce(&mut Value)) -> PodView {
         let mut v = base_pod();
         f(&mut v);
         pod(v)
@@ -806,7 +802,7 @@ mod tests {
     #[test]
     fn out_of_scope_pods_are_skipped() {
         let s = steering(CONFIG);
-        let cases: Vec<(&str, &str, Pod, SkipReason)> = vec![
+        let cases: Vec<(&str, &str, PodView, SkipReason)> = vec![
             (
                 "nodeName",
                 "team-riker",
