@@ -138,8 +138,20 @@ impl Metrics {
             "Unix time at which the serving certificate in use expires.",
         )
         .expect("static metric");
+        let build_info = IntGaugeVec::new(
+            Opts::new(
+                "build_info",
+                "Always 1; the version label says which nodewright is running.",
+            ),
+            &["version"],
+        )
+        .expect("static metric");
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
         for c in [
-            Box::new(admission_requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(build_info) as Box<dyn prometheus::core::Collector>,
+            Box::new(admission_requests.clone()),
             Box::new(admission_duration.clone()),
             Box::new(reloads.clone()),
             Box::new(last_reload_ok.clone()),

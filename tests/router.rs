@@ -196,6 +196,12 @@ async fn unselected_namespace_is_allowed_without_patch() {
     assert_eq!(r["allowed"], true);
     assert!(r.get("patch").is_none() && r.get("patchType").is_none());
     assert_eq!(r["uid"], "1299d386-525b-4032-98ae-1949f69f9cfc");
+    // Standalone, the rule that selects namespaces by label cannot be evaluated, and the answer says so.
+    let warning = r["warnings"][0].as_str().unwrap();
+    assert!(
+        warning.contains("labels of namespace default unknown") && warning.len() <= 120,
+        "{warning}"
+    );
 }
 
 #[tokio::test]

@@ -664,3 +664,77 @@ async fn sigterm_drains_in_flight_requests_then_exits() {
         server.logs()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certs_subcommand_makes_a_bundle_the_apiserver_can_use() {
+    let dir = tempfile::tempdir().unwrap();
+    let hook = dir.path().join("mutating-webhook.yaml");
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("webhook-config/mutating-webhook.yaml"),
+        &hook,
+    )
+    .unwrap();
+    let out_dir = dir.path().join("out");
+    let out = Command::new(env!("CARGO_BIN_EXE_nodewright"))
+        .args([
+            "certs",
+            "--service",
+            "nodewright",
+            "--namespace",
+            "nodewright",
+            "--out",
+        ])
+        .arg(&out_dir)
+        .arg("--webhook-config")
+        .arg(&hook)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ca = std::fs::read_to_string(out_dir.join("ca.crt")).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(out_dir.join("tls.key"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "the key is private");
+
+    // The webhook configuration now carries the CA as its caBundle.
+    let config: Value = serde_yaml::from_str(&std::fs::read_to_string(&hook).unwrap()).unwrap();
+    let bundle = config["webhooks"][0]["clientConfig"]["caBundle"]
+        .as_str()
+        .unwrap();
+    assert_eq!(
+        base64::engine::general_purpose::STANDARD
+            .decode(bundle)
+            .unwrap(),
+        ca.as_bytes()
+    );
+
+    // The apiserver reaches the webhook by the Service's DNS name and verifies it against that CA.
+    let cert = out_dir.join("tls.crt").display().to_string();
+    let key = out_dir.join("tls.key").display().to_string();
+    let server = Server::start(&["--tls-cert", &cert, "--tls-key", &key]);
+    let addr: std::net::SocketAddr = server.https.trim_start_matches("https://").parse().unwrap();
+    let client = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(ca.as_bytes()).unwrap())
+        .resolve("nodewright.nodewright.svc", addr)
+        .build()
+        .unwrap();
+    let url = format!(
+        "https://nodewright.nodewright.svc:{}/mutate?timeout=5s",
+        addr.port()
+    );
+    let response = client
+        .post(url)
+        .header("content-type", "application/json")
+        .body(REPLICASET_POD)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.version(), reqwest::Version::HTTP_2);
+}

@@ -52,15 +52,21 @@ impl NamespaceLabels {
         Self::Cluster(Arc::new(NamespaceCache { store, api }))
     }
 
-    /// The labels of `namespace`, or `None` when they cannot be known.
-    pub async fn labels(&self, namespace: &str) -> Option<BTreeMap<String, String>> {
+    /// The labels of `namespace`, or `None` when they cannot be known. A cache miss waits at most
+    /// `budget` (and never more than two seconds) for the API.
+    pub async fn labels(
+        &self,
+        namespace: &str,
+        budget: Option<Duration>,
+    ) -> Option<BTreeMap<String, String>> {
         let Self::Cluster(cache) = self else {
             return None;
         };
         if let Some(ns) = cache.store.get(&reflector::ObjectRef::new(namespace)) {
             return Some(ns.metadata.labels.clone().unwrap_or_default());
         }
-        match tokio::time::timeout(LOOKUP_TIMEOUT, cache.api.get_opt(namespace)).await {
+        let wait = budget.map_or(LOOKUP_TIMEOUT, |b| b.min(LOOKUP_TIMEOUT));
+        match tokio::time::timeout(wait, cache.api.get_opt(namespace)).await {
             Ok(Ok(Some(ns))) => Some(ns.metadata.labels.unwrap_or_default()),
             Ok(Ok(None)) => None,
             Ok(Err(e)) => {

@@ -3,7 +3,7 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Query, State};
@@ -17,18 +17,30 @@ use kube::core::{DynamicObject, Resource, Status, TypeMeta};
 use serde::{Deserialize, Serialize};
 
 use super::AppState;
+use crate::config::parse_go_duration;
 use crate::metrics::{Endpoint, Outcome, operation_label};
-use crate::policy::mutate::{Decision, Operation, PodAdmission, audit_annotations};
+use crate::policy::mutate::{Decision, Operation, PodAdmission, SkipReason, audit_annotations};
 use crate::policy::pod::PodView;
 
 const REVIEW_API_VERSION: &str = "admission.k8s.io/v1";
 const REVIEW_KIND: &str = "AdmissionReview";
 
-/// The query the apiserver appends (`?timeout=10s`). Accepted; the decision is far faster than any timeout.
+/// The query the apiserver appends (`?timeout=10s`): how long it waits for the answer. It bounds the
+/// only wait a steering decision may have, a namespace-label lookup on a cache miss.
 #[derive(Debug, Default, Deserialize)]
 pub struct AdmissionQuery {
-    #[allow(dead_code)]
     pub timeout: Option<String>,
+}
+
+impl AdmissionQuery {
+    /// Half the apiserver's timeout, leaving the other half for the answer to travel; `None` when
+    /// absent or unreadable (a malformed query never fails the request).
+    pub fn budget(&self) -> Option<Duration> {
+        self.timeout
+            .as_deref()
+            .and_then(|t| parse_go_duration(t).ok())
+            .map(|t| t / 2)
+    }
 }
 
 /// An error answered with a 4xx/5xx status and a JSON body `{"error": reason, "message": text}`.
@@ -263,12 +275,12 @@ fn json_response(body: Vec<u8>) -> Response {
 /// `POST /mutate`: steer pods onto their NodePool.
 pub async fn mutate(
     State(state): State<AppState>,
-    Query(_query): Query<AdmissionQuery>,
+    Query(query): Query<AdmissionQuery>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
     let started = Instant::now();
-    let (operation, outcome, response) = match mutate_inner(&state, &headers, body).await {
+    let (operation, outcome, response) = match mutate_inner(&state, &query, &headers, body).await {
         Ok((operation, outcome, response)) => (
             operation,
             outcome,
@@ -290,6 +302,7 @@ pub async fn mutate(
 
 async fn mutate_inner(
     state: &AppState,
+    query: &AdmissionQuery,
     headers: &HeaderMap,
     body: Body,
 ) -> Result<(&'static str, Outcome, AdmissionResponse), ApiError> {
@@ -308,8 +321,9 @@ async fn mutate_inner(
     };
     let namespace = request.namespace.as_deref().unwrap_or_default();
     let steering = state.steering.load();
-    let namespace_labels = if steering.needs_namespace_labels() {
-        state.namespaces.labels(namespace).await
+    let is_create = matches!(request.operation, KubeOperation::Create);
+    let namespace_labels = if is_create && steering.needs_namespace_labels() {
+        state.namespaces.labels(namespace, query.budget()).await
     } else {
         None
     };
@@ -338,6 +352,14 @@ async fn mutate_inner(
         })
         .unwrap_or_default();
     let (outcome, response) = match decision {
+        Decision::Skip(SkipReason::NamespaceLabelsUnknown) => {
+            tracing::warn!(uid = %request.uid, namespace, pod = %pod_name, "namespace labels unknown; rules selecting namespaces by label skipped");
+            let mut response = AdmissionResponse::from(&request);
+            response.warnings = Some(vec![format!(
+                "nodewright: labels of namespace {namespace} unknown; pod not steered by label rules"
+            )]);
+            (Outcome::Allowed, response)
+        }
         Decision::Skip(reason) => {
             tracing::debug!(uid = %request.uid, namespace, pod = %pod_name, reason = reason.as_str(), "not steered");
             (Outcome::Allowed, AdmissionResponse::from(&request))

@@ -72,6 +72,9 @@ pub enum SkipReason {
     ExcludedNamespace,
     OptedOut,
     NoRule,
+    /// No rule selected the pod, but a rule that selects namespaces by label could not be evaluated
+    /// because the namespace's labels are unknown (no cluster, or the API did not answer).
+    NamespaceLabelsUnknown,
 }
 
 impl SkipReason {
@@ -86,6 +89,7 @@ impl SkipReason {
             Self::ExcludedNamespace => "excluded_namespace",
             Self::OptedOut => "opted_out",
             Self::NoRule => "no_rule",
+            Self::NamespaceLabelsUnknown => "namespace_labels_unknown",
         }
     }
 }
@@ -272,7 +276,12 @@ impl Steering {
             .iter()
             .find(|r| r.selects(req.namespace, req.namespace_labels, pod_labels))
         else {
-            return Decision::Skip(SkipReason::NoRule);
+            let unknown = req.namespace_labels.is_none() && self.needs_namespace_labels();
+            return Decision::Skip(if unknown {
+                SkipReason::NamespaceLabelsUnknown
+            } else {
+                SkipReason::NoRule
+            });
         };
         let pool = &rule.pool;
         if let Some(message) = self.conflict(req.namespace, rule, spec) {
@@ -849,7 +858,12 @@ mod tests {
                 edit(|v| v["metadata"]["labels"]["nodewright.io/skip"] = json!("true")),
                 SkipReason::OptedOut,
             ),
-            ("no rule", "elsewhere", pod(base_pod()), SkipReason::NoRule),
+            (
+                "no rule, labels unknown",
+                "elsewhere",
+                pod(base_pod()),
+                SkipReason::NamespaceLabelsUnknown,
+            ),
         ];
         for (name, ns, p, want) in cases {
             assert_eq!(decide_in(&s, ns, &p, None), Decision::Skip(want), "{name}");
@@ -889,7 +903,7 @@ mod tests {
         );
         assert_eq!(
             decide_in(&s, "ns1", &p, None),
-            Decision::Skip(SkipReason::NoRule),
+            Decision::Skip(SkipReason::NamespaceLabelsUnknown),
             "unknown labels select nothing"
         );
         // The pod-label rule comes first, in any namespace.
