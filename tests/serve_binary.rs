@@ -269,6 +269,18 @@ async fn metrics(server: &Server) -> String {
         .unwrap()
 }
 
+/// Re-check the async condition `$cond` every 100 ms until it holds; fail after 15 s naming `$what`
+/// and showing the server's log.
+macro_rules! eventually {
+    ($server:expr, $what:expr, $cond:expr) => {{
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while !$cond {
+            assert!(Instant::now() < deadline, "{}: {}", $what, $server.logs());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }};
+}
+
 fn metric_value(text: &str, series: &str) -> f64 {
     text.lines()
         .find_map(|l| {
@@ -338,58 +350,35 @@ async fn http2_over_tls_and_certificate_rotation_by_symlink_swap() {
 
     let (cert2, key2, der2) = ca.issue("leaf-two");
     secret.update(&cert2, &key2);
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        // A new client makes a new connection, hence a new handshake.
+    // A new client makes a new connection, hence a new handshake.
+    eventually!(server, "rotated certificate never served", {
         let (status, _, _, peer) = mutate(&client(&ca.pem), &url).await;
         assert_eq!(status, 200);
-        if peer.as_deref() == Some(&der2[..]) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "rotated certificate never served: {}",
-            server.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        peer.as_deref() == Some(&der2[..])
+    });
 
     // A broken update (key of another certificate) is refused; the good certificate stays.
     let (_, other_key, _) = ca.issue("leaf-three");
     secret.update(&cert2, &other_key);
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while metric_value(
-        &metrics(&server).await,
-        r#"nodewright_reloads_total{kind="certificate",result="failure"}"#,
-    ) < 1.0
-    {
-        assert!(
-            Instant::now() < deadline,
-            "bad certificate not noticed: {}",
-            server.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually!(
+        server,
+        "bad certificate not noticed",
+        metric_value(
+            &metrics(&server).await,
+            r#"nodewright_reloads_total{kind="certificate",result="failure"}"#
+        ) >= 1.0
+    );
     let (status, _, _, peer) = mutate(&client(&ca.pem), &url).await;
     assert_eq!((status, peer.as_deref()), (200, Some(&der2[..])));
 
     // A chain (leaf + intermediate) is served whole, so clients trusting only the root verify it.
     let (chain, chain_key) = ca.issue_via_intermediate();
     secret.update(&chain, &chain_key);
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
+    eventually!(server, "chain never served", {
         let (status, _, _, peer) = mutate(&client(&ca.pem), &url).await;
         assert_eq!(status, 200);
-        if peer.as_deref() != Some(&der2[..]) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "chain never served: {}",
-            server.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        peer.as_deref() != Some(&der2[..])
+    });
 
     stop.store(true, Ordering::SeqCst);
     flow.await.unwrap();
@@ -512,15 +501,14 @@ async fn config_reload_keeps_last_good_config() {
 
     // A broken file: the error is logged and counted, and the old config keeps steering.
     std::fs::write(&config, original.replace("kind: Policy", "kind: Polcy")).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while metric_value(
-        &metrics(&server).await,
-        r#"nodewright_reloads_total{kind="config",result="failure"}"#,
-    ) < 1.0
-    {
-        assert!(Instant::now() < deadline, "bad config not noticed");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually!(
+        server,
+        "bad config not noticed",
+        metric_value(
+            &metrics(&server).await,
+            r#"nodewright_reloads_total{kind="config",result="failure"}"#
+        ) >= 1.0
+    );
     assert!(
         server.logs().contains("keeping the last good config"),
         "{}",
@@ -549,15 +537,11 @@ async fn config_reload_keeps_last_good_config() {
         ),
     )
     .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while steered(&mutate(&client, &url).await.2) {
-        assert!(
-            Instant::now() < deadline,
-            "good config not applied: {}",
-            server.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually!(
+        server,
+        "good config not applied",
+        !steered(&mutate(&client, &url).await.2)
+    );
     assert_eq!(
         metric_value(
             &metrics(&server).await,
