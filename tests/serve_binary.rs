@@ -274,7 +274,10 @@ async fn metrics(server: &Server) -> String {
 macro_rules! eventually {
     ($server:expr, $what:expr, $cond:expr) => {{
         let deadline = Instant::now() + Duration::from_secs(15);
-        while !$cond {
+        loop {
+            if $cond {
+                break;
+            }
             assert!(Instant::now() < deadline, "{}: {}", $what, $server.logs());
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
