@@ -1,5 +1,6 @@
-//! Pure decisions: what to do with a pod (steering) and, later, with a quota request. No I/O here.
+//! Pure decisions: what to do with a pod (steering) and with a quota request. No I/O here.
 
 pub mod mutate;
 pub mod pod;
+pub mod quota;
 pub mod selector;
