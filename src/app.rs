@@ -11,11 +11,15 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::certs;
+use crate::cluster::ledger::LedgerStore;
+use crate::cluster::pods::PodIndex;
+use crate::cluster::quota::{QuotaService, QuotaSettings};
 use crate::cluster::{self, namespaces::NamespaceLabels};
 use crate::config::Config;
 use crate::http::{self, AppState, Limits, Readiness, tls};
 use crate::metrics::{Metrics, ReloadKind, ReloadResult};
 use crate::policy::mutate::Steering;
+use crate::policy::quota::Quotas;
 use crate::watch;
 
 /// Where the serving certificate comes from.
@@ -72,10 +76,7 @@ pub async fn serve(settings: ServeSettings, shutdown: CancellationToken) -> Resu
         "config loaded"
     );
     let own_namespace = settings.own_namespace.clone();
-    let steering = Arc::new(ArcSwap::from_pointee(Steering::new(
-        &config,
-        own_namespace.as_deref(),
-    )));
+    let decisions = Decisions::new(&config, own_namespace.as_deref());
 
     let resolver = match &settings.tls {
         TlsSource::Files { cert, key } => {
@@ -115,22 +116,53 @@ pub async fn serve(settings: ServeSettings, shutdown: CancellationToken) -> Resu
     if let Some(path) = settings.config.clone() {
         spawn_config_reloader(
             path,
-            own_namespace,
-            steering.clone(),
+            own_namespace.clone(),
+            decisions.clone(),
             metrics.clone(),
             settings.reload_poll,
             shutdown.clone(),
         );
     }
 
-    let namespaces = match cluster::client_from_env().await {
-        Some(client) => NamespaceLabels::watch(client, shutdown.clone()),
-        None => NamespaceLabels::Standalone,
+    let quota_settings = QuotaSettings::default();
+    let (namespaces, quota) = match cluster::client_from_env().await {
+        Some(client) => {
+            let ledger_namespace = own_namespace.as_deref().unwrap_or(DEFAULT_NAMESPACE);
+            tracing::info!(
+                ledger_namespace,
+                "quota ledgers are ConfigMaps nodewright-quota-<namespace>"
+            );
+            let pods = PodIndex::watch(
+                client.clone(),
+                quota_settings.reservation_expiry * 2,
+                shutdown.clone(),
+            );
+            (
+                NamespaceLabels::watch(client.clone(), shutdown.clone()),
+                QuotaService::new(
+                    LedgerStore::configmaps(client, ledger_namespace),
+                    Some(pods),
+                    quota_settings,
+                    metrics.clone(),
+                ),
+            )
+        }
+        None => {
+            tracing::warn!(
+                "standalone: quotas count only the pods this process admitted since it started, in memory"
+            );
+            (
+                NamespaceLabels::Standalone,
+                QuotaService::new(LedgerStore::memory(), None, quota_settings, metrics.clone()),
+            )
+        }
     };
 
     let readiness = Arc::new(Readiness::default());
     let state = AppState {
-        steering,
+        steering: decisions.steering,
+        quotas: decisions.quotas,
+        quota,
         namespaces,
         metrics,
         limits: settings.limits,
@@ -189,11 +221,36 @@ pub async fn serve(settings: ServeSettings, shutdown: CancellationToken) -> Resu
     Ok(())
 }
 
+/// nodewright's namespace when `--namespace` / `POD_NAMESPACE` is not given.
+pub const DEFAULT_NAMESPACE: &str = "nodewright";
+
+/// The decision parts compiled from the config, swapped whole on reload.
+#[derive(Clone)]
+struct Decisions {
+    steering: Arc<ArcSwap<Steering>>,
+    quotas: Arc<ArcSwap<Quotas>>,
+}
+
+impl Decisions {
+    fn new(config: &Config, own_namespace: Option<&str>) -> Self {
+        Self {
+            steering: Arc::new(ArcSwap::from_pointee(Steering::new(config, own_namespace))),
+            quotas: Arc::new(ArcSwap::from_pointee(Quotas::new(&config.policy))),
+        }
+    }
+
+    fn store(&self, config: &Config, own_namespace: Option<&str>) {
+        self.steering
+            .store(Arc::new(Steering::new(config, own_namespace)));
+        self.quotas.store(Arc::new(Quotas::new(&config.policy)));
+    }
+}
+
 /// Reload the config file when it changes; a bad file keeps the last good config.
 fn spawn_config_reloader(
     path: PathBuf,
     own_namespace: Option<String>,
-    steering: Arc<ArcSwap<Steering>>,
+    decisions: Decisions,
     metrics: Metrics,
     poll: Duration,
     shutdown: CancellationToken,
@@ -203,7 +260,7 @@ fn spawn_config_reloader(
         while changes.recv().await.is_some() {
             match Config::load(&path) {
                 Ok(config) => {
-                    steering.store(Arc::new(Steering::new(&config, own_namespace.as_deref())));
+                    decisions.store(&config, own_namespace.as_deref());
                     metrics.reload(ReloadKind::Config, ReloadResult::Success);
                     tracing::info!(config = %path.display(), rules = config.policy.rules.len(), "config reloaded");
                 }

@@ -1,22 +1,56 @@
 //! One Prometheus registry, built at start and passed down. Label values come from enums only.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Which HTTP endpoint served a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Endpoint {
     Mutate,
+    Validate,
 }
 
 impl Endpoint {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Mutate => "mutate",
+            Self::Validate => "validate",
         }
     }
+}
+
+/// What happened to a quota decision (namespace-independent).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QuotaOutcome {
+    Allowed,
+    Denied,
+    DryRun,
+    /// The quota could not be checked and the request was refused (failure policy Fail).
+    ErrorDenied,
+    /// The quota could not be checked and the request was let through (failure policy Ignore).
+    ErrorAllowed,
+}
+
+impl QuotaOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Allowed => "allowed",
+            Self::Denied => "denied",
+            Self::DryRun => "dry_run",
+            Self::ErrorDenied => "error_denied",
+            Self::ErrorAllowed => "error_allowed",
+        }
+    }
+}
+
+/// Ledger traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QuotaEvent {
+    LedgerWrite,
+    LedgerConflict,
+    ApiError,
 }
 
 /// How an admission request ended.
@@ -92,6 +126,12 @@ pub struct Metrics {
     reloads: IntCounterVec,
     last_reload_ok: IntGaugeVec,
     certificate_not_after: IntGauge,
+    quota_decisions: IntCounterVec,
+    quota_ledger_writes: IntCounter,
+    quota_ledger_conflicts: IntCounter,
+    quota_api_errors: IntCounter,
+    quota_batch_size: Histogram,
+    quota_pods: IntGaugeVec,
 }
 
 impl Metrics {
@@ -138,6 +178,44 @@ impl Metrics {
             "Unix time at which the serving certificate in use expires.",
         )
         .expect("static metric");
+        let quota_decisions = IntCounterVec::new(
+            Opts::new("quota_decisions_total", "Pod quota decisions, by outcome."),
+            &["outcome"],
+        )
+        .expect("static metric");
+        let quota_ledger_writes = IntCounter::new(
+            "quota_ledger_writes_total",
+            "Successful quota ledger writes (one per decided batch that changed the ledger).",
+        )
+        .expect("static metric");
+        let quota_ledger_conflicts = IntCounter::new(
+            "quota_ledger_conflicts_total",
+            "Quota ledger writes refused with 409 Conflict and retried.",
+        )
+        .expect("static metric");
+        let quota_api_errors = IntCounter::new(
+            "quota_api_errors_total",
+            "Kubernetes API calls of the quota that failed (other than conflicts).",
+        )
+        .expect("static metric");
+        let quota_batch_size = Histogram::with_opts(
+            HistogramOpts::new(
+                "quota_batch_size",
+                "Admission requests decided together per namespace batch.",
+            )
+            .buckets(vec![
+                1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0,
+            ]),
+        )
+        .expect("static metric");
+        let quota_pods = IntGaugeVec::new(
+            Opts::new(
+                "quota_pods",
+                "Pods in use and the limit, for namespaces the Policy names (label-selected ones are not exported).",
+            ),
+            &["namespace", "kind"],
+        )
+        .expect("static metric");
         let build_info = IntGaugeVec::new(
             Opts::new(
                 "build_info",
@@ -156,6 +234,12 @@ impl Metrics {
             Box::new(reloads.clone()),
             Box::new(last_reload_ok.clone()),
             Box::new(certificate_not_after.clone()),
+            Box::new(quota_decisions.clone()),
+            Box::new(quota_ledger_writes.clone()),
+            Box::new(quota_ledger_conflicts.clone()),
+            Box::new(quota_api_errors.clone()),
+            Box::new(quota_batch_size.clone()),
+            Box::new(quota_pods.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
         }
@@ -172,7 +256,41 @@ impl Metrics {
             reloads,
             last_reload_ok,
             certificate_not_after,
+            quota_decisions,
+            quota_ledger_writes,
+            quota_ledger_conflicts,
+            quota_api_errors,
+            quota_batch_size,
+            quota_pods,
         }
+    }
+
+    pub fn quota_decision(&self, outcome: QuotaOutcome) {
+        self.quota_decisions
+            .with_label_values(&[outcome.as_str()])
+            .inc();
+    }
+
+    pub fn quota_event(&self, event: QuotaEvent) {
+        match event {
+            QuotaEvent::LedgerWrite => self.quota_ledger_writes.inc(),
+            QuotaEvent::LedgerConflict => self.quota_ledger_conflicts.inc(),
+            QuotaEvent::ApiError => self.quota_api_errors.inc(),
+        }
+    }
+
+    pub fn quota_batch(&self, size: usize) {
+        self.quota_batch_size.observe(size as f64);
+    }
+
+    /// Usage and limit of a namespace the config names (bounded cardinality).
+    pub fn quota_usage(&self, namespace: &str, in_use: u32, limit: u32) {
+        self.quota_pods
+            .with_label_values(&[namespace, "in_use"])
+            .set(i64::from(in_use));
+        self.quota_pods
+            .with_label_values(&[namespace, "limit"])
+            .set(i64::from(limit));
     }
 
     pub fn admission(

@@ -1,6 +1,9 @@
 //! Kubernetes adapters: the client (kubeconfig / in-cluster chain) and watch caches.
 
+pub mod ledger;
 pub mod namespaces;
+pub mod pods;
+pub mod quota;
 
 use kube::Client;
 

@@ -17,10 +17,12 @@ use kube::core::{DynamicObject, Resource, Status, TypeMeta};
 use serde::{Deserialize, Serialize};
 
 use super::AppState;
-use crate::config::parse_go_duration;
-use crate::metrics::{Endpoint, Outcome, operation_label};
+use crate::cluster::quota::QuotaError;
+use crate::config::{FailurePolicy, parse_go_duration};
+use crate::metrics::{Endpoint, Outcome, QuotaOutcome, operation_label};
 use crate::policy::mutate::{Decision, Operation, PodAdmission, SkipReason, audit_annotations};
 use crate::policy::pod::PodView;
+use crate::policy::quota::{Quotas, SlotRequest, Verdict};
 
 const REVIEW_API_VERSION: &str = "admission.k8s.io/v1";
 const REVIEW_KIND: &str = "AdmissionReview";
@@ -400,4 +402,175 @@ async fn mutate_inner(
         }
     };
     Ok((operation, outcome, response))
+}
+
+/// `POST /validate`: enforce namespace pod quotas.
+pub async fn validate(
+    State(state): State<AppState>,
+    Query(query): Query<AdmissionQuery>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let started = Instant::now();
+    let (operation, outcome, response) = match validate_inner(&state, &query, &headers, body).await
+    {
+        Ok((operation, outcome, response)) => (
+            operation,
+            outcome,
+            json_response(encode_response(&response)),
+        ),
+        Err(e) => {
+            tracing::warn!(status = e.status.as_u16(), error = %e.message, "rejected admission request");
+            ("unknown", Outcome::Error, e.into_response())
+        }
+    };
+    state.metrics.admission(
+        Endpoint::Validate,
+        operation,
+        outcome,
+        started.elapsed().as_secs_f64(),
+    );
+    response
+}
+
+async fn validate_inner(
+    state: &AppState,
+    query: &AdmissionQuery,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<(&'static str, Outcome, AdmissionResponse), ApiError> {
+    let bytes = read_json_body(headers, body, state.limits.max_body_bytes).await?;
+    let incoming = decode_review(&bytes)?;
+    let operation = operation_label(Some(incoming.operation()));
+    let request = match incoming {
+        Incoming::Other(request) => {
+            return Ok((
+                operation,
+                Outcome::Allowed,
+                AdmissionResponse::from(&*request),
+            ));
+        }
+        Incoming::Pod(request) => *request,
+    };
+    let is_pod_create = matches!(request.operation, KubeOperation::Create)
+        && request.kind.group.is_empty()
+        && request.kind.kind == "Pod";
+    let Some(pod) = request.object.as_ref().filter(|_| is_pod_create) else {
+        return Ok((
+            operation,
+            Outcome::Allowed,
+            AdmissionResponse::from(&request),
+        ));
+    };
+    let namespace = request.namespace.as_deref().unwrap_or_default();
+    let quotas = state.quotas.load_full();
+    let budget = query.budget();
+    let labels = state.namespaces.labels(namespace, budget).await;
+    let limit = match quotas.limit_for(namespace, labels.as_ref()) {
+        Ok(Some(limit)) => limit,
+        Ok(None) => {
+            return Ok((
+                operation,
+                Outcome::Allowed,
+                AdmissionResponse::from(&request),
+            ));
+        }
+        Err(bad) => {
+            let (outcome, response) = quota_unchecked(
+                &state.metrics,
+                &quotas,
+                &request,
+                namespace,
+                &bad.to_string(),
+            );
+            return Ok((operation, outcome, response));
+        }
+    };
+    let name = pod
+        .metadata
+        .name
+        .clone()
+        .or_else(|| pod.metadata.generate_name.as_ref().map(|g| format!("{g}*")))
+        .unwrap_or_default();
+    let slot = SlotRequest {
+        // Set by the apiserver before validating webhooks run; the request uid is a unique fallback.
+        uid: pod
+            .metadata
+            .uid
+            .clone()
+            .unwrap_or_else(|| request.uid.clone()),
+        pod: format!("{namespace}/{name}"),
+        dry_run: request.dry_run,
+    };
+    let max_pods = limit.max_pods;
+    let admitted = state.quota.admit(namespace, limit, slot);
+    let verdict = match budget {
+        Some(budget) => tokio::time::timeout(budget, admitted)
+            .await
+            .unwrap_or(Err(QuotaError::Timeout)),
+        None => admitted.await,
+    };
+    let (outcome, response) = match verdict {
+        Ok(Verdict::Allow { in_use }) => {
+            state.metrics.quota_decision(if request.dry_run {
+                QuotaOutcome::DryRun
+            } else {
+                QuotaOutcome::Allowed
+            });
+            if quotas.names(namespace) && !request.dry_run {
+                state.metrics.quota_usage(namespace, in_use, max_pods);
+            }
+            let mut response = AdmissionResponse::from(&request);
+            if in_use >= max_pods {
+                response.warnings = Some(vec![format!(
+                    "nodewright: namespace {namespace} now uses all {max_pods} of its pods"
+                )]);
+            }
+            (Outcome::Allowed, response)
+        }
+        Ok(Verdict::Deny { in_use, message }) => {
+            state.metrics.quota_decision(QuotaOutcome::Denied);
+            if quotas.names(namespace) {
+                state.metrics.quota_usage(namespace, in_use, max_pods);
+            }
+            tracing::info!(uid = %request.uid, namespace, pod = %name, in_use, limit = max_pods, "over quota");
+            let mut response = AdmissionResponse::from(&request).deny(&message);
+            response.result = Status::failure(&message, "Forbidden").with_code(403);
+            (Outcome::Denied, response)
+        }
+        Err(e) => quota_unchecked(&state.metrics, &quotas, &request, namespace, &e.to_string()),
+    };
+    Ok((operation, outcome, response))
+}
+
+/// The quota could not be checked: refuse (failure policy Fail, the default) or let the pod through
+/// with a warning (Ignore), logging and counting either way.
+fn quota_unchecked(
+    metrics: &crate::metrics::Metrics,
+    quotas: &Quotas,
+    request: &AdmissionRequest<PodView>,
+    namespace: &str,
+    error: &str,
+) -> (Outcome, AdmissionResponse) {
+    match quotas.failure_policy() {
+        FailurePolicy::Fail => {
+            metrics.quota_decision(QuotaOutcome::ErrorDenied);
+            tracing::error!(uid = %request.uid, namespace, error, "pod quota not checked; refusing the pod (quotaFailurePolicy: Fail)");
+            let message = format!(
+                "nodewright could not check the pod quota of namespace {namespace} ({error}); the pod was refused, try again"
+            );
+            let mut response = AdmissionResponse::from(request).deny(&message);
+            response.result = Status::failure(&message, "ServiceUnavailable").with_code(503);
+            (Outcome::Denied, response)
+        }
+        FailurePolicy::Ignore => {
+            metrics.quota_decision(QuotaOutcome::ErrorAllowed);
+            tracing::warn!(uid = %request.uid, namespace, error, "pod quota not checked; admitting the pod (quotaFailurePolicy: Ignore)");
+            let mut response = AdmissionResponse::from(request);
+            response.warnings = Some(vec![format!(
+                "nodewright: pod quota of namespace {namespace} not checked; admitted anyway"
+            )]);
+            (Outcome::Allowed, response)
+        }
+    }
 }

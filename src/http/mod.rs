@@ -16,8 +16,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 
 use crate::cluster::namespaces::NamespaceLabels;
+use crate::cluster::quota::QuotaService;
 use crate::metrics::Metrics;
 use crate::policy::mutate::Steering;
+use crate::policy::quota::Quotas;
 
 /// Request limits at the edge.
 #[derive(Debug, Clone, Copy)]
@@ -56,6 +58,8 @@ impl Readiness {
 #[derive(Clone)]
 pub struct AppState {
     pub steering: Arc<ArcSwap<Steering>>,
+    pub quotas: Arc<ArcSwap<Quotas>>,
+    pub quota: QuotaService,
     pub namespaces: NamespaceLabels,
     pub metrics: Metrics,
     pub limits: Limits,
@@ -64,7 +68,9 @@ pub struct AppState {
 
 /// The HTTPS router: admission webhooks (and later the scheduler extender).
 pub fn webhook_router(state: AppState, bench_endpoints: bool) -> Router {
-    let mut router = Router::new().route("/mutate", post(admission::mutate));
+    let mut router = Router::new()
+        .route("/mutate", post(admission::mutate))
+        .route("/validate", post(admission::validate));
     if bench_endpoints {
         router = router.route("/bench/fixed", post(bench_fixed));
     }

@@ -52,6 +52,8 @@ fn lean_meta<'de, D: Deserializer<'de>>(deserializer: D) -> Result<ObjectMeta, D
         #[serde(default)]
         namespace: Option<String>,
         #[serde(default)]
+        uid: Option<String>,
+        #[serde(default)]
         labels: Option<BTreeMap<String, String>>,
         #[serde(default)]
         annotations: Option<BTreeMap<String, String>>,
@@ -64,6 +66,7 @@ fn lean_meta<'de, D: Deserializer<'de>>(deserializer: D) -> Result<ObjectMeta, D
             name: l.name,
             generate_name: l.generate_name,
             namespace: l.namespace,
+            uid: l.uid,
             labels: l.labels,
             annotations: l.annotations,
             owner_references: l.owner_references,

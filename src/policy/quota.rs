@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use serde::{Deserialize, Serialize};
 
-use crate::config::PolicySpec;
+use crate::config::{FailurePolicy, PolicySpec};
 use crate::policy::selector;
 
 /// A namespace label that sets its pod limit, overriding the Policy's rules.
@@ -23,6 +23,7 @@ pub const MAX_PODS_LABEL: &str = "nodewright.io/max-pods";
 #[derive(Debug, Clone, Default)]
 pub struct Quotas {
     rules: Vec<QuotaRule>,
+    failure_policy: FailurePolicy,
 }
 
 #[derive(Debug, Clone)]
@@ -68,7 +69,15 @@ impl Quotas {
                 max_pods: q.max_pods,
             })
             .collect();
-        Self { rules }
+        Self {
+            rules,
+            failure_policy: policy.quota_failure_policy,
+        }
+    }
+
+    /// What to do with a pod when its quota cannot be checked.
+    pub fn failure_policy(&self) -> FailurePolicy {
+        self.failure_policy
     }
 
     /// The limit for `namespace`: its `nodewright.io/max-pods` label if set, else the first rule that
@@ -98,13 +107,10 @@ impl Quotas {
         }))
     }
 
-    /// Namespaces whose limit is known from the config alone (rules by name): the only ones whose usage
-    /// may be exported as metrics without unbounded label cardinality.
-    pub fn named_namespaces(&self) -> BTreeSet<&str> {
-        self.rules
-            .iter()
-            .flat_map(|r| r.namespaces.iter().map(String::as_str))
-            .collect()
+    /// Whether the config names `namespace` in a rule: only those namespaces' usage is exported as
+    /// metrics, so the label's cardinality is bounded by the config.
+    pub fn names(&self, namespace: &str) -> bool {
+        self.rules.iter().any(|r| r.namespaces.contains(namespace))
     }
 }
 
@@ -189,21 +195,21 @@ impl Ledger {
         u32::try_from(watch.counted() + pending).unwrap_or(u32::MAX)
     }
 
-    /// Decide a batch in order. Admitted non-dry-run requests are added to the ledger, so the caller
-    /// writes the ledger once for the whole batch and answers only after that write succeeded.
-    /// A request whose uid is already admitted (a retried call) is allowed again without counting twice.
-    pub fn admit(
+    /// Decide a batch in order, each request under its own limit. Admitted non-dry-run requests are
+    /// added to the ledger, so the caller writes the ledger once for the whole batch and answers only
+    /// after that write succeeded. A request whose uid is already admitted (a retried call) is allowed
+    /// again without counting twice.
+    pub fn admit<'a>(
         &mut self,
         namespace: &str,
-        limit: &Limit,
-        requests: &[SlotRequest],
+        requests: impl IntoIterator<Item = (&'a Limit, &'a SlotRequest)>,
         watch: &impl PodWatchView,
         now: i64,
     ) -> Vec<Verdict> {
         let mut in_use = self.in_use(watch);
         requests
-            .iter()
-            .map(|r| {
+            .into_iter()
+            .map(|(limit, r)| {
                 if self.entries.contains_key(&r.uid) || watch.is_counted(&r.uid) {
                     return Verdict::Allow { in_use };
                 }
@@ -294,6 +300,14 @@ mod tests {
         }
     }
 
+    /// Every request under one limit.
+    fn under<'a>(
+        limit: &'a Limit,
+        requests: &'a [SlotRequest],
+    ) -> impl Iterator<Item = (&'a Limit, &'a SlotRequest)> {
+        requests.iter().map(move |r| (limit, r))
+    }
+
     fn req(uid: &str) -> SlotRequest {
         SlotRequest {
             uid: uid.into(),
@@ -346,7 +360,7 @@ mod tests {
             q.limit_for("team-riker", Some(&labels(&[(MAX_PODS_LABEL, "lots")])))
                 .is_err()
         );
-        assert_eq!(q.named_namespaces(), BTreeSet::from(["team-riker"]));
+        assert!(q.names("team-riker") && !q.names("other"));
     }
 
     #[test]
@@ -378,7 +392,7 @@ mod tests {
         let mut ledger = Ledger::default();
         let w = watch(&["a", "b", "c"], &[]);
         let requests: Vec<SlotRequest> = (0..50).map(|i| req(&format!("new-{i}"))).collect();
-        let verdicts = ledger.admit("team-riker", &limit(10), &requests, &w, 0);
+        let verdicts = ledger.admit("team-riker", under(&limit(10), &requests), &w, 0);
         let allowed = verdicts
             .iter()
             .filter(|v| matches!(v, Verdict::Allow { .. }))
@@ -404,12 +418,22 @@ mod tests {
     #[test]
     fn ledger_and_watch_are_not_counted_twice_and_retries_are_free() {
         let mut ledger = Ledger::default();
-        ledger.admit("ns", &limit(3), &[req("a"), req("b")], &watch(&[], &[]), 0);
+        ledger.admit(
+            "ns",
+            under(&limit(3), &[req("a"), req("b")]),
+            &watch(&[], &[]),
+            0,
+        );
         // The watch now sees a and b: still 2 in use, not 4.
         let w = watch(&["a", "b"], &[]);
         assert_eq!(ledger.in_use(&w), 2);
         // A retried call for b is allowed and does not count again; c takes the last slot; d does not fit.
-        let v = ledger.admit("ns", &limit(3), &[req("b"), req("c"), req("d")], &w, 1);
+        let v = ledger.admit(
+            "ns",
+            under(&limit(3), &[req("b"), req("c"), req("d")]),
+            &w,
+            1,
+        );
         assert!(matches!(v[0], Verdict::Allow { in_use: 2 }));
         assert!(matches!(v[1], Verdict::Allow { in_use: 3 }));
         assert!(matches!(v[2], Verdict::Deny { in_use: 3, .. }));
@@ -423,16 +447,23 @@ mod tests {
             dry_run: true,
             ..req("dry")
         };
-        let v = ledger.admit("ns", &limit(2), &[dry.clone(), dry.clone(), dry], &w, 0);
+        let v = ledger.admit(
+            "ns",
+            under(&limit(2), &[dry.clone(), dry.clone(), dry]),
+            &w,
+            0,
+        );
         assert!(v.iter().all(|v| matches!(v, Verdict::Allow { in_use: 2 })));
         assert!(ledger.entries.is_empty());
         let full = ledger.admit(
             "ns",
-            &limit(1),
-            &[SlotRequest {
-                dry_run: true,
-                ..req("dry")
-            }],
+            under(
+                &limit(1),
+                &[SlotRequest {
+                    dry_run: true,
+                    ..req("dry")
+                }],
+            ),
             &w,
             0,
         );
@@ -447,8 +478,10 @@ mod tests {
         let mut ledger = Ledger::default();
         ledger.admit(
             "ns",
-            &limit(10),
-            &[req("deleted"), req("running"), req("pending"), req("lost")],
+            under(
+                &limit(10),
+                &[req("deleted"), req("running"), req("pending"), req("lost")],
+            ),
             &watch(&[], &[]),
             100,
         );
@@ -475,7 +508,7 @@ mod tests {
     #[test]
     fn ledger_round_trips_as_json() {
         let mut ledger = Ledger::default();
-        ledger.admit("ns", &limit(1), &[req("u1")], &watch(&[], &[]), 42);
+        ledger.admit("ns", under(&limit(1), &[req("u1")]), &watch(&[], &[]), 42);
         let text = serde_json::to_string(&ledger).unwrap();
         assert_eq!(
             text,
