@@ -1,0 +1,171 @@
+//! Test harness shared by the integration tests: the real `nodewright serve` binary on ephemeral
+//! ports, a plain-HTTP probe, and a polling helper.
+#![allow(dead_code)] // each test binary uses its own part of the harness
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// Re-check the async condition `$cond` every 100 ms until it holds; fail after 15 s naming `$what`
+/// and showing the server's log.
+#[macro_export]
+macro_rules! eventually {
+    ($server:expr, $what:expr, $cond:expr) => {{
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if $cond {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{}: {}", $what, $server.logs());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }};
+}
+
+pub fn metric_value(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(series)
+                .and_then(|rest| rest.trim().parse().ok())
+        })
+        .unwrap_or(0.0)
+}
+
+/// A running `nodewright serve`, killed on drop.
+pub struct Server {
+    pub child: Child,
+    pub https: String,
+    pub ops: String,
+    stderr: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Server {
+    /// Start with `args` after `serve`, on ephemeral ports, and wait until /readyz answers 200.
+    pub fn start(args: &[&str]) -> Server {
+        Self::start_with(args, None)
+    }
+
+    /// Like [`Server::start`], with `KUBECONFIG` set to `kubeconfig` (else no cluster: standalone).
+    pub fn start_with(args: &[&str], kubeconfig: Option<&Path>) -> Server {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_nodewright"));
+        match kubeconfig {
+            Some(path) => command.env("KUBECONFIG", path),
+            None => command.env_remove("KUBECONFIG").env("HOME", "/nonexistent"),
+        };
+        let mut child = command
+            .arg("serve")
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--metrics-listen",
+                "127.0.0.1:0",
+                "--reload-poll-interval",
+                "1s",
+            ])
+            .args(args)
+            .env("NODEWRIGHT_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn nodewright");
+        let stderr = child.stderr.take().unwrap();
+        let lines = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        {
+            let lines = lines.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    if let Ok(v) = serde_json::from_str::<Value>(&line)
+                        && v["message"] == "serving"
+                    {
+                        let _ = tx.send((
+                            v["listen"].as_str().unwrap().to_owned(),
+                            v["metrics_listen"].as_str().unwrap().to_owned(),
+                        ));
+                    }
+                    lines.lock().unwrap().push(line);
+                }
+            });
+        }
+        let (https, ops) = rx
+            .recv_timeout(Duration::from_secs(30))
+            .unwrap_or_else(|_| {
+                panic!("server did not start: {:?}", lines.lock().unwrap());
+            });
+        let server = Server {
+            child,
+            https: format!("https://{https}"),
+            ops: format!("http://{ops}"),
+            stderr: lines,
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if probe::get_status(&format!("{}/readyz", server.ops)) == Some(200) {
+                return server;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("never ready");
+    }
+
+    pub fn logs(&self) -> String {
+        self.stderr.lock().unwrap().join("\n")
+    }
+
+    pub fn https_url(&self, path: &str) -> String {
+        // The certificate is for localhost; connect by name.
+        format!("{}{path}", self.https.replace("127.0.0.1", "localhost"))
+    }
+
+    pub fn sigterm(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    pub fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "did not exit in {within:?}: {}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A tiny blocking plain-HTTP probe (reqwest's blocking client is not enabled).
+pub mod probe {
+    pub fn get_status(url: &str) -> Option<u16> {
+        let url = url.strip_prefix("http://")?;
+        let (host, path) = url.split_once('/').unwrap_or((url, ""));
+        let mut stream = std::net::TcpStream::connect(host).ok()?;
+        use std::io::{Read, Write};
+        write!(
+            stream,
+            "GET /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+        )
+        .ok()?;
+        let mut buf = String::new();
+        stream.read_to_string(&mut buf).ok()?;
+        buf.split_whitespace().nth(1)?.parse().ok()
+    }
+}
