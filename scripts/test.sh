@@ -42,10 +42,11 @@ step "install test dependencies (scripts/setup-test-deps.sh)" scripts/setup-test
 step "cargo fmt --all -- --check" cargo fmt --all -- --check
 # clippy and the tests use the same dev profile (no --release), so proc-macros and build
 # scripts compiled for one serve the other and nothing is built in a second profile.
-step "cargo clippy --all-targets -- -D warnings" cargo clippy --all-targets -- -D warnings
+step "cargo clippy --workspace --all-targets -- -D warnings" cargo clippy --workspace --all-targets -- -D warnings
 # --no-fail-fast: one failing test binary must not hide the results of the others.
-step "cargo test --all-targets --no-fail-fast" cargo test --all-targets --no-fail-fast
-step "cargo test --doc" cargo test --doc
+# --workspace: nodewright and the Kubernetes API stand-in (tests/kube-standin).
+step "cargo test --workspace --all-targets --no-fail-fast" cargo test --workspace --all-targets --no-fail-fast
+step "cargo test --workspace --doc" cargo test --workspace --doc
 step "validate manifests (scripts/check-manifests.sh)" scripts/check-manifests.sh
 
 printf '\n==> summary\n'
