@@ -1,6 +1,7 @@
 //! The HTTP surface: path routing, verbs, watches, discovery and the control endpoints.
 
 use crate::App;
+use crate::admission;
 use crate::faults::Faults;
 use crate::selector::{FieldSelector, LabelSelector};
 use crate::store::{
@@ -71,7 +72,7 @@ async fn handle(State((app, control_port)): State<(Arc<App>, bool)>, req: Reques
         Ok(Query(p)) => p,
         Err(e) => return ApiError::bad_request(format!("invalid query: {e}")).into_response(),
     };
-    match route(&app, &parts, &path, &params, body) {
+    match route(&app, &parts, &path, &params, body).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
     }
@@ -81,7 +82,7 @@ fn ok(v: &Value) -> Response {
     json_response(StatusCode::OK, v)
 }
 
-fn route(
+async fn route(
     app: &Arc<App>,
     parts: &Parts,
     path: &str,
@@ -152,8 +153,8 @@ fn route(
             get_only()?;
             resource_list(&app.store(), g, v)
         }
-        ["api", "v1", rest @ ..] => resource(app, parts, "", "v1", rest, params, body),
-        ["apis", g, v, rest @ ..] => resource(app, parts, g, v, rest, params, body),
+        ["api", "v1", rest @ ..] => resource(app, parts, "", "v1", rest, params, body).await,
+        ["apis", g, v, rest @ ..] => resource(app, parts, g, v, rest, params, body).await,
         _ => Err(ApiError::no_route()),
     }
 }
@@ -367,7 +368,7 @@ impl Selectors {
     }
 }
 
-fn resource(
+async fn resource(
     app: &Arc<App>,
     parts: &Parts,
     group: &str,
@@ -381,6 +382,14 @@ fn resource(
     let watch = matches!(params.get("watch").map(String::as_str), Some("true" | "1"));
     let res = &t.res;
     let ns = t.ns.as_deref();
+    let admit = !matches!(parts.method, Method::GET | Method::HEAD)
+        && !admission::exempt(res)
+        && admission::active(app);
+    let mut warnings = Vec::new();
+    if admit {
+        let r = admitted(app, parts, &t, params, body, &render, &mut warnings).await;
+        return Ok(with_warnings(r, &warnings));
+    }
     match (&parts.method, t.name.as_deref()) {
         (&Method::GET, None) if watch => start_watch(app, &t, params, render),
         (&Method::GET, None) => list(app, &t, params, &render),
@@ -405,7 +414,9 @@ fn resource(
                     .update(res, version, ns, name, obj, t.status, dry_run(params)?)?;
             Ok(ok(&render.object(&updated)))
         }
-        (&Method::PATCH, Some(name)) => patch(app, parts, &t, name, params, &body, &render),
+        (&Method::PATCH, Some(name)) => {
+            patch(app, parts, &t, name, params, &body, &render, None).await
+        }
         (&Method::DELETE, Some(name)) => {
             let opts = delete_opts(params, &body)?;
             let outcome = app.store().delete(res, ns, name, &opts)?;
@@ -448,6 +459,113 @@ fn resource(
         }
         _ => Err(ApiError::method_not_allowed()),
     }
+}
+
+/// Writes when admission webhooks are configured: every write goes through them.
+async fn admitted(
+    app: &Arc<App>,
+    parts: &Parts,
+    t: &Target,
+    params: &Params,
+    body: Bytes,
+    render: &Render,
+    warnings: &mut Vec<String>,
+) -> Result<Response, ApiError> {
+    let res = &t.res;
+    let ns = t.ns.as_deref();
+    let version = t.version.as_str();
+    match (&parts.method, t.name.as_deref()) {
+        (&Method::POST, None) => {
+            let obj = parse_body(&body)?;
+            let dry = dry_run(params)?;
+            let created =
+                admission::create(app, res, version, ns, obj, dry, params, warnings).await?;
+            Ok(json_response(StatusCode::CREATED, &render.object(&created)))
+        }
+        (&Method::PUT, Some(name)) => {
+            let obj = parse_body(&body)?;
+            let dry = dry_run(params)?;
+            if app.faults.roll_conflict() {
+                return Err(ApiError::conflict(&res.group, &res.plural, name));
+            }
+            let updated = admission::update(
+                app,
+                res,
+                version,
+                ns,
+                name,
+                t.status,
+                admission::Change::Put(obj),
+                dry,
+                params,
+                warnings,
+            )
+            .await?;
+            Ok(ok(&render.object(&updated)))
+        }
+        (&Method::PATCH, Some(name)) => {
+            patch(app, parts, t, name, params, &body, render, Some(warnings)).await
+        }
+        (&Method::DELETE, Some(name)) => {
+            let opts = delete_opts(params, &body)?;
+            let outcome = admission::delete(app, res, version, ns, name, &opts, warnings).await?;
+            Ok(delete_response(app, res, ns, outcome, render))
+        }
+        (&Method::DELETE, None) => {
+            let opts = delete_opts(params, &body)?;
+            let sel = Selectors::new(t, params)?;
+            let names: Vec<(Option<String>, String)> = {
+                let store = app.store();
+                store
+                    .objects_at(res, None)?
+                    .values()
+                    .filter(|o| sel.matches(o))
+                    .map(|o| {
+                        (
+                            str_at(o, "/metadata/namespace")
+                                .map(str::to_string)
+                                .filter(|_| res.namespaced),
+                            str_at(o, "/metadata/name").unwrap_or("").to_string(),
+                        )
+                    })
+                    .collect()
+            };
+            let mut items = Vec::new();
+            for (ns, name) in names {
+                let outcome =
+                    admission::delete(app, res, version, ns.as_deref(), &name, &opts, warnings)
+                        .await;
+                match outcome {
+                    Ok(outcome) => {
+                        let obj = match &outcome {
+                            Deleted::Now(o)
+                            | Deleted::Pending(o)
+                            | Deleted::Graceful { object: o, .. } => render.object(o),
+                        };
+                        delete_response(app, res, ns.as_deref(), outcome, render);
+                        items.push(obj);
+                    }
+                    Err(e) if e.code == 404 => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            let rv = app.store().rv.to_string();
+            Ok(ok(&render.list(res, json!({"resourceVersion": rv}), items)))
+        }
+        _ => Err(ApiError::method_not_allowed()),
+    }
+}
+
+/// The response (or error) with the webhooks' warnings as `Warning` headers.
+fn with_warnings(r: Result<Response, ApiError>, warnings: &[String]) -> Response {
+    let mut resp = match r {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    };
+    for v in admission::warning_headers(warnings) {
+        resp.headers_mut().append(header::WARNING, v);
+    }
+    resp
 }
 
 fn list(
@@ -584,7 +702,8 @@ fn list(
     Ok(ok(&render.list(&t.res, metadata, items)))
 }
 
-fn patch(
+#[allow(clippy::too_many_arguments)]
+async fn patch(
     app: &Arc<App>,
     parts: &Parts,
     t: &Target,
@@ -592,6 +711,7 @@ fn patch(
     params: &Params,
     body: &Bytes,
     render: &Render,
+    warnings: Option<&mut Vec<String>>,
 ) -> Result<Response, ApiError> {
     let ct = parts
         .headers
@@ -644,9 +764,26 @@ fn patch(
         }
         Ok(doc)
     };
-    let updated =
-        app.store()
-            .patch(res, &t.version, t.ns.as_deref(), name, apply, t.status, dry)?;
+    let updated = match warnings {
+        Some(w) => {
+            admission::update(
+                app,
+                res,
+                &t.version,
+                t.ns.as_deref(),
+                name,
+                t.status,
+                admission::Change::Patch(&apply),
+                dry,
+                params,
+                w,
+            )
+            .await?
+        }
+        None => app
+            .store()
+            .patch(res, &t.version, t.ns.as_deref(), name, apply, t.status, dry)?,
+    };
     Ok(ok(&render.object(&updated)))
 }
 

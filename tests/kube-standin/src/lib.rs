@@ -18,8 +18,10 @@
 //! # }
 //! ```
 
+mod admission;
 mod api;
 mod faults;
+pub mod proxy;
 mod selector;
 mod store;
 mod util;
@@ -43,6 +45,7 @@ use tokio::task::JoinHandle;
 pub(crate) struct App {
     store: Mutex<Store>,
     faults: FaultControl,
+    pub(crate) admission: admission::Admission,
     bookmark_interval: Duration,
     pub(crate) watches_started: AtomicU64,
     pub(crate) watches_expired: AtomicU64,
@@ -68,6 +71,7 @@ impl App {
 pub struct StandIn {
     history_limit: usize,
     bookmark_interval: Duration,
+    webhook_connection_reuse: bool,
 }
 
 impl Default for StandIn {
@@ -75,6 +79,7 @@ impl Default for StandIn {
         Self {
             history_limit: 10_000,
             bookmark_interval: Duration::from_secs(1),
+            webhook_connection_reuse: true,
         }
     }
 }
@@ -102,6 +107,15 @@ impl StandIn {
         self
     }
 
+    /// Whether admission webhook calls reuse pooled connections (default true: one HTTP
+    /// client per CA bundle, HTTP/2 multiplexed as kube-apiserver does). With false every
+    /// call opens a new connection, so a round-robin proxy in front of several webhook
+    /// replicas spreads the calls, not just the connections.
+    pub fn webhook_connection_reuse(mut self, reuse: bool) -> Self {
+        self.webhook_connection_reuse = reuse;
+        self
+    }
+
     /// Bind `addr` and serve the Kubernetes API on it.
     pub async fn serve(self, addr: impl ToSocketAddrs) -> std::io::Result<Handle> {
         let listener = TcpListener::bind(addr).await?;
@@ -109,6 +123,7 @@ impl StandIn {
         let app = Arc::new(App {
             store: Mutex::new(Store::new(self.history_limit)),
             faults: FaultControl::new(),
+            admission: admission::Admission::new(self.webhook_connection_reuse),
             bookmark_interval: self.bookmark_interval,
             watches_started: AtomicU64::new(0),
             watches_expired: AtomicU64::new(0),

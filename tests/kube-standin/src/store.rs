@@ -478,11 +478,44 @@ impl Store {
         res: &ResourceDef,
         version: &str,
         ns: Option<&str>,
-        mut obj: Value,
+        obj: Value,
         dry_run: bool,
     ) -> Result<Arc<Value>, ApiError> {
+        let obj = self.prepare_new(res, version, ns, obj, true)?;
+        if dry_run {
+            return Ok(Arc::new(obj));
+        }
+        self.commit_new(res, obj)
+    }
+
+    /// What the apiserver does to a create's body before admission: decode (kind and
+    /// apiVersion), set the namespace from the path, wipe the system fields.
+    pub fn normalize_new(
+        res: &ResourceDef,
+        version: &str,
+        ns: Option<&str>,
+        mut obj: Value,
+    ) -> Result<Value, ApiError> {
         Self::check_type(res, version, &mut obj)?;
         let meta = meta_mut(&mut obj)?;
+        Self::fill_namespace(res, ns, meta)?;
+        for k in [
+            "uid",
+            "creationTimestamp",
+            "deletionTimestamp",
+            "deletionGracePeriodSeconds",
+            "selfLink",
+        ] {
+            meta.remove(k);
+        }
+        Ok(obj)
+    }
+
+    fn fill_namespace(
+        res: &ResourceDef,
+        ns: Option<&str>,
+        meta: &mut Map<String, Value>,
+    ) -> Result<(), ApiError> {
         if res.namespaced {
             let ns = ns.ok_or_else(ApiError::method_not_allowed)?;
             match meta.get("namespace").and_then(Value::as_str) {
@@ -498,6 +531,22 @@ impl Store {
         } else {
             meta.remove("namespace");
         }
+        Ok(())
+    }
+
+    /// The object a create would store (name generated, uid, timestamps, create strategy),
+    /// without storing it. `check_exists`: fail with 409 AlreadyExists now.
+    pub fn prepare_new(
+        &mut self,
+        res: &ResourceDef,
+        version: &str,
+        ns: Option<&str>,
+        mut obj: Value,
+        check_exists: bool,
+    ) -> Result<Value, ApiError> {
+        Self::check_type(res, version, &mut obj)?;
+        let meta = meta_mut(&mut obj)?;
+        Self::fill_namespace(res, ns, meta)?;
         if meta
             .get("resourceVersion")
             .and_then(Value::as_str)
@@ -565,8 +614,7 @@ impl Store {
         {
             return Err(ApiError::not_found("", "namespaces", ns));
         }
-        let key = object_key(ns, &name);
-        if self.get(res, &key).is_some() {
+        if check_exists && self.get(res, &object_key(ns, &name)).is_some() {
             return Err(ApiError::already_exists(&res.group, &res.plural, &name));
         }
         let uid = self.rng.uuid();
@@ -576,10 +624,41 @@ impl Store {
         meta.remove("deletionTimestamp");
         meta.remove("deletionGracePeriodSeconds");
         prepare_create(res, &mut obj)?;
-        if dry_run {
-            return Ok(Arc::new(obj));
+        Ok(obj)
+    }
+
+    /// Store an object [`Store::prepare_new`] made: 404 if its namespace is gone, 409 if
+    /// its name is taken.
+    pub fn commit_new(&mut self, res: &ResourceDef, obj: Value) -> Result<Arc<Value>, ApiError> {
+        let name = str_at(&obj, "/metadata/name").unwrap_or("").to_string();
+        let ns = str_at(&obj, "/metadata/namespace")
+            .filter(|_| res.namespaced)
+            .map(str::to_string);
+        if let Some(ns) = ns.as_deref()
+            && !self.namespace_exists(ns)
+        {
+            return Err(ApiError::not_found("", "namespaces", ns));
+        }
+        let key = object_key(ns.as_deref(), &name);
+        if self.get(res, &key).is_some() {
+            return Err(ApiError::already_exists(&res.group, &res.plural, &name));
         }
         Ok(self.commit(res, &key, ChangeType::Added, obj, None))
+    }
+
+    /// Every stored object of `group`/`plural`.
+    pub fn all_of(&self, group: &str, plural: &str) -> Vec<Arc<Value>> {
+        self.objects
+            .get(&(group.to_string(), plural.to_string()))
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Whether any object of `group`/`plural` is stored.
+    pub fn has_any(&self, group: &str, plural: &str) -> bool {
+        self.objects
+            .get(&(group.to_string(), plural.to_string()))
+            .is_some_and(|m| !m.is_empty())
     }
 
     /// PUT: replace the object (or, with `status_only`, its status).
@@ -590,7 +669,7 @@ impl Store {
         version: &str,
         ns: Option<&str>,
         name: &str,
-        mut body: Value,
+        body: Value,
         status_only: bool,
         dry_run: bool,
     ) -> Result<Arc<Value>, ApiError> {
@@ -598,6 +677,18 @@ impl Store {
         let old = self
             .get(res, &key)
             .ok_or_else(|| ApiError::not_found(&res.group, &res.plural, name))?;
+        let body = Self::put_candidate(res, version, ns, name, body)?;
+        self.write_update(res, &key, old, body, status_only, dry_run)
+    }
+
+    /// A PUT body, checked against the path (kind, apiVersion, name, namespace).
+    pub fn put_candidate(
+        res: &ResourceDef,
+        version: &str,
+        ns: Option<&str>,
+        name: &str,
+        mut body: Value,
+    ) -> Result<Value, ApiError> {
         Self::check_type(res, version, &mut body)?;
         let meta = meta_mut(&mut body)?;
         let body_name = meta.get("name").and_then(Value::as_str).unwrap_or("");
@@ -616,7 +707,7 @@ impl Store {
                 _ => {}
             }
         }
-        self.write_update(res, &key, old, body, status_only, dry_run)
+        Ok(body)
     }
 
     pub fn current(
@@ -645,7 +736,19 @@ impl Store {
         let old = self
             .get(res, &key)
             .ok_or_else(|| ApiError::not_found(&res.group, &res.plural, name))?;
-        let mut base = (*old).clone();
+        let patched = Self::patch_candidate(res, version, name, &old, apply)?;
+        self.write_update(res, &key, old, patched, status_only, dry_run)
+    }
+
+    /// The current object `old` with a patch applied, checked (kind, name).
+    pub fn patch_candidate(
+        res: &ResourceDef,
+        version: &str,
+        name: &str,
+        old: &Value,
+        apply: impl FnOnce(&Value) -> Result<Value, ApiError>,
+    ) -> Result<Value, ApiError> {
+        let mut base = old.clone();
         if let Value::Object(o) = &mut base {
             o.insert("apiVersion".into(), json!(res.api_version(version)));
         }
@@ -669,7 +772,31 @@ impl Store {
                 "Invalid value: field is immutable",
             ));
         }
-        self.write_update(res, &key, old, patched, status_only, dry_run)
+        Ok(patched)
+    }
+
+    /// Update from a candidate computed against `old`. `Ok(None)`: the object changed since
+    /// (the caller starts over, as the apiserver's GuaranteedUpdate does).
+    #[allow(clippy::too_many_arguments)]
+    pub fn update_from(
+        &mut self,
+        res: &ResourceDef,
+        ns: Option<&str>,
+        name: &str,
+        old: &Arc<Value>,
+        body: Value,
+        status_only: bool,
+        dry_run: bool,
+    ) -> Result<Option<Arc<Value>>, ApiError> {
+        let key = object_key(ns, name);
+        let current = self
+            .get(res, &key)
+            .ok_or_else(|| ApiError::not_found(&res.group, &res.plural, name))?;
+        if !Arc::ptr_eq(&current, old) {
+            return Ok(None);
+        }
+        self.write_update(res, &key, current, body, status_only, dry_run)
+            .map(Some)
     }
 
     fn write_update(
