@@ -5,8 +5,10 @@
 //! Exactness across replicas rests on the ledger: the set of pods admitted by any replica, written with
 //! resourceVersion compare-and-swap. Usage is `|ledger ∪ live pods seen by the watch|`, so a pod counts
 //! from the moment it is admitted until the watch sees it gone, whichever replica admitted it and however
-//! far behind this replica's watch is. An entry whose pod never appears (a later webhook denied it, the
-//! create failed) is dropped once older than the expiry, which must exceed the apiserver's request timeout.
+//! far behind this replica's watch is. Entries are dropped when the watch sees their pod go, or once
+//! older than the expiry, which must exceed the apiserver's request timeout (a pod that never appeared:
+//! a later webhook denied it, the create failed) and any replica's watch lag (a pod that did appear is
+//! counted by every watch by then), so the ledger holds only the recent admissions.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -235,14 +237,14 @@ impl Ledger {
             .collect()
     }
 
-    /// Drop entries the watch saw go away, and entries older than `expiry_seconds` whose pod the watch
-    /// does not count (it never appeared). Returns whether anything changed (and so needs writing).
+    /// Drop entries the watch saw go away, and entries older than `expiry_seconds`: by then either the
+    /// pod never appeared, or every replica's watch counts it by itself. This keeps the ledger to the
+    /// pods admitted in the last `expiry_seconds`, whatever the limit. Returns whether anything changed
+    /// (and so needs writing).
     pub fn reconcile(&mut self, watch: &impl PodWatchView, now: i64, expiry_seconds: i64) -> bool {
         let before = self.entries.len();
-        self.entries.retain(|uid, entry| {
-            let expired = now - entry.admitted_at > expiry_seconds;
-            !(watch.is_gone(uid) || (expired && !watch.is_counted(uid)))
-        });
+        self.entries
+            .retain(|uid, entry| !(watch.is_gone(uid) || now - entry.admitted_at > expiry_seconds));
         self.entries.len() != before
     }
 }
@@ -495,14 +497,15 @@ mod tests {
             !ledger.reconcile(&w, 150, 60),
             "nothing expires before its time"
         );
-        assert!(ledger.reconcile(&w, 200, 60));
-        assert_eq!(
-            ledger.entries.keys().collect::<Vec<_>>(),
-            ["running"],
-            "a counted pod is kept however old"
-        );
         // A pod admitted by another replica that this watch has not seen yet still counts.
-        assert_eq!(ledger.in_use(&watch(&[], &[])), 1);
+        assert_eq!(ledger.in_use(&watch(&[], &[])), 3);
+        assert!(ledger.reconcile(&w, 200, 60));
+        assert!(ledger.entries.is_empty(), "old entries go, counted or not");
+        assert_eq!(
+            ledger.in_use(&w),
+            1,
+            "the running pod still counts, through the watch"
+        );
     }
 
     #[test]
