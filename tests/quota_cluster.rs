@@ -1,0 +1,476 @@
+//! Quotas across replicas: three real `nodewright serve` processes share one Kubernetes API stand-in
+//! (through a kubeconfig) and sit behind one webhook URL (a round-robin proxy, as a Service would), and
+//! pods are created through the stand-in, which calls the validating webhook as kube-apiserver does.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod};
+use kube::api::{DeleteParams, ListParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Api, Client};
+use kube_standin::proxy::{ProxyHandle, RoundRobin};
+use kube_standin::{Handle, StandIn};
+use serde_json::{Value, json};
+
+#[macro_use]
+mod common;
+use common::{Server, metric_value};
+
+const NAMESPACE: &str = "team-riker";
+const LIMIT: usize = 10;
+
+struct Cluster {
+    standin: Handle,
+    client: Client,
+    replicas: Vec<Server>,
+    proxy: ProxyHandle,
+    ca: String,
+    _dir: tempfile::TempDir,
+}
+
+fn config_text(failure_policy: &str) -> String {
+    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/steering.yaml"))
+        .unwrap()
+        .replace(
+            "  quotas:\n",
+            &format!("  quotaFailurePolicy: {failure_policy}\n  quotas:\n"),
+        )
+}
+
+impl Cluster {
+    async fn start(replicas: usize, failure_policy: &str) -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        // A new connection per webhook call, so that the proxy spreads calls over the replicas.
+        let standin = StandIn::builder()
+            .webhook_connection_reuse(false)
+            .serve("127.0.0.1:0")
+            .await
+            .unwrap();
+        let kubeconfig = dir.path().join("kubeconfig");
+        standin.kubeconfig(&kubeconfig).unwrap();
+        let client = Client::try_from(
+            kube::Config::from_custom_kubeconfig(
+                Kubeconfig::from_yaml(&standin.kubeconfig_yaml()).unwrap(),
+                &KubeConfigOptions::default(),
+            )
+            .await
+            .unwrap(),
+        )
+        .unwrap();
+        let namespaces: Api<Namespace> = Api::all(client.clone());
+        for name in ["nodewright", NAMESPACE, "elsewhere"] {
+            let ns: Namespace =
+                serde_json::from_value(json!({"metadata": {"name": name}})).unwrap();
+            namespaces
+                .create(&PostParams::default(), &ns)
+                .await
+                .unwrap();
+        }
+
+        let bundle =
+            nodewright::certs::generate(&nodewright::certs::local_names(), time::Duration::days(1))
+                .unwrap();
+        let (cert, key, config) = (
+            dir.path().join("tls.crt"),
+            dir.path().join("tls.key"),
+            dir.path().join("config.yaml"),
+        );
+        std::fs::write(&cert, &bundle.cert_pem).unwrap();
+        std::fs::write(&key, &bundle.key_pem).unwrap();
+        std::fs::write(&config, config_text(failure_policy)).unwrap();
+        let args = [
+            "--config",
+            config.to_str().unwrap(),
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+            "--namespace",
+            "nodewright",
+        ];
+        let replicas: Vec<Server> = (0..replicas)
+            .map(|_| Server::start_with(&args, Some(&kubeconfig)))
+            .collect();
+        let backends = replicas
+            .iter()
+            .map(|s| s.https.trim_start_matches("https://").parse().unwrap())
+            .collect();
+        let proxy = RoundRobin::start(backends).await.unwrap();
+
+        let cluster = Cluster {
+            standin,
+            client,
+            replicas,
+            proxy,
+            ca: bundle.ca_pem,
+            _dir: dir,
+        };
+        cluster.register_webhook().await;
+        cluster.wait_until_quota_ready().await;
+        cluster
+    }
+
+    async fn register_webhook(&self) {
+        let hook = json!({
+            "apiVersion": "admissionregistration.k8s.io/v1",
+            "kind": "ValidatingWebhookConfiguration",
+            "metadata": {"name": "nodewright"},
+            "webhooks": [{
+                "name": "validate.nodewright.io",
+                "admissionReviewVersions": ["v1"],
+                "clientConfig": {
+                    "url": format!("https://localhost:{}/validate", self.proxy.addr().port()),
+                    "caBundle": base64::engine::general_purpose::STANDARD.encode(&self.ca),
+                },
+                "rules": [{"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods"]}],
+                "sideEffects": "NoneOnDryRun",
+                "failurePolicy": "Fail",
+                "timeoutSeconds": 10,
+            }]
+        });
+        let api: Api<kube::core::DynamicObject> = Api::all_with(
+            self.client.clone(),
+            &kube::core::ApiResource::erase::<
+                k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration,
+            >(&()),
+        );
+        api.create(
+            &PostParams::default(),
+            &serde_json::from_value(hook).unwrap(),
+        )
+        .await
+        .unwrap();
+    }
+
+    /// The replicas answer quota questions only once their pod watch has listed; a dry run tells.
+    async fn wait_until_quota_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let dry = PostParams {
+                dry_run: true,
+                ..PostParams::default()
+            };
+            let ready = futures::future::join_all((0..self.replicas.len() * 2).map(|i| {
+                let pods = self.pods(NAMESPACE);
+                let dry = dry.clone();
+                async move { pods.create(&dry, &pod(&format!("probe-{i}"))).await.is_ok() }
+            }))
+            .await;
+            if ready.iter().all(|ok| *ok) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "quota never ready: {}",
+                self.replicas[0].logs()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    fn pods(&self, namespace: &str) -> Api<Pod> {
+        Api::namespaced(self.client.clone(), namespace)
+    }
+
+    /// Create `n` pods at once; returns (created names, error messages).
+    async fn burst(&self, prefix: &str, n: usize) -> (Vec<String>, Vec<String>) {
+        let results = futures::future::join_all((0..n).map(|i| {
+            let pods = self.pods(NAMESPACE);
+            let name = format!("{prefix}-{i}");
+            async move {
+                pods.create(&PostParams::default(), &pod(&name))
+                    .await
+                    .map(|_| name)
+            }
+        }))
+        .await;
+        let mut created = Vec::new();
+        let mut errors = Vec::new();
+        for r in results {
+            match r {
+                Ok(name) => created.push(name),
+                Err(e) => errors.push(e.to_string()),
+            }
+        }
+        (created, errors)
+    }
+
+    async fn stored(&self) -> usize {
+        self.pods(NAMESPACE)
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .len()
+    }
+
+    async fn metric_sum(&self, series: &str) -> f64 {
+        let mut sum = 0.0;
+        for r in &self.replicas {
+            if let Ok(response) = reqwest::get(format!("{}/metrics", r.ops)).await {
+                sum += metric_value(&response.text().await.unwrap_or_default(), series);
+            }
+        }
+        sum
+    }
+}
+
+fn pod(name: &str) -> Pod {
+    serde_json::from_value(json!({
+        "metadata": {"name": name, "labels": {"app": "app-2048"}},
+        "spec": {"containers": [{"name": "app", "image": "public.ecr.aws/l6m2t8p7/docker-2048:latest"}]}
+    }))
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn burst_of_300_creates_through_the_apiserver_admits_exactly_the_limit() {
+    let cluster = Cluster::start(3, "Fail").await;
+    let (created, errors) = cluster.burst("burst", 300).await;
+    assert_eq!(
+        created.len(),
+        LIMIT,
+        "errors: {:?}",
+        &errors[..3.min(errors.len())]
+    );
+    assert_eq!(cluster.stored().await, LIMIT);
+    let denial = &errors[0];
+    for part in [
+        "denied the request",
+        "team-riker",
+        "at most 10 pods",
+        "nodewright.io/max-pods",
+    ] {
+        assert!(denial.contains(part), "{denial:?} lacks {part:?}");
+    }
+    // Every admitted pod holds a slot in the shared ledger.
+    let ledgers: Api<ConfigMap> = Api::namespaced(cluster.client.clone(), "nodewright");
+    let ledger = ledgers.get("nodewright-quota-team-riker").await.unwrap();
+    let entries: Value = serde_json::from_str(&ledger.data.unwrap()["ledger.json"]).unwrap();
+    assert_eq!(entries["entries"].as_object().unwrap().len(), LIMIT);
+    // The calls were spread over all three replicas, as a Service spreads connections.
+    let connections = cluster.proxy.connections();
+    assert_eq!(connections.len(), 3, "{connections:?}");
+    assert!(connections.values().all(|n| *n >= 50), "{connections:?}");
+    // Batching: at most one ledger write per admitted pod, whatever the number of requests.
+    let writes = cluster
+        .metric_sum("nodewright_quota_ledger_writes_total")
+        .await;
+    assert!(
+        writes <= LIMIT as f64,
+        "{writes} ledger writes for {LIMIT} admitted pods"
+    );
+}
+
+/// Each of the three replicas gets exactly a third of the burst at once: they contend for one ledger.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn burst_of_300_reviews_spread_over_three_replicas_admits_exactly_the_limit() {
+    let cluster = Cluster::start(3, "Fail").await;
+    let answers = futures::future::join_all((0..300).map(|i| {
+        let server = &cluster.replicas[i % 3];
+        let ca = &cluster.ca;
+        async move { direct_review(server, ca, &format!("spread-{i}")).await }
+    }))
+    .await;
+    let allowed = answers
+        .iter()
+        .filter(|a| a["response"]["allowed"] == true)
+        .count();
+    assert_eq!(allowed, LIMIT);
+    let codes: Vec<i64> = answers
+        .iter()
+        .filter(|a| a["response"]["allowed"] == false)
+        .map(|a| a["response"]["status"]["code"].as_i64().unwrap_or(0))
+        .collect();
+    assert!(
+        codes.iter().all(|c| *c == 403),
+        "every refusal is the quota's: {codes:?}"
+    );
+    for r in &cluster.replicas {
+        let text = reqwest::get(format!("{}/metrics", r.ops))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let decided = metric_value(
+            &text,
+            r#"nodewright_admission_requests_total{endpoint="validate",operation="CREATE",outcome="denied"}"#,
+        ) + metric_value(
+            &text,
+            r#"nodewright_admission_requests_total{endpoint="validate",operation="CREATE",outcome="allowed"}"#,
+        );
+        assert!(
+            decided >= 100.0,
+            "each replica answered its share: {decided}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleted_pods_free_their_slots_and_dry_runs_never_count() {
+    let cluster = Cluster::start(3, "Fail").await;
+    let dry = PostParams {
+        dry_run: true,
+        ..PostParams::default()
+    };
+    for i in 0..(2 * LIMIT) {
+        cluster
+            .pods(NAMESPACE)
+            .create(&dry, &pod(&format!("dry-{i}")))
+            .await
+            .expect("dry runs fit");
+    }
+    let (created, _) = cluster.burst("first", LIMIT).await;
+    assert_eq!(created.len(), LIMIT, "dry runs reserved nothing");
+    assert!(
+        cluster
+            .pods(NAMESPACE)
+            .create(&dry, &pod("dry-over"))
+            .await
+            .is_err(),
+        "a dry run over quota is refused"
+    );
+
+    for name in &created[..3] {
+        cluster
+            .pods(NAMESPACE)
+            .delete(name, &DeleteParams::default())
+            .await
+            .unwrap();
+    }
+    // As soon as the replicas' watches see the deletes, three slots are free, and no more.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut admitted = Vec::new();
+    while admitted.len() < 3 {
+        let name = format!("second-{}", admitted.len());
+        if cluster
+            .pods(NAMESPACE)
+            .create(&PostParams::default(), &pod(&name))
+            .await
+            .is_ok()
+        {
+            admitted.push(name);
+        } else {
+            assert!(Instant::now() < deadline, "freed slots never reused");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let (more, _) = cluster.burst("third", 20).await;
+    assert!(more.is_empty(), "admitted over quota: {more:?}");
+    assert_eq!(cluster.stored().await, LIMIT);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_a_replica_mid_burst_admits_no_extra_pod() {
+    let mut cluster = Cluster::start(3, "Fail").await;
+    let burst = {
+        let pods = cluster.pods(NAMESPACE);
+        tokio::spawn(async move {
+            futures::future::join_all((0..300).map(|i| {
+                let pods = pods.clone();
+                async move {
+                    pods.create(&PostParams::default(), &pod(&format!("k-{i}")))
+                        .await
+                        .is_ok()
+                }
+            }))
+            .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    let victim = cluster.replicas.remove(1);
+    drop(victim); // SIGKILL, mid-burst
+    let admitted = burst.await.unwrap().into_iter().filter(|ok| *ok).count();
+    let stored = cluster.stored().await;
+    assert!(
+        admitted <= LIMIT && stored <= LIMIT,
+        "admitted {admitted}, stored {stored}"
+    );
+    // Reservations the dead replica wrote are still in the ledger: nothing admitted is lost.
+    let ledgers: Api<ConfigMap> = Api::namespaced(cluster.client.clone(), "nodewright");
+    let ledger = ledgers.get("nodewright-quota-team-riker").await.unwrap();
+    let entries: Value = serde_json::from_str(&ledger.data.unwrap()["ledger.json"]).unwrap();
+    let reserved: Vec<&str> = entries["entries"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|e| e["pod"].as_str().unwrap())
+        .collect();
+    for p in cluster
+        .pods(NAMESPACE)
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+    {
+        let name = format!("{NAMESPACE}/{}", p.metadata.name.unwrap());
+        assert!(
+            reserved.contains(&name.as_str()),
+            "{name} stored without a reservation"
+        );
+    }
+    // The survivors keep enforcing: nothing more fits until reservations expire or pods go.
+    let (more, _) = cluster.burst("after", 20).await;
+    assert_eq!(stored + more.len(), cluster.stored().await);
+    assert!(cluster.stored().await <= LIMIT);
+}
+
+async fn direct_review(server: &Server, ca: &str, uid: &str) -> Value {
+    let review = json!({
+        "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+        "request": {
+            "uid": format!("req-{uid}"),
+            "kind": {"group": "", "version": "v1", "kind": "Pod"},
+            "resource": {"group": "", "version": "v1", "resource": "pods"},
+            "namespace": NAMESPACE, "name": format!("pod-{uid}"), "operation": "CREATE",
+            "userInfo": {"username": "test"},
+            "object": serde_json::to_value(pod(&format!("pod-{uid}"))).unwrap(),
+            "oldObject": null, "dryRun": false
+        }
+    });
+    let client = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(ca.as_bytes()).unwrap())
+        .build()
+        .unwrap();
+    client
+        .post(server.https_url("/validate?timeout=4s"))
+        .header("content-type", "application/json")
+        .body(review.to_string())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_unreachable_fails_closed_by_default_and_open_when_configured() {
+    for (policy, allowed, outcome) in [
+        ("Fail", false, "error_denied"),
+        ("Ignore", true, "error_allowed"),
+    ] {
+        let cluster = Cluster::start(1, policy).await;
+        cluster.standin.faults().refuse_connections(true);
+        cluster.standin.faults().settled().await;
+        let answer = direct_review(&cluster.replicas[0], &cluster.ca, "while-down").await;
+        assert_eq!(answer["response"]["allowed"], allowed, "{policy}: {answer}");
+        if !allowed {
+            let message = answer["response"]["status"]["message"].as_str().unwrap();
+            assert!(
+                message.contains("could not check the pod quota of namespace team-riker"),
+                "{message}"
+            );
+        }
+        let series = format!(r#"nodewright_quota_decisions_total{{outcome="{outcome}"}}"#);
+        assert!(
+            cluster.metric_sum(&series).await >= 1.0,
+            "{policy}: {series} not counted"
+        );
+        cluster.standin.faults().refuse_connections(false);
+        cluster.standin.faults().settled().await;
+    }
+}
