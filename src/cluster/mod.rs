@@ -7,6 +7,39 @@ pub mod quota;
 
 use kube::Client;
 
+/// `kube::Resource` for a partial view of a core v1 Pod (a type with `metadata: ObjectMeta` that
+/// decodes only some fields), so kube-rs's admission types and watchers can carry it.
+macro_rules! core_pod_resource {
+    ($view:ty) => {
+        impl kube::Resource for $view {
+            type DynamicType = ();
+            type Scope = k8s_openapi::NamespaceResourceScope;
+
+            fn kind(_: &()) -> std::borrow::Cow<'_, str> {
+                std::borrow::Cow::Borrowed("Pod")
+            }
+            fn group(_: &()) -> std::borrow::Cow<'_, str> {
+                std::borrow::Cow::Borrowed("")
+            }
+            fn version(_: &()) -> std::borrow::Cow<'_, str> {
+                std::borrow::Cow::Borrowed("v1")
+            }
+            fn plural(_: &()) -> std::borrow::Cow<'_, str> {
+                std::borrow::Cow::Borrowed("pods")
+            }
+            fn meta(&self) -> &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+                &self.metadata
+            }
+            fn meta_mut(
+                &mut self,
+            ) -> &mut k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+                &mut self.metadata
+            }
+        }
+    };
+}
+pub(crate) use core_pod_resource;
+
 /// A client from the standard chain (`KUBECONFIG`, `~/.kube/config`, in-cluster service account),
 /// or `None` when there is no cluster configuration at all: a local, standalone run.
 pub async fn client_from_env() -> Option<Client> {

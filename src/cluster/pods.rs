@@ -1,25 +1,25 @@
 //! A watch-fed index of the pods that count against quotas, per namespace, with tombstones for pods
 //! seen to go away. Only the few fields the quota reads are decoded.
 
-use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Api, Client, Resource};
-use serde::{Deserialize, Deserializer};
+use kube::{Api, Client};
+use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
+use crate::policy::pod::lean_meta;
 use crate::policy::quota::{PodCountFacts, PodWatchView, pod_counts};
 
 /// A pod as the quota sees it.
 #[derive(Clone, Debug, Default, Deserialize)]
 pub struct QuotaPod {
-    #[serde(default, deserialize_with = "quota_meta")]
+    #[serde(default, deserialize_with = "lean_meta")]
     pub metadata: ObjectMeta,
     #[serde(default)]
     pub status: Option<QuotaPodStatus>,
@@ -31,60 +31,7 @@ pub struct QuotaPodStatus {
     pub phase: Option<String>,
 }
 
-fn quota_meta<'de, D: Deserializer<'de>>(deserializer: D) -> Result<ObjectMeta, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(rename_all = "camelCase")]
-    struct Lean {
-        #[serde(default)]
-        name: Option<String>,
-        #[serde(default)]
-        namespace: Option<String>,
-        #[serde(default)]
-        uid: Option<String>,
-        #[serde(default)]
-        resource_version: Option<String>,
-        #[serde(default)]
-        deletion_timestamp: Option<Time>,
-        #[serde(default)]
-        deletion_grace_period_seconds: Option<i64>,
-    }
-    let lean = Option::<Lean>::deserialize(deserializer)?;
-    Ok(lean
-        .map(|l| ObjectMeta {
-            name: l.name,
-            namespace: l.namespace,
-            uid: l.uid,
-            resource_version: l.resource_version,
-            deletion_timestamp: l.deletion_timestamp,
-            deletion_grace_period_seconds: l.deletion_grace_period_seconds,
-            ..ObjectMeta::default()
-        })
-        .unwrap_or_default())
-}
-
-impl Resource for QuotaPod {
-    type DynamicType = ();
-    type Scope = k8s_openapi::NamespaceResourceScope;
-
-    fn kind(_: &()) -> Cow<'_, str> {
-        Cow::Borrowed("Pod")
-    }
-    fn group(_: &()) -> Cow<'_, str> {
-        Cow::Borrowed("")
-    }
-    fn version(_: &()) -> Cow<'_, str> {
-        Cow::Borrowed("v1")
-    }
-    fn plural(_: &()) -> Cow<'_, str> {
-        Cow::Borrowed("pods")
-    }
-    fn meta(&self) -> &ObjectMeta {
-        &self.metadata
-    }
-    fn meta_mut(&mut self) -> &mut ObjectMeta {
-        &mut self.metadata
-    }
-}
+crate::cluster::core_pod_resource!(QuotaPod);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Facts {

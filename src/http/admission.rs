@@ -1,7 +1,6 @@
 //! AdmissionReview v1 at the HTTP edge: read and check the body, decode with kube-rs's types, call the
 //! pure decision, and write the response exactly as the apiserver verifies it (WIRE.md §1).
 
-use std::borrow::Cow;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
@@ -11,7 +10,6 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use http_body_util::{BodyExt, Limited};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, Operation as KubeOperation};
 use kube::core::{DynamicObject, Resource, Status, TypeMeta};
 use serde::{Deserialize, Serialize};
@@ -146,30 +144,8 @@ impl Incoming {
     }
 }
 
-/// kube-rs's `AdmissionRequest` needs its object type to be a `Resource`.
-impl Resource for PodView {
-    type DynamicType = ();
-    type Scope = k8s_openapi::NamespaceResourceScope;
-
-    fn kind(_: &()) -> Cow<'_, str> {
-        Cow::Borrowed("Pod")
-    }
-    fn group(_: &()) -> Cow<'_, str> {
-        Cow::Borrowed("")
-    }
-    fn version(_: &()) -> Cow<'_, str> {
-        Cow::Borrowed("v1")
-    }
-    fn plural(_: &()) -> Cow<'_, str> {
-        Cow::Borrowed("pods")
-    }
-    fn meta(&self) -> &ObjectMeta {
-        &self.metadata
-    }
-    fn meta_mut(&mut self) -> &mut ObjectMeta {
-        &mut self.metadata
-    }
-}
+// kube-rs's `AdmissionRequest` needs its object type to be a `Resource`.
+crate::cluster::core_pod_resource!(PodView);
 
 /// The top level of an AdmissionReview, around kube-rs's `AdmissionRequest`. kube's own
 /// `AdmissionReview<T>` flattens its `TypeMeta`, which makes serde buffer the whole review (object
@@ -274,15 +250,30 @@ fn json_response(body: Vec<u8>) -> Response {
         .into_response()
 }
 
-/// `POST /mutate`: steer pods onto their NodePool.
-pub async fn mutate(
-    State(state): State<AppState>,
-    Query(query): Query<AdmissionQuery>,
-    headers: HeaderMap,
+/// Read, decode and answer one AdmissionReview, timing and counting it for `endpoint`. Objects that
+/// do not read as pods are allowed as sent; `decide` answers the rest.
+async fn serve_review<Fut>(
+    state: &AppState,
+    endpoint: Endpoint,
+    headers: &HeaderMap,
     body: Body,
-) -> Response {
+    decide: impl FnOnce(AdmissionRequest<PodView>) -> Fut,
+) -> Response
+where
+    Fut: Future<Output = Result<(Outcome, AdmissionResponse), ApiError>>,
+{
     let started = Instant::now();
-    let (operation, outcome, response) = match mutate_inner(&state, &query, &headers, body).await {
+    let answered = async {
+        let bytes = read_json_body(headers, body, state.limits.max_body_bytes).await?;
+        let incoming = decode_review(&bytes)?;
+        let operation = operation_label(Some(incoming.operation()));
+        let (outcome, response) = match incoming {
+            Incoming::Other(request) => (Outcome::Allowed, AdmissionResponse::from(&*request)),
+            Incoming::Pod(request) => decide(*request).await?,
+        };
+        Ok::<_, ApiError>((operation, outcome, response))
+    };
+    let (operation, outcome, response) = match answered.await {
         Ok((operation, outcome, response)) => (
             operation,
             outcome,
@@ -294,7 +285,7 @@ pub async fn mutate(
         }
     };
     state.metrics.admission(
-        Endpoint::Mutate,
+        endpoint,
         operation,
         outcome,
         started.elapsed().as_secs_f64(),
@@ -302,25 +293,24 @@ pub async fn mutate(
     response
 }
 
-async fn mutate_inner(
+/// `POST /mutate`: steer pods onto their NodePool.
+pub async fn mutate(
+    State(state): State<AppState>,
+    Query(query): Query<AdmissionQuery>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    serve_review(&state, Endpoint::Mutate, &headers, body, |request| {
+        mutate_pod(&state, &query, request)
+    })
+    .await
+}
+
+async fn mutate_pod(
     state: &AppState,
     query: &AdmissionQuery,
-    headers: &HeaderMap,
-    body: Body,
-) -> Result<(&'static str, Outcome, AdmissionResponse), ApiError> {
-    let bytes = read_json_body(headers, body, state.limits.max_body_bytes).await?;
-    let incoming = decode_review(&bytes)?;
-    let operation = operation_label(Some(incoming.operation()));
-    let request = match incoming {
-        Incoming::Other(request) => {
-            return Ok((
-                operation,
-                Outcome::Allowed,
-                AdmissionResponse::from(&*request),
-            ));
-        }
-        Incoming::Pod(request) => *request,
-    };
+    request: AdmissionRequest<PodView>,
+) -> Result<(Outcome, AdmissionResponse), ApiError> {
     let namespace = request.namespace.as_deref().unwrap_or_default();
     let steering = state.steering.load();
     let is_create = matches!(request.operation, KubeOperation::Create);
@@ -401,7 +391,7 @@ async fn mutate_inner(
             (Outcome::Denied, response)
         }
     };
-    Ok((operation, outcome, response))
+    Ok((outcome, response))
 }
 
 /// `POST /validate`: enforce namespace pod quotas.
@@ -411,56 +401,22 @@ pub async fn validate(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let started = Instant::now();
-    let (operation, outcome, response) = match validate_inner(&state, &query, &headers, body).await
-    {
-        Ok((operation, outcome, response)) => (
-            operation,
-            outcome,
-            json_response(encode_response(&response)),
-        ),
-        Err(e) => {
-            tracing::warn!(status = e.status.as_u16(), error = %e.message, "rejected admission request");
-            ("unknown", Outcome::Error, e.into_response())
-        }
-    };
-    state.metrics.admission(
-        Endpoint::Validate,
-        operation,
-        outcome,
-        started.elapsed().as_secs_f64(),
-    );
-    response
+    serve_review(&state, Endpoint::Validate, &headers, body, |request| {
+        validate_pod(&state, &query, request)
+    })
+    .await
 }
 
-async fn validate_inner(
+async fn validate_pod(
     state: &AppState,
     query: &AdmissionQuery,
-    headers: &HeaderMap,
-    body: Body,
-) -> Result<(&'static str, Outcome, AdmissionResponse), ApiError> {
-    let bytes = read_json_body(headers, body, state.limits.max_body_bytes).await?;
-    let incoming = decode_review(&bytes)?;
-    let operation = operation_label(Some(incoming.operation()));
-    let request = match incoming {
-        Incoming::Other(request) => {
-            return Ok((
-                operation,
-                Outcome::Allowed,
-                AdmissionResponse::from(&*request),
-            ));
-        }
-        Incoming::Pod(request) => *request,
-    };
+    request: AdmissionRequest<PodView>,
+) -> Result<(Outcome, AdmissionResponse), ApiError> {
     let is_pod_create = matches!(request.operation, KubeOperation::Create)
         && request.kind.group.is_empty()
         && request.kind.kind == "Pod";
     let Some(pod) = request.object.as_ref().filter(|_| is_pod_create) else {
-        return Ok((
-            operation,
-            Outcome::Allowed,
-            AdmissionResponse::from(&request),
-        ));
+        return Ok((Outcome::Allowed, AdmissionResponse::from(&request)));
     };
     let namespace = request.namespace.as_deref().unwrap_or_default();
     let quotas = state.quotas.load_full();
@@ -469,11 +425,7 @@ async fn validate_inner(
     let limit = match quotas.limit_for(namespace, labels.as_ref()) {
         Ok(Some(limit)) => limit,
         Ok(None) => {
-            return Ok((
-                operation,
-                Outcome::Allowed,
-                AdmissionResponse::from(&request),
-            ));
+            return Ok((Outcome::Allowed, AdmissionResponse::from(&request)));
         }
         Err(bad) => {
             let (outcome, response) = quota_unchecked(
@@ -483,7 +435,7 @@ async fn validate_inner(
                 namespace,
                 &bad.to_string(),
             );
-            return Ok((operation, outcome, response));
+            return Ok((outcome, response));
         }
     };
     let name = pod
@@ -540,7 +492,7 @@ async fn validate_inner(
         }
         Err(e) => quota_unchecked(&state.metrics, &quotas, &request, namespace, &e.to_string()),
     };
-    Ok((operation, outcome, response))
+    Ok((outcome, response))
 }
 
 /// The quota could not be checked: refuse (failure policy Fail, the default) or let the pod through

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{NodeAffinity, Toleration, TopologySpreadConstraint};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference, Time};
 use serde::{Deserialize, Deserializer};
 
 /// A Pod as steering sees it. Unknown and unread fields are skipped; `null` reads as absent.
@@ -40,8 +40,9 @@ pub struct AffinityView {
     pub node_affinity: Option<NodeAffinity>,
 }
 
-/// The metadata fields steering and logging read; managedFields and the rest are skipped.
-fn lean_meta<'de, D: Deserializer<'de>>(deserializer: D) -> Result<ObjectMeta, D::Error> {
+/// The metadata fields nodewright reads (steering, quota, logging); managedFields and the rest are
+/// skipped while decoding.
+pub fn lean_meta<'de, D: Deserializer<'de>>(deserializer: D) -> Result<ObjectMeta, D::Error> {
     #[derive(Deserialize)]
     #[serde(rename_all = "camelCase")]
     struct Lean {
@@ -54,11 +55,17 @@ fn lean_meta<'de, D: Deserializer<'de>>(deserializer: D) -> Result<ObjectMeta, D
         #[serde(default)]
         uid: Option<String>,
         #[serde(default)]
+        resource_version: Option<String>,
+        #[serde(default)]
         labels: Option<BTreeMap<String, String>>,
         #[serde(default)]
         annotations: Option<BTreeMap<String, String>>,
         #[serde(default)]
         owner_references: Option<Vec<OwnerReference>>,
+        #[serde(default)]
+        deletion_timestamp: Option<Time>,
+        #[serde(default)]
+        deletion_grace_period_seconds: Option<i64>,
     }
     let lean = Option::<Lean>::deserialize(deserializer)?;
     Ok(lean
@@ -67,9 +74,12 @@ fn lean_meta<'de, D: Deserializer<'de>>(deserializer: D) -> Result<ObjectMeta, D
             generate_name: l.generate_name,
             namespace: l.namespace,
             uid: l.uid,
+            resource_version: l.resource_version,
             labels: l.labels,
             annotations: l.annotations,
             owner_references: l.owner_references,
+            deletion_timestamp: l.deletion_timestamp,
+            deletion_grace_period_seconds: l.deletion_grace_period_seconds,
             ..ObjectMeta::default()
         })
         .unwrap_or_default())
