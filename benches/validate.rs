@@ -11,9 +11,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Namespace;
+use kube::Api;
 use kube::api::PostParams;
-use kube::config::{KubeConfigOptions, Kubeconfig};
-use kube::{Api, Client};
 use serde_json::{Value, json};
 
 struct Killed(Child);
@@ -42,6 +41,18 @@ fn review(namespace: &str, uid: &str) -> String {
     .to_string()
 }
 
+/// POST one AdmissionReview and decode the answer.
+async fn post_review(client: &reqwest::Client, url: &str, body: String) -> Value {
+    let response = client
+        .post(url)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    response.json().await.unwrap()
+}
+
 fn metric(text: &str, name: &str) -> f64 {
     text.lines()
         .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
@@ -62,15 +73,7 @@ async fn main() {
     let standin = kube_standin::StandIn::start("127.0.0.1:0").await.unwrap();
     let kubeconfig = dir.path().join("kubeconfig");
     standin.kubeconfig(&kubeconfig).unwrap();
-    let client = Client::try_from(
-        kube::Config::from_custom_kubeconfig(
-            Kubeconfig::from_yaml(&standin.kubeconfig_yaml()).unwrap(),
-            &KubeConfigOptions::default(),
-        )
-        .await
-        .unwrap(),
-    )
-    .unwrap();
+    let client = standin.client().await.unwrap();
     let namespaces: Api<Namespace> = Api::all(client);
     let levels = [1usize, 16, 64];
     for name in
@@ -125,16 +128,7 @@ async fn main() {
     let url = "https://localhost:18543/validate?timeout=10s";
     // Wait for the pod watch's first list (the quota answers with an error until then).
     loop {
-        let answer: Value = client
-            .post(url)
-            .header("content-type", "application/json")
-            .body(review("bench-1", "warm-up"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let answer: Value = post_review(&client, url, review("bench-1", "warm-up")).await;
         if answer["response"]["allowed"] == true {
             break;
         }
@@ -170,16 +164,7 @@ async fn main() {
                     let body = review(&namespace, &format!("c{c}-{i}"));
                     i += 1;
                     let t = Instant::now();
-                    let answer: Value = client
-                        .post(url)
-                        .header("content-type", "application/json")
-                        .body(body)
-                        .send()
-                        .await
-                        .unwrap()
-                        .json()
-                        .await
-                        .unwrap();
+                    let answer: Value = post_review(&client, url, body).await;
                     latencies.push(t.elapsed());
                     allowed += u64::from(answer["response"]["allowed"] == true);
                 }

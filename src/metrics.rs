@@ -77,17 +77,6 @@ impl Outcome {
     }
 }
 
-/// `operation` label: the admission operation, or `unknown` when the request could not be read.
-pub fn operation_label(op: Option<&str>) -> &'static str {
-    match op {
-        Some("CREATE") => "CREATE",
-        Some("UPDATE") => "UPDATE",
-        Some("DELETE") => "DELETE",
-        Some("CONNECT") => "CONNECT",
-        _ => "unknown",
-    }
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReloadKind {
     Config,

@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod};
 use kube::api::{DeleteParams, ListParams, PostParams};
-use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client};
 use kube_standin::proxy::{ProxyHandle, RoundRobin};
 use kube_standin::{Handle, StandIn};
@@ -50,15 +49,7 @@ impl Cluster {
             .unwrap();
         let kubeconfig = dir.path().join("kubeconfig");
         standin.kubeconfig(&kubeconfig).unwrap();
-        let client = Client::try_from(
-            kube::Config::from_custom_kubeconfig(
-                Kubeconfig::from_yaml(&standin.kubeconfig_yaml()).unwrap(),
-                &KubeConfigOptions::default(),
-            )
-            .await
-            .unwrap(),
-        )
-        .unwrap();
+        let client = standin.client().await.unwrap();
         let namespaces: Api<Namespace> = Api::all(client.clone());
         for name in ["nodewright", NAMESPACE, "elsewhere"] {
             let ns: Namespace =

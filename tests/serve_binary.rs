@@ -145,6 +145,12 @@ async fn metrics(server: &Server) -> String {
         .unwrap()
 }
 
+/// `nodewright_reloads_total{kind, result="failure"}` as the server reports it now.
+async fn failed_reloads(server: &Server, kind: &str) -> f64 {
+    let series = format!(r#"nodewright_reloads_total{{kind="{kind}",result="failure"}}"#);
+    metric_value(&metrics(server).await, &series)
+}
+
 fn config_path() -> String {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/data/steering.yaml")
@@ -218,10 +224,7 @@ async fn http2_over_tls_and_certificate_rotation_by_symlink_swap() {
     eventually!(
         server,
         "bad certificate not noticed",
-        metric_value(
-            &metrics(&server).await,
-            r#"nodewright_reloads_total{kind="certificate",result="failure"}"#
-        ) >= 1.0
+        failed_reloads(&server, "certificate").await >= 1.0
     );
     let (status, _, _, peer) = mutate(&client(&ca.pem), &url).await;
     assert_eq!((status, peer.as_deref()), (200, Some(&der2[..])));
@@ -359,10 +362,7 @@ async fn config_reload_keeps_last_good_config() {
     eventually!(
         server,
         "bad config not noticed",
-        metric_value(
-            &metrics(&server).await,
-            r#"nodewright_reloads_total{kind="config",result="failure"}"#
-        ) >= 1.0
+        failed_reloads(&server, "config").await >= 1.0
     );
     assert!(
         server.logs().contains("keeping the last good config"),

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use super::AppState;
 use crate::cluster::quota::QuotaError;
 use crate::config::{FailurePolicy, parse_go_duration};
-use crate::metrics::{Endpoint, Outcome, QuotaOutcome, operation_label};
+use crate::metrics::{Endpoint, Outcome, QuotaOutcome};
 use crate::policy::mutate::{Decision, Operation, PodAdmission, SkipReason, audit_annotations};
 use crate::policy::pod::PodView;
 use crate::policy::quota::{Quotas, SlotRequest, Verdict};
@@ -130,6 +130,7 @@ pub enum Incoming {
 }
 
 impl Incoming {
+    /// The admission operation, as the `operation` metrics label.
     pub fn operation(&self) -> &'static str {
         let op = match self {
             Self::Pod(r) => &r.operation,
@@ -266,7 +267,7 @@ where
     let answered = async {
         let bytes = read_json_body(headers, body, state.limits.max_body_bytes).await?;
         let incoming = decode_review(&bytes)?;
-        let operation = operation_label(Some(incoming.operation()));
+        let operation = incoming.operation();
         let (outcome, response) = match incoming {
             Incoming::Other(request) => (Outcome::Allowed, AdmissionResponse::from(&*request)),
             Incoming::Pod(request) => decide(*request).await?,

@@ -165,6 +165,18 @@ impl Handle {
         kubeconfig_yaml(&self.url())
     }
 
+    /// A kube-rs client for this server, configured from [`Handle::kubeconfig_yaml`] exactly as a
+    /// kubeconfig file would configure it.
+    pub async fn client(&self) -> Result<kube::Client, Box<dyn std::error::Error + Send + Sync>> {
+        let kubeconfig = kube::config::Kubeconfig::from_yaml(&self.kubeconfig_yaml())?;
+        let config = kube::Config::from_custom_kubeconfig(
+            kubeconfig,
+            &kube::config::KubeConfigOptions::default(),
+        )
+        .await?;
+        Ok(kube::Client::try_from(config)?)
+    }
+
     /// Write [`Handle::kubeconfig_yaml`] to `path` (for `KUBECONFIG=path`).
     pub fn kubeconfig(&self, path: impl AsRef<Path>) -> std::io::Result<()> {
         std::fs::write(path, self.kubeconfig_yaml())
