@@ -5,10 +5,12 @@
 
 pub mod app;
 pub mod certs;
+pub mod cloud;
 pub mod cluster;
 pub mod config;
 pub mod http;
 pub mod metrics;
 pub mod model;
+pub mod plan;
 pub mod policy;
 pub mod watch;

@@ -35,6 +35,9 @@ pub struct PolicySpec {
     /// Provisioning batch windows (Karpenter's defaults: idle 1s, max 10s).
     #[serde(default)]
     pub batching: BatchingSpec,
+    /// Price adjustments for planning (savings plans, negotiated discounts, spot estimates).
+    #[serde(default)]
+    pub pricing: PricingSpec,
 }
 
 /// No rules, no quotas, Karpenter v1's nodeSelector key and Karpenter's batching windows: what a
@@ -49,6 +52,7 @@ impl Default for PolicySpec {
             quotas: Vec::new(),
             quota_failure_policy: FailurePolicy::default(),
             batching: BatchingSpec::default(),
+            pricing: PricingSpec::default(),
         }
     }
 }
@@ -174,3 +178,74 @@ fn default_max() -> String {
 
 /// Labels keyed by name, as carried in selectors.
 pub type Labels = BTreeMap<String, String>;
+
+/// Spot price used when the source reports none, as a fraction of on-demand.
+pub const DEFAULT_SPOT_ESTIMATE_RATIO: f64 = 0.35;
+
+/// `spec.pricing`: how the planner prices offerings.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PricingSpec {
+    /// Spot price assumed where the catalog has none, as a fraction of on-demand (default 0.35).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spot_estimate_ratio: Option<f64>,
+    /// Adjustments, first match wins.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub overrides: Vec<PriceOverride>,
+}
+
+/// One price adjustment: which offerings, and either a discount or a fixed price.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PriceOverride {
+    /// Instance families (`m5`, `c7g`); empty with `instanceTypes` empty means every type.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub instance_families: Vec<String>,
+    /// Instance types (`m5.large`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub instance_types: Vec<String>,
+    /// `spot` or `on-demand`; absent means both.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capacity_type: Option<String>,
+    /// Percent taken off the price (0-100).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub discount_percent: Option<f64>,
+    /// Fixed USD per hour instead of the catalog's price.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub price_per_hour: Option<f64>,
+}
+
+impl PricingSpec {
+    pub fn spot_estimate_ratio(&self) -> f64 {
+        self.spot_estimate_ratio.unwrap_or(DEFAULT_SPOT_ESTIMATE_RATIO)
+    }
+
+    /// The price of an offering after the first matching override; an override with a fixed
+    /// price makes the price no longer an estimate.
+    pub fn apply(
+        &self,
+        instance_type: &str,
+        family: &str,
+        capacity_type: crate::model::catalog::CapacityType,
+        price: f64,
+        estimated: bool,
+    ) -> (f64, bool) {
+        for o in &self.overrides {
+            let type_match = (o.instance_families.is_empty() && o.instance_types.is_empty())
+                || o.instance_families.iter().any(|f| f == family)
+                || o.instance_types.iter().any(|t| t == instance_type);
+            let capacity_match = o
+                .capacity_type
+                .as_deref()
+                .is_none_or(|c| c == capacity_type.as_str());
+            if type_match && capacity_match {
+                if let Some(fixed) = o.price_per_hour {
+                    return (fixed, false);
+                }
+                let discount = o.discount_percent.unwrap_or(0.0).clamp(0.0, 100.0);
+                return (price * (1.0 - discount / 100.0), estimated);
+            }
+        }
+        (price, estimated)
+    }
+}

@@ -11,7 +11,7 @@ use super::Parsed;
 use super::duration::parse_go_duration;
 use super::nodeclass::{AmiFamily, EC2NodeClass, KubeletConfiguration, Tags};
 use super::nodepool::NodePool;
-use super::policy::{PolicySpec, SpreadSpec};
+use super::policy::{PolicySpec, PricingSpec, SpreadSpec};
 use super::yaml::FieldPath;
 use crate::model::{Operator, Requirement, Taint};
 
@@ -584,6 +584,45 @@ fn policy(spec: &PolicySpec, parsed: &Parsed, issues: &mut Issues<'_>) {
                 spec.batching.idle_duration, spec.batching.max_duration
             ),
         );
+    }
+    pricing(&spec.pricing, &path.key("pricing"), issues);
+}
+
+fn pricing(pricing: &PricingSpec, path: &FieldPath, issues: &mut Issues<'_>) {
+    if let Some(ratio) = pricing.spot_estimate_ratio
+        && !(ratio > 0.0 && ratio <= 1.0)
+    {
+        issues.add(
+            path.key("spotEstimateRatio"),
+            format!("spotEstimateRatio must be in (0, 1], not {ratio}"),
+        );
+    }
+    for (i, o) in pricing.overrides.iter().enumerate() {
+        let o_path = path.key("overrides").index(i);
+        match (o.discount_percent, o.price_per_hour) {
+            (Some(_), Some(_)) | (None, None) => issues.add(
+                o_path.clone(),
+                "an override needs exactly one of discountPercent and pricePerHour",
+            ),
+            (Some(d), None) if !(0.0..=100.0).contains(&d) => issues.add(
+                o_path.key("discountPercent"),
+                format!("discountPercent must be between 0 and 100, not {d}"),
+            ),
+            (None, Some(p)) if !(p.is_finite() && p >= 0.0) => issues.add(
+                o_path.key("pricePerHour"),
+                format!("pricePerHour must be a non-negative number, not {p}"),
+            ),
+            _ => {}
+        }
+        if let Some(c) = &o.capacity_type
+            && c != "spot"
+            && c != "on-demand"
+        {
+            issues.add(
+                o_path.key("capacityType"),
+                format!("capacityType must be spot or on-demand, not {c:?}"),
+            );
+        }
     }
 }
 

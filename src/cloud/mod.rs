@@ -1,0 +1,3 @@
+//! Cloud adapters: where the instance catalog comes from (embedded snapshot or live EC2).
+
+pub mod catalog;
