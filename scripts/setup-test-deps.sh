@@ -3,7 +3,8 @@
 # machine or on one where it is already there (then it only checks, in about a second):
 #   - Debian packages: prometheus (promtool), nghttp2-client (h2load)
 #   - a virtualenv (default .venv-test/, override with NODEWRIGHT_TEST_VENV) holding the
-#     Python tools pinned in scripts/requirements-test.txt (kubernetes-validate).
+#     Python tools pinned in scripts/requirements-test.txt (kubernetes-validate, and
+#     moto[server] whose moto_server is the EC2 emulator of the integration tests).
 # Safe to run again and again: apt runs only for missing packages, pip only when the venv
 # is missing or the requirements file changed since the last successful install.
 set -euo pipefail
@@ -84,8 +85,10 @@ else
 fi
 
 "$venv/bin/kubernetes-validate" --version >/dev/null
+"$venv/bin/moto_server" --help >/dev/null
 
 log "versions: $(promtool --version 2>&1 | head -n1)"
 log "versions: $(h2load --version 2>&1 | head -n1)"
 log "versions: kubernetes-validate $("$venv/bin/kubernetes-validate" --version 2>&1)"
+log "versions: moto $("$venv/bin/python" -c 'import moto; print(moto.__version__)' 2>&1)"
 log "virtualenv: $venv (put it on PATH with: export PATH=\"$venv/bin:\$PATH\")"

@@ -13,4 +13,5 @@ pub mod metrics;
 pub mod model;
 pub mod plan;
 pub mod policy;
+pub mod scheduling;
 pub mod watch;

@@ -49,6 +49,40 @@ enum Command {
     Serve(ServeArgs),
     /// Make a CA and a serving certificate for a Service, and optionally write the CA into webhook configurations.
     Certs(CertsArgs),
+    /// Offline: which nodes would be launched for these manifests, and at what price.
+    Plan(PlanArgs),
+}
+
+#[derive(Args)]
+struct PlanArgs {
+    /// Config file (NodePools, EC2NodeClasses, a Policy). Default: the embedded example.
+    #[arg(long, env = "NODEWRIGHT_CONFIG")]
+    config: Option<PathBuf>,
+    /// `table` for people, `json` for programs.
+    #[arg(long, value_enum, default_value = "table")]
+    output: PlanOutput,
+    /// AWS region of the catalog. Embedded data covers us-east-1 (default) and eu-west-1.
+    #[arg(long)]
+    region: Option<String>,
+    /// Where instance types and prices come from: the data compiled in, or live EC2 calls
+    /// (standard AWS credential and endpoint chain, e.g. AWS_ENDPOINT_URL_EC2).
+    #[arg(long, value_enum, default_value = "embedded")]
+    catalog: CatalogChoice,
+    /// Manifests: YAML or JSON files, multi-document, `v1 List`s; `-` reads stdin.
+    #[arg(required = true)]
+    manifests: Vec<PathBuf>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum PlanOutput {
+    Table,
+    Json,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum CatalogChoice {
+    Embedded,
+    Ec2,
 }
 
 #[derive(Args)]
@@ -112,10 +146,17 @@ struct CertsArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing(cli.log_format);
+    // `plan` is a command-line tool: its output is the answer, so only warnings are logged unless
+    // NODEWRIGHT_LOG asks for more.
+    let default_level = match cli.command {
+        Command::Plan(_) => "warn",
+        _ => "info",
+    };
+    init_tracing(cli.log_format, default_level);
     let result = match cli.command {
         Command::Serve(args) => serve(args),
         Command::Certs(args) => make_certs(args),
+        Command::Plan(args) => plan(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -127,9 +168,9 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_tracing(format: LogFormat) {
+fn init_tracing(format: LogFormat, default_level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("NODEWRIGHT_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -212,5 +253,87 @@ fn make_certs(args: CertsArgs) -> anyhow::Result<()> {
         certs::write_file(path, updated.as_bytes(), false)?;
         println!("set caBundle on {count} webhook(s) in {}", path.display());
     }
+    Ok(())
+}
+
+fn plan(args: PlanArgs) -> anyhow::Result<()> {
+    use nodewright::plan;
+    use nodewright::scheduling::{self, PendingPod};
+    let started = std::time::Instant::now();
+    let config = match &args.config {
+        Some(path) => nodewright::config::Config::load(path)?,
+        None => nodewright::config::embedded_example(),
+    };
+    let steering = nodewright::policy::mutate::Steering::new(&config, None);
+    let objects = plan::manifests::read_paths(&args.manifests)?;
+    let read = started.elapsed();
+    let workloads = plan::manifests::expand(objects, &steering)?;
+    let expanded = started.elapsed();
+    let region = args.region.clone();
+    let catalog = match args.catalog {
+        CatalogChoice::Embedded => nodewright::cloud::catalog::embedded(
+            region.as_deref().unwrap_or("us-east-1"),
+            &config.policy.pricing,
+        )?,
+        CatalogChoice::Ec2 => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(async {
+                let client = nodewright::cloud::ec2::client_from_env(region.as_deref()).await;
+                let region = client
+                    .config()
+                    .region()
+                    .map(|r| r.to_string())
+                    .ok_or_else(|| {
+                        anyhow::anyhow!("no AWS region: pass --region or set AWS_REGION")
+                    })?;
+                anyhow::Ok(
+                    nodewright::cloud::ec2::load_catalog(&client, &region, &config.policy.pricing)
+                        .await?,
+                )
+            })?
+        }
+    };
+    let catalog_ready = started.elapsed();
+    let pools = plan::pools_from_config(&config, &workloads.daemonsets);
+    let pods: Vec<PendingPod> = workloads.pods.iter().map(PendingPod::from_pod).collect();
+    let solve_started = std::time::Instant::now();
+    let mut result = scheduling::solve(&scheduling::Input {
+        pods: &pods,
+        pools: &pools,
+        catalog: &catalog,
+        nodes: &[],
+    });
+    let solved = solve_started.elapsed();
+    for (pod, message) in workloads.denied {
+        result
+            .unschedulable
+            .push(scheduling::solver::Unschedulable {
+                pod,
+                reason: format!("denied by the steering webhook: {message}"),
+                pod_index: usize::MAX,
+            });
+    }
+    tracing::info!(
+        pods = pods.len(),
+        nodes = result.nodes.len(),
+        read_ms = read.as_secs_f64() * 1e3,
+        expand_ms = (expanded - read).as_secs_f64() * 1e3,
+        catalog_ms = (catalog_ready - expanded).as_secs_f64() * 1e3,
+        solve_ms = solved.as_secs_f64() * 1e3,
+        "planned"
+    );
+    for note in &workloads.skipped {
+        tracing::info!(note = note.as_str(), "not planned");
+    }
+    let text = match args.output {
+        PlanOutput::Table => plan::to_table(&result),
+        PlanOutput::Json => plan::to_json(&result),
+    };
+    use std::io::Write as _;
+    let mut stdout = std::io::stdout().lock();
+    stdout.write_all(text.as_bytes())?;
+    stdout.flush()?;
     Ok(())
 }

@@ -64,7 +64,11 @@ pub enum CatalogError {
     #[error("no embedded offerings for region {region:?} (embedded: {known})", known = EMBEDDED_REGIONS.join(", "))]
     UnknownRegion { region: String },
     #[error("embedded catalog data is malformed at {file} line {line}: {message}")]
-    Data { file: &'static str, line: usize, message: String },
+    Data {
+        file: &'static str,
+        line: usize,
+        message: String,
+    },
 }
 
 /// Collects facts, offerings and prices, then builds a [`Catalog`].
@@ -101,7 +105,8 @@ impl CatalogBuilder {
     }
 
     pub fn add_spot_price(&mut self, zone: &str, instance_type: &str, price: f64) {
-        self.spot.insert((zone.to_owned(), instance_type.to_owned()), price);
+        self.spot
+            .insert((zone.to_owned(), instance_type.to_owned()), price);
     }
 
     /// The embedded on-demand price table (us-east-1), for sources that report no on-demand prices.
@@ -124,7 +129,10 @@ impl CatalogBuilder {
         let mut zones_of: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
         for (zone, names) in &self.offerings {
             for name in names {
-                zones_of.entry(name.as_str()).or_default().push(zone.as_str());
+                zones_of
+                    .entry(name.as_str())
+                    .or_default()
+                    .push(zone.as_str());
             }
         }
         for (name, facts) in &self.types {
@@ -137,19 +145,20 @@ impl CatalogBuilder {
             let (on_demand, od_estimated) =
                 match self.on_demand.get(&(region.to_owned(), name.clone())) {
                     Some(p) => (*p, false),
-                    None => match self.on_demand.get(&(PRICED_REGION.to_owned(), name.clone())) {
+                    None => match self
+                        .on_demand
+                        .get(&(PRICED_REGION.to_owned(), name.clone()))
+                    {
                         Some(p) => (*p, true),
                         None => continue,
                     },
                 };
             let (family, category, generation, size) = InstanceType::split_name(name);
-            let gpu_slot = (facts.gpus > 0).then(|| {
-                match facts.gpu_manufacturer.as_deref() {
-                    Some(m) if m.eq_ignore_ascii_case("amd") => AMD_GPU,
-                    Some(_) => NVIDIA_GPU,
-                    None if family.starts_with("g4ad") => AMD_GPU,
-                    None => NVIDIA_GPU,
-                }
+            let gpu_slot = (facts.gpus > 0).then(|| match facts.gpu_manufacturer.as_deref() {
+                Some(m) if m.eq_ignore_ascii_case("amd") => AMD_GPU,
+                Some(_) => NVIDIA_GPU,
+                None if family.starts_with("g4ad") => AMD_GPU,
+                None => NVIDIA_GPU,
             });
             let mut offerings = Vec::new();
             for zone in zones {
@@ -300,7 +309,14 @@ mod tests {
         assert!(catalog.types.len() > 1200, "{}", catalog.types.len());
         assert_eq!(
             catalog.zones(),
-            ["us-east-1a", "us-east-1b", "us-east-1c", "us-east-1d", "us-east-1e", "us-east-1f"]
+            [
+                "us-east-1a",
+                "us-east-1b",
+                "us-east-1c",
+                "us-east-1d",
+                "us-east-1e",
+                "us-east-1f"
+            ]
         );
         let m5 = catalog.get("m5.large").unwrap();
         let od = m5
@@ -317,7 +333,10 @@ mod tests {
             .unwrap();
         assert!(spot.price_estimated);
         assert!((spot.price - 0.096 * 0.35).abs() < 1e-9);
-        assert!(catalog.get("mac1.metal").is_none(), "mac types cannot run EKS nodes");
+        assert!(
+            catalog.get("mac1.metal").is_none(),
+            "mac types cannot run EKS nodes"
+        );
         assert_eq!(m5.allocatable(&KubeletSettings::default()).0[3], 29);
     }
 

@@ -1,3 +1,4 @@
 //! Cloud adapters: where the instance catalog comes from (embedded snapshot or live EC2).
 
 pub mod catalog;
+pub mod ec2;

@@ -217,7 +217,8 @@ pub struct PriceOverride {
 
 impl PricingSpec {
     pub fn spot_estimate_ratio(&self) -> f64 {
-        self.spot_estimate_ratio.unwrap_or(DEFAULT_SPOT_ESTIMATE_RATIO)
+        self.spot_estimate_ratio
+            .unwrap_or(DEFAULT_SPOT_ESTIMATE_RATIO)
     }
 
     /// The price of an offering after the first matching override; an override with a fixed

@@ -158,7 +158,10 @@ impl InstanceType {
     /// Parses `family.size` into family, category, generation, size.
     pub fn split_name(name: &str) -> (String, String, u32, String) {
         let (family, size) = name.split_once('.').unwrap_or((name, ""));
-        let category: String = family.chars().take_while(|c| c.is_ascii_lowercase()).collect();
+        let category: String = family
+            .chars()
+            .take_while(|c| c.is_ascii_lowercase())
+            .collect();
         let rest = &family[category.len()..];
         let generation = rest
             .trim_start_matches(|c: char| !c.is_ascii_digit())
@@ -216,7 +219,8 @@ impl InstanceType {
 
     /// What pods can request on a node of this type: capacity minus overhead.
     pub fn allocatable(&self, kubelet: &KubeletSettings) -> Resources {
-        self.capacity(kubelet).saturating_sub(&self.overhead(kubelet))
+        self.capacity(kubelet)
+            .saturating_sub(&self.overhead(kubelet))
     }
 
     /// The value this type carries for a well-known node label, `None` if it has no such label
@@ -243,7 +247,10 @@ impl InstanceType {
     }
 
     /// The cheapest available offering accepted by `accept`.
-    pub fn cheapest_offering(&self, mut accept: impl FnMut(&Offering) -> bool) -> Option<&Offering> {
+    pub fn cheapest_offering(
+        &self,
+        mut accept: impl FnMut(&Offering) -> bool,
+    ) -> Option<&Offering> {
         self.offerings
             .iter()
             .filter(|o| o.available && accept(o))
@@ -365,7 +372,13 @@ impl Catalog {
     }
 
     /// Marks an offering unavailable (or available again), e.g. after an insufficient-capacity error.
-    pub fn set_available(&mut self, name: &str, zone: &str, capacity_type: CapacityType, available: bool) {
+    pub fn set_available(
+        &mut self,
+        name: &str,
+        zone: &str,
+        capacity_type: CapacityType,
+        available: bool,
+    ) {
         if let Ok(i) = self.types.binary_search_by(|t| t.name.as_str().cmp(name)) {
             for offering in &mut self.types[i].offerings {
                 if offering.zone == zone && offering.capacity_type == capacity_type {
@@ -378,7 +391,10 @@ impl Catalog {
 
 /// Reads the resource slot a kubelet reservation key names (`cpu`, `memory`, `ephemeral-storage`, `pid` is ignored).
 pub fn reservation_slot(name: &str) -> Option<usize> {
-    resources::NAMES.iter().position(|n| *n == name).filter(|slot| *slot <= EPHEMERAL)
+    resources::NAMES
+        .iter()
+        .position(|n| *n == name)
+        .filter(|slot| *slot <= EPHEMERAL)
 }
 
 #[cfg(test)]

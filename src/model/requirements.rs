@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 /// One requirement on a node label: Karpenter's `NodeSelectorRequirementWithMinValues`
 /// (`spec.template.spec.requirements[]`).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Requirement {
     /// The node label key, e.g. `karpenter.sh/capacity-type`.

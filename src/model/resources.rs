@@ -68,7 +68,7 @@ impl Resources {
     }
 
     /// Slot-wise maximum.
-    pub fn max(&self, other: &Resources) -> Resources {
+    pub fn slot_max(&self, other: &Resources) -> Resources {
         let mut out = *self;
         for (a, b) in out.0.iter_mut().zip(other.0.iter()) {
             *a = (*a).max(*b);
@@ -97,9 +97,9 @@ impl Resources {
     /// `requests` as Kubernetes writes them (`cpu`, `memory`, ...), skipping zero slots.
     pub fn describe(&self) -> String {
         let mut parts = Vec::new();
-        for slot in 0..DIMS {
+        for (slot, name) in NAMES.iter().enumerate() {
             if self.0[slot] != 0 {
-                parts.push(format!("{} {}", NAMES[slot], format_slot(slot, self.0[slot])));
+                parts.push(format!("{name} {}", format_slot(slot, self.0[slot])));
             }
         }
         if parts.is_empty() {
@@ -148,7 +148,12 @@ pub fn format_slot(slot: usize, value: i64) -> String {
 }
 
 fn format_bytes(value: i64) -> String {
-    const UNITS: [(&str, i64); 4] = [("Ti", 1 << 40), ("Gi", 1 << 30), ("Mi", 1 << 20), ("Ki", 1 << 10)];
+    const UNITS: [(&str, i64); 4] = [
+        ("Ti", 1 << 40),
+        ("Gi", 1 << 30),
+        ("Mi", 1 << 20),
+        ("Ki", 1 << 10),
+    ];
     for (suffix, size) in UNITS {
         if value >= size && value % size == 0 {
             return format!("{}{suffix}", value / size);

@@ -7,7 +7,7 @@ use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
 
 /// A taint a NodePool puts on its nodes (core v1 `Taint`, as in `spec.template.spec.taints`).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", from = "TaintFields")]
 pub struct Taint {
     pub key: String,

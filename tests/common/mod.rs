@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub mod moto;
+
 /// Re-check the async condition `$cond` every 100 ms until it holds; fail after 15 s naming `$what`
 /// and showing the server's log.
 #[macro_export]

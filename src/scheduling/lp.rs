@@ -1,0 +1,115 @@
+//! The fractional lower bound of a packing, and the resource prices (LP duals) that guide the
+//! solver: the cheapest mix of instance types, allowed in any fraction, whose allocatable covers
+//! a demand vector.
+//!
+//! Solved as its dual, `max D·y subject to A_t·y ≤ price_t for every type t, y ≥ 0`, whose
+//! optimum `y` prices one unit of each resource (a cpu core, a GiB, a pod slot). A node's fill is
+//! then worth `y·used`, which never exceeds its price; `y·used / price` is how close to the bound
+//! the node is.
+
+use microlp::{ComparisonOp, OptimizationDirection, Problem};
+
+use crate::model::resources::{DIMS, Resources};
+
+/// Units the LP works in (cores, GiB, GiB, pods, GPUs, GPUs) so its coefficients are of similar size.
+const SCALE: [f64; DIMS] = [1000.0, 1073741824.0, 1073741824.0, 1.0, 1.0, 1.0];
+
+/// The LP's answer: per-unit resource prices (per raw unit: millicore, byte, pod) and the bound.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Duals {
+    pub y: [f64; DIMS],
+    /// USD per hour of the cheapest fractional mix (= D·y at the optimum).
+    pub bound: f64,
+}
+
+impl Duals {
+    /// What `r` is worth at these prices, USD per hour.
+    #[inline]
+    pub fn value(&self, r: &Resources) -> f64 {
+        let mut v = 0.0;
+        for d in 0..DIMS {
+            v += self.y[d] * r.0[d] as f64;
+        }
+        v
+    }
+}
+
+/// Solves the bound for `demand` over `offers` (allocatable, USD per hour). `None` when some
+/// demanded resource is offered by no type, or the LP solver fails.
+pub fn solve(demand: &Resources, offers: &[(Resources, f64)]) -> Option<Duals> {
+    let dims: Vec<usize> = (0..DIMS).filter(|d| demand.0[*d] > 0).collect();
+    if dims.is_empty() {
+        return Some(Duals {
+            y: [0.0; DIMS],
+            bound: 0.0,
+        });
+    }
+    for &d in &dims {
+        if !offers.iter().any(|(a, _)| a.0[d] > 0) {
+            return None;
+        }
+    }
+    let mut problem = Problem::new(OptimizationDirection::Maximize);
+    let vars: Vec<_> = dims
+        .iter()
+        .map(|&d| problem.add_var(demand.0[d] as f64 / SCALE[d], (0.0, f64::INFINITY)))
+        .collect();
+    for (alloc, price) in offers {
+        let expr: Vec<_> = dims
+            .iter()
+            .zip(&vars)
+            .filter(|(d, _)| alloc.0[**d] > 0)
+            .map(|(&d, v)| (*v, alloc.0[d] as f64 / SCALE[d]))
+            .collect();
+        if !expr.is_empty() {
+            problem.add_constraint(expr.as_slice(), ComparisonOp::Le, *price);
+        }
+    }
+    let solution = problem.solve().ok()?.into_solution().ok()?;
+    let mut y = [0.0; DIMS];
+    for (&d, v) in dims.iter().zip(&vars) {
+        y[d] = solution.var_value(*v).max(0.0) / SCALE[d];
+    }
+    Some(Duals {
+        y,
+        bound: solution.objective(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::resources::{CPU, MEMORY};
+
+    fn res(cpu: i64, gib: i64) -> Resources {
+        let mut r = Resources::ZERO;
+        r.0[CPU] = cpu;
+        r.0[MEMORY] = gib << 30;
+        r
+    }
+
+    #[test]
+    fn bound_mixes_types_to_match_the_demand_ratio() {
+        // c: 4 cores 8 GiB $0.17; m: 4 cores 16 GiB $0.192; r: 4 cores 32 GiB $0.252
+        let offers = [
+            (res(4000, 8), 0.17),
+            (res(4000, 16), 0.192),
+            (res(4000, 32), 0.252),
+        ];
+        // 100 cores, 300 GiB: 12.5 c + 12.5 m = 4.525 $/h (m alone would need 25 nodes = 4.8)
+        let d = solve(&res(100_000, 300), &offers).unwrap();
+        assert!((d.bound - 4.525).abs() < 1e-6, "{}", d.bound);
+        assert!((d.value(&res(100_000, 300)) - 4.525).abs() < 1e-6);
+        for (a, p) in &offers {
+            assert!(d.value(a) <= p + 1e-9, "dual feasibility");
+        }
+    }
+
+    #[test]
+    fn unoffered_resources_have_no_bound() {
+        let mut gpu = res(1000, 1);
+        gpu.0[4] = 1;
+        assert!(solve(&gpu, &[(res(4000, 8), 0.17)]).is_none());
+        assert_eq!(solve(&Resources::ZERO, &[]).unwrap().bound, 0.0);
+    }
+}

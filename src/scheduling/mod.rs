@@ -1,0 +1,8 @@
+//! Pure scheduling decisions: the capacity planner (pods → new nodes) and its LP bound.
+
+pub mod lp;
+pub mod pod;
+pub mod solver;
+
+pub use pod::PendingPod;
+pub use solver::{ExistingNode, Input, Limits, Plan, PlannedNode, Pool, solve};
