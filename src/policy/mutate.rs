@@ -24,6 +24,13 @@ pub const SYSTEM_NAMESPACES: [&str; 3] = ["kube-system", "kube-public", "kube-no
 pub const SKIP_KEY: &str = "nodewright.io/skip";
 /// Pod labels that differ between revisions of one workload; a spread must not select on them.
 const REVISION_LABELS: [&str; 2] = ["pod-template-hash", "controller-revision-hash"];
+/// Labels the controllers give each pod its own value of (StatefulSet ordinals, Indexed Job
+/// indexes); a spread selecting on them would select the pod alone.
+const PER_POD_LABELS: [&str; 3] = [
+    "statefulset.kubernetes.io/pod-name",
+    "apps.kubernetes.io/pod-index",
+    "batch.kubernetes.io/job-completion-index",
+];
 const MIRROR_ANNOTATION: &str = "kubernetes.io/config.mirror";
 
 /// What the admission request is about, already decoded. Built by the HTTP adapter.
@@ -509,7 +516,9 @@ fn node_expression_allows(e: &NodeSelectorRequirement, value: &str) -> bool {
 fn spread_constraint(spread: &SpreadSpec, pod_labels: &BTreeMap<String, String>) -> Option<Value> {
     let match_labels: serde_json::Map<String, Value> = pod_labels
         .iter()
-        .filter(|(k, _)| !REVISION_LABELS.contains(&k.as_str()))
+        .filter(|(k, _)| {
+            !REVISION_LABELS.contains(&k.as_str()) && !PER_POD_LABELS.contains(&k.as_str())
+        })
         .map(|(k, v)| (k.clone(), Value::String(v.clone())))
         .collect();
     if match_labels.is_empty() {
