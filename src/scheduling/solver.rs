@@ -236,6 +236,8 @@ struct Group {
     h_aff: Vec<usize>,
     /// Hostname self-affinity: the group travels as one unit.
     bundled: bool,
+    /// The group's own requirements on offering labels (zone, capacity type), as a key.
+    offer_key: String,
 }
 
 /// Pods of one group and one request vector, in one bucket.
@@ -396,6 +398,7 @@ impl<'a> Solver<'a> {
                     h_anti: Vec::new(),
                     h_aff: Vec::new(),
                     bundled: false,
+                    offer_key: String::new(),
                 });
             }
             self.groups[g].pods.push(i);
@@ -446,6 +449,16 @@ impl<'a> Solver<'a> {
             }
             self.groups[g].pools = usable;
             self.groups[g].pool_problems = problems;
+            let c = &self.groups[g].c;
+            let offer_reqs: Vec<&Requirement> = c
+                .node_selector
+                .iter()
+                .chain(c.node_affinity.iter().flatten())
+                .filter(|r| labels::is_offering_label(&r.key))
+                .collect();
+            if !offer_reqs.is_empty() {
+                self.groups[g].offer_key = format!("{offer_reqs:?}");
+            }
         }
         // Topology counters.
         for g in 0..self.groups.len() {
@@ -554,6 +567,12 @@ impl<'a> Solver<'a> {
             return;
         }
         for g in 0..self.groups.len() {
+            // A hostname self-affinity group travels together: onto the node already running
+            // pods it selects, if there is one, else onto one new node.
+            if self.groups[g].bundled {
+                self.place_bundle_on_existing(g);
+                continue;
+            }
             let mut pods = std::mem::take(&mut self.groups[g].pods);
             sort_by_size(&mut pods, self.input.pods);
             let mut left = Vec::new();
@@ -573,6 +592,68 @@ impl<'a> Solver<'a> {
                 }
             } else {
                 self.groups[g].pods = left;
+            }
+        }
+    }
+
+    fn place_bundle_on_existing(&mut self, g: usize) {
+        let group = &self.groups[g];
+        let terms: Vec<&Selector> = group
+            .c
+            .affinity
+            .iter()
+            .filter(|t| t.topology == Topology::Hostname)
+            .map(|t| &t.selector)
+            .collect();
+        let holders: Vec<usize> = (0..self.input.nodes.len())
+            .filter(|n| {
+                self.input.nodes[*n]
+                    .pods
+                    .iter()
+                    .any(|p| terms.iter().all(|s| s.matches(&p.namespace, &p.labels)))
+            })
+            .collect();
+        if holders.is_empty() {
+            if group.pools.is_empty() {
+                let reason = no_pool_reason(group, self.input.pools);
+                for p in std::mem::take(&mut self.groups[g].pods) {
+                    self.unschedulable(p, reason.clone());
+                }
+            }
+            return;
+        }
+        let pods = std::mem::take(&mut self.groups[g].pods);
+        let total = pods
+            .iter()
+            .fold(Resources::ZERO, |acc, p| acc + self.input.pods[*p].requests);
+        let group = &self.groups[g];
+        let target = holders.iter().copied().find(|&n| {
+            let node = &self.input.nodes[n];
+            let state = &self.existing[n];
+            total.fits_in(&state.free)
+                && untolerated(&node.taints, &group.c).is_none()
+                && node_labels_satisfy(&node.labels, &group.c)
+        });
+        match target {
+            Some(n) => {
+                for p in pods {
+                    self.place_existing(g, p, n);
+                }
+            }
+            None => {
+                let names: Vec<&str> = holders
+                    .iter()
+                    .map(|n| self.input.nodes[*n].name.as_str())
+                    .collect();
+                let reason = format!(
+                    "pod affinity on {} requires the node already running pods it selects ({}), and it cannot take the group ({})",
+                    labels::HOSTNAME,
+                    names.join(", "),
+                    total
+                );
+                for p in pods {
+                    self.unschedulable(p, reason.clone());
+                }
             }
         }
     }
@@ -652,11 +733,12 @@ impl<'a> Solver<'a> {
     fn zone_allows(&self, g: usize, z: usize, strict: bool) -> Result<(), String> {
         let group = &self.groups[g];
         let c = &group.c;
-        let domains: Vec<usize> = match group.pools.first() {
-            Some((_, compat)) => (0..self.zones.len())
-                .filter(|z| compat.zone_types[*z] > 0)
-                .collect(),
-            None => (0..self.zones.len()).collect(),
+        let domains: Vec<usize> = if group.pools.is_empty() {
+            (0..self.zones.len()).collect()
+        } else {
+            (0..self.zones.len())
+                .filter(|z| group.pools.iter().any(|(_, c)| c.zone_types[*z] > 0))
+                .collect()
         };
         for s in c.spreads.iter().filter(|s| s.topology == Topology::Zone) {
             if !s.required && !strict {
@@ -778,13 +860,42 @@ impl<'a> Solver<'a> {
                 continue;
             }
             sort_by_size(&mut pods, self.input.pods);
-            let zone_types = self.groups[g].pools[0].1.zone_types.clone();
+            let mut zone_types = vec![0usize; self.zones.len()];
+            for (_, compat) in &self.groups[g].pools {
+                for (z, n) in compat.zone_types.iter().enumerate() {
+                    zone_types[z] = zone_types[z].max(*n);
+                }
+            }
             let mut zone_order: Vec<usize> = (0..self.zones.len())
                 .filter(|z| zone_types[*z] > 0)
                 .collect();
             zone_order.sort_by_key(|z| (std::cmp::Reverse(zone_types[*z]), *z));
             let mut per_zone: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+            let bundled = self.groups[g].bundled;
+            let mut bundle_zone: Option<Result<usize, String>> = None;
             for p in pods {
+                if let Some(decided) = &bundle_zone {
+                    // the rest of a hostname self-affinity group follows its first pod
+                    let allowed = decided.clone().and_then(|z| {
+                        self.zone_allows(g, z, true)
+                            .or_else(|_| self.zone_allows(g, z, false))
+                            .map(|()| z)
+                    });
+                    match allowed {
+                        Ok(z) => {
+                            self.count_zone(g, z);
+                            per_zone.entry(z).or_default().push(p);
+                        }
+                        Err(reason) => self.unschedulable(
+                            p,
+                            format!(
+                                "it must share a node with the other pods of its {} affinity, and {reason}",
+                                labels::HOSTNAME
+                            ),
+                        ),
+                    }
+                    continue;
+                }
                 let choose = |solver: &Self, strict: bool| -> Result<usize, String> {
                     let mut best: Option<(i64, usize, usize)> = None;
                     let mut first_err = None;
@@ -807,6 +918,9 @@ impl<'a> Solver<'a> {
                     })
                 };
                 let chosen = choose(self, true).or_else(|e| choose(self, false).map_err(|_| e));
+                if bundled {
+                    bundle_zone = Some(chosen.clone());
+                }
                 match chosen {
                     Ok(z) => {
                         self.count_zone(g, z);
@@ -853,7 +967,9 @@ impl<'a> Solver<'a> {
         let mut last_reason: HashMap<usize, String> = HashMap::new();
         loop {
             // bucket key: (pool, zone) → classes
-            let mut buckets: BTreeMap<(usize, Option<usize>), Vec<Class>> = BTreeMap::new();
+            // Groups with their own zone or capacity-type requirements get buckets of their own,
+            // so every class of a bucket can use the offering chosen per type.
+            let mut buckets: BTreeMap<(usize, Option<usize>, String), Vec<Class>> = BTreeMap::new();
             for (g, zone, pods) in work.drain(..) {
                 let Some((pool, _)) = self.groups[g].pools.get(attempt[g]) else {
                     let reason = last_reason
@@ -865,7 +981,9 @@ impl<'a> Solver<'a> {
                     }
                     continue;
                 };
-                let classes = buckets.entry((*pool, zone)).or_default();
+                let classes = buckets
+                    .entry((*pool, zone, self.groups[g].offer_key.clone()))
+                    .or_default();
                 if self.groups[g].bundled {
                     classes.push(Class {
                         group: g,
@@ -896,7 +1014,7 @@ impl<'a> Solver<'a> {
                 }
             }
             let mut spill: Vec<(usize, Option<usize>, Vec<usize>)> = Vec::new();
-            for ((pool, zone), classes) in buckets {
+            for ((pool, zone, _), classes) in buckets {
                 let left = self.pack_bucket(pool, zone, classes);
                 for (class, reason) in left {
                     let g = class.group;
@@ -1657,7 +1775,7 @@ impl<'a> Solver<'a> {
                     let pos = trial_idx.iter().position(|x| *x == target);
                     let d = pos.map_or(&self.drafts[target], |i| &trial[i]);
                     if d.pool != self.drafts[victim].pool
-                        || (self.drafts[victim].zone_bound
+                        || ((self.groups[g].zone_bound || self.drafts[victim].zone_bound)
                             && !self.same_zone(d, &self.drafts[victim]))
                         || !(d.used + req).fits_in(&d.room)
                         || !self.group_can_use(g, d)
@@ -1667,6 +1785,7 @@ impl<'a> Solver<'a> {
                         continue;
                     }
                     let mut d = d.clone();
+                    d.zone_bound |= self.groups[g].zone_bound;
                     d.used += req;
                     d.pods.push(p);
                     if !d.groups.contains(&g) {
@@ -1770,10 +1889,17 @@ impl<'a> Solver<'a> {
                 list.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
                 list
             });
+            // Re-pricing (and every alternative) must stay within the pool's limits.
+            let (_, current_capacity) = self.type_room[d.pool][d.type_idx].unwrap();
+            let limits = self.input.pools[d.pool].limits;
+            let mut others = self.usage[d.pool];
+            others.remove(&current_capacity);
             let fitting: Vec<(f64, usize, usize)> = list
                 .iter()
                 .filter(|(_, t, _)| {
-                    self.type_room[d.pool][*t].is_some_and(|(room, _)| d.used.fits_in(&room))
+                    self.type_room[d.pool][*t].is_some_and(|(room, capacity)| {
+                        d.used.fits_in(&room) && others.room(&limits, &capacity) >= 1
+                    })
                 })
                 .copied()
                 .collect();
@@ -1782,6 +1908,9 @@ impl<'a> Solver<'a> {
                     .first()
                     .copied()
                     .unwrap_or((chosen.price, d.type_idx, d.offering));
+            let (_, new_capacity) = self.type_room[d.pool][t].unwrap();
+            others.add(&new_capacity, 1);
+            self.usage[d.pool] = others;
             let it = &catalog.types[t];
             let pool = &self.input.pools[d.pool];
             let mut pods = d.pods.clone();
