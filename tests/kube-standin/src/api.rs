@@ -153,6 +153,10 @@ async fn route(
             get_only()?;
             resource_list(&app.store(), g, v)
         }
+        ["api", "v1", "namespaces", ns, "pods", name, "binding"] => {
+            binding(app, parts, ns, Some(name), params, &body)
+        }
+        ["api", "v1", "namespaces", ns, "bindings"] => binding(app, parts, ns, None, params, &body),
         ["api", "v1", rest @ ..] => resource(app, parts, "", "v1", rest, params, body).await,
         ["apis", g, v, rest @ ..] => resource(app, parts, g, v, rest, params, body).await,
         _ => Err(ApiError::no_route()),
@@ -204,6 +208,18 @@ fn resource_list(store: &Store, group: &str, version: &str) -> Result<Response, 
                 "kind": r.kind, "verbs": ["get", "patch", "update"],
             }));
         }
+        if r.is("", "pods") && version == "v1" {
+            resources.push(json!({
+                "name": "pods/binding", "singularName": "", "namespaced": true,
+                "kind": "Binding", "verbs": ["create"],
+            }));
+        }
+    }
+    if group.is_empty() && version == "v1" {
+        resources.push(json!({
+            "name": "bindings", "singularName": "binding", "namespaced": true,
+            "kind": "Binding", "verbs": ["create"],
+        }));
     }
     if resources.is_empty() {
         return Err(ApiError::no_route());
@@ -459,6 +475,81 @@ async fn resource(
         }
         _ => Err(ApiError::method_not_allowed()),
     }
+}
+
+/// `POST /api/v1/namespaces/{ns}/pods/{name}/binding` (and the legacy
+/// `POST /api/v1/namespaces/{ns}/bindings`, which takes the pod's name from the body): bind a
+/// pod to a node as kube-apiserver's BindingREST does, answering `201` with a `Status`
+/// Success. Admission webhooks are not called for bindings (a `pods` rule never matches
+/// `pods/binding`; `pods/*` and `*/*` rules are not honoured here).
+fn binding(
+    app: &Arc<App>,
+    parts: &Parts,
+    ns: &str,
+    url_name: Option<&str>,
+    params: &Params,
+    body: &Bytes,
+) -> Result<Response, ApiError> {
+    if parts.method != Method::POST {
+        return Err(ApiError::method_not_allowed());
+    }
+    let b = parse_body(body)?;
+    if !b.is_object() {
+        return Err(ApiError::bad_request(
+            "the request body must be a JSON object",
+        ));
+    }
+    if let Some(kind) = str_at(&b, "/kind").filter(|k| !k.is_empty() && *k != "Binding") {
+        return Err(ApiError::bad_request(format!(
+            "the kind in the data ({kind}) does not match the expected kind (Binding)"
+        )));
+    }
+    if let Some(av) = str_at(&b, "/apiVersion").filter(|v| !v.is_empty() && *v != "v1") {
+        return Err(ApiError::bad_request(format!(
+            "the API version in the data ({av}) does not match the expected API version (v1)"
+        )));
+    }
+    if str_at(&b, "/metadata/namespace").is_some_and(|n| !n.is_empty() && n != ns) {
+        return Err(ApiError::bad_request(
+            "the namespace of the provided object does not match the namespace sent on the request",
+        ));
+    }
+    let body_name = str_at(&b, "/metadata/name").unwrap_or("");
+    let name = url_name.unwrap_or(body_name);
+    if name != body_name {
+        return Err(ApiError::bad_request(
+            "name in URL does not match name in Binding object",
+        ));
+    }
+    if name.is_empty() {
+        return Err(ApiError::bad_request("Name parameter required."));
+    }
+    // ValidatePodBinding. Its field errors are not a StatusError, so kube-apiserver answers
+    // them as a 500 with no reason; so does this.
+    let mut errs = Vec::new();
+    let target_kind = str_at(&b, "/target/kind").unwrap_or("");
+    if !target_kind.is_empty() && target_kind != "Node" {
+        errs.push(format!(
+            "target.kind: Unsupported value: \"{target_kind}\": supported values: \"Node\", \"<empty>\""
+        ));
+    }
+    let node = str_at(&b, "/target/name").unwrap_or("");
+    if node.is_empty() {
+        errs.push("target.name: Required value".to_string());
+    }
+    if !errs.is_empty() {
+        let message = if errs.len() == 1 {
+            errs.remove(0)
+        } else {
+            format!("[{}]", errs.join(", "))
+        };
+        return Err(ApiError::new(500, "", message));
+    }
+    app.store().bind(ns, name, &b, node, dry_run(params)?)?;
+    Ok(json_response(
+        StatusCode::CREATED,
+        &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
+    ))
 }
 
 /// Writes when admission webhooks are configured: every write goes through them.

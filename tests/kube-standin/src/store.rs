@@ -896,6 +896,100 @@ impl Store {
         Ok(self.commit(res, key, ChangeType::Modified, new, Some(old)))
     }
 
+    /// `POST pods/{name}/binding`: assign an unbound pod to a node, as kube-apiserver's
+    /// BindingREST does (GuaranteedUpdate on the pod, not an update through the strategy, so
+    /// `generation` stays): the binding's `metadata.uid` / `resourceVersion` are preconditions,
+    /// a terminating, already bound or scheduling-gated pod is 409 on `pods/binding`, and the
+    /// binding's annotations are merged into the pod's. Sets `spec.nodeName` and the condition
+    /// `PodScheduled=True`. The caller has checked the binding's name and target.
+    pub fn bind(
+        &mut self,
+        ns: &str,
+        name: &str,
+        binding: &Value,
+        node: &str,
+        dry_run: bool,
+    ) -> Result<(), ApiError> {
+        let res = self
+            .resources
+            .get(&(String::new(), "pods".to_string()))
+            .cloned()
+            .ok_or_else(ApiError::no_route)?;
+        let key = object_key(Some(ns), name);
+        let old = self
+            .get(&res, &key)
+            .ok_or_else(|| ApiError::not_found("", "pods", name))?;
+        if let Some(want) = str_at(binding, "/metadata/uid").filter(|u| !u.is_empty()) {
+            let have = str_at(&old, "/metadata/uid").unwrap_or("");
+            if want != have {
+                return Err(ApiError::precondition("", "pods", name, "UID", want, have));
+            }
+        }
+        if let Some(want) = str_at(binding, "/metadata/resourceVersion").filter(|r| !r.is_empty()) {
+            let have = resource_version_of(&old);
+            if want != have {
+                return Err(ApiError::precondition(
+                    "",
+                    "pods",
+                    name,
+                    "ResourceVersion",
+                    want,
+                    have,
+                ));
+            }
+        }
+        let conflict = |detail: String| ApiError::conflict_with("pods/binding", name, &detail);
+        if old.pointer("/metadata/deletionTimestamp").is_some() {
+            return Err(conflict(format!(
+                "pod {name} is being deleted, cannot be assigned to a host"
+            )));
+        }
+        if let Some(current) = str_at(&old, "/spec/nodeName").filter(|n| !n.is_empty()) {
+            return Err(conflict(format!(
+                "pod {name} is already assigned to node \"{current}\""
+            )));
+        }
+        if old
+            .pointer("/spec/schedulingGates")
+            .and_then(Value::as_array)
+            .is_some_and(|g| !g.is_empty())
+        {
+            return Err(conflict(format!(
+                "pod {name} has non-empty .spec.schedulingGates"
+            )));
+        }
+        let mut new = (*old).clone();
+        let Value::Object(o) = &mut new else {
+            return Err(ApiError::bad_request("the stored pod is not an object"));
+        };
+        let spec = o.entry("spec").or_insert_with(|| json!({}));
+        if let Value::Object(spec) = spec {
+            spec.insert("nodeName".into(), json!(node));
+        }
+        let annotations = binding
+            .pointer("/metadata/annotations")
+            .and_then(Value::as_object)
+            .filter(|a| !a.is_empty());
+        if let Some(extra) = annotations {
+            let m = meta_mut(&mut new)?;
+            let a = m.entry("annotations").or_insert_with(|| json!({}));
+            if !a.is_object() {
+                *a = json!({});
+            }
+            if let Value::Object(a) = a {
+                for (k, v) in extra {
+                    a.insert(k.clone(), v.clone());
+                }
+            }
+        }
+        set_pod_condition(&mut new, json!({"type": "PodScheduled", "status": "True"}));
+        if dry_run {
+            return Ok(());
+        }
+        self.commit(&res, &key, ChangeType::Modified, new, Some(old));
+        Ok(())
+    }
+
     pub fn delete(
         &mut self,
         res: &ResourceDef,
@@ -1017,6 +1111,43 @@ impl Store {
             ChangeType::Deleted
         };
         self.commit(res, key, ty, last, Some(old));
+    }
+}
+
+/// podutil.UpdatePodCondition: replace (or append) the condition of the same type; the
+/// transition time is now unless the status is unchanged; `lastProbeTime` is null.
+fn set_pod_condition(pod: &mut Value, mut condition: Value) {
+    let Value::Object(o) = pod else { return };
+    let status = o.entry("status").or_insert_with(|| json!({}));
+    if !status.is_object() {
+        *status = json!({});
+    }
+    let Value::Object(status) = status else {
+        return;
+    };
+    let conditions = status.entry("conditions").or_insert_with(|| json!([]));
+    if !conditions.is_array() {
+        *conditions = json!([]);
+    }
+    let Value::Array(conditions) = conditions else {
+        return;
+    };
+    let ty = condition.get("type").cloned();
+    let existing = conditions.iter().position(|c| c.get("type") == ty.as_ref());
+    let now = json!(now_rfc3339());
+    let transition = match existing.map(|i| &conditions[i]) {
+        Some(old) if old.get("status") == condition.get("status") => {
+            old.get("lastTransitionTime").cloned().unwrap_or(now)
+        }
+        _ => now,
+    };
+    if let Value::Object(c) = &mut condition {
+        c.insert("lastProbeTime".into(), Value::Null);
+        c.insert("lastTransitionTime".into(), transition);
+    }
+    match existing {
+        Some(i) => conditions[i] = condition,
+        None => conditions.push(condition),
     }
 }
 

@@ -87,6 +87,17 @@ impl ApiError {
         .with_details(name, group, plural)
     }
 
+    /// 409 Conflict with the storage layer's own words: `Operation cannot be fulfilled on
+    /// <resource> "<name>": <detail>` (e.g. a binding to an already bound pod).
+    pub fn conflict_with(resource: &str, name: &str, detail: &str) -> Self {
+        Self::new(
+            409,
+            "Conflict",
+            format!("Operation cannot be fulfilled on {resource} \"{name}\": {detail}"),
+        )
+        .with_details(name, "", resource)
+    }
+
     /// 422 Invalid, with one cause. `kind` is the object's Kind (as the apiserver reports it).
     pub fn invalid(group: &str, kind: &str, name: &str, field: &str, detail: &str) -> Self {
         let mut e = Self::new(
@@ -138,8 +149,14 @@ impl ApiError {
             "reason": self.reason,
             "code": self.code,
         });
-        if let (Some(d), Value::Object(m)) = (&self.details, &mut v) {
-            m.insert("details".into(), d.clone());
+        if let Value::Object(m) = &mut v {
+            if let Some(d) = &self.details {
+                m.insert("details".into(), d.clone());
+            }
+            // StatusReasonUnknown is "" and omitted.
+            if self.reason.is_empty() {
+                m.remove("reason");
+            }
         }
         v
     }
