@@ -2,3 +2,5 @@
 
 pub mod catalog;
 pub mod ec2;
+pub mod launch;
+pub mod userdata;
