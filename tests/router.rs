@@ -48,6 +48,7 @@ fn state_with_limit(max_body_bytes: usize) -> AppState {
         metrics,
         limits: Limits { max_body_bytes },
         readiness: Arc::new(Readiness::default()),
+        extender: nodewright::http::extender::ExtenderState::standalone(),
     }
 }
 

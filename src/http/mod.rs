@@ -1,6 +1,7 @@
 //! The HTTP edge: routers for the HTTPS (webhooks) and plain-HTTP (health, metrics) ports, TLS, serving.
 
 pub mod admission;
+pub mod extender;
 pub mod server;
 pub mod tls;
 
@@ -64,13 +65,17 @@ pub struct AppState {
     pub metrics: Metrics,
     pub limits: Limits,
     pub readiness: Arc<Readiness>,
+    /// The scheduler extender's node view and its hand-off to the provisioner.
+    pub extender: extender::ExtenderState,
 }
 
 /// The HTTPS router: admission webhooks (and later the scheduler extender).
 pub fn webhook_router(state: AppState, bench_endpoints: bool) -> Router {
     let mut router = Router::new()
         .route("/mutate", post(admission::mutate))
-        .route("/validate", post(admission::validate));
+        .route("/validate", post(admission::validate))
+        .route("/scheduler/filter", post(extender::filter))
+        .route("/scheduler/prioritize", post(extender::prioritize));
     if bench_endpoints {
         router = router.route("/bench/fixed", post(bench_fixed));
     }

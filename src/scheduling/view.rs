@@ -1,0 +1,167 @@
+//! What nodewright knows about the cluster's nodes that kube-scheduler does not: which nodes it is
+//! draining or terminating, which new nodes are reserved for the pods they were launched for, and
+//! which free capacity is promised to pending pods. The extender reads it; the node and pod
+//! watches and the provisioner write it. Pure data, no I/O.
+//!
+//! Keys: nodes by name; pods by `namespace/name` (the key the planner and NodeClaims use).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::model::resources::Resources;
+use crate::model::taints::Taint;
+
+/// Where nodewright stands with a node.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum NodeState {
+    /// Usable.
+    #[default]
+    Ready,
+    /// Being emptied: no new pods.
+    Draining,
+    /// Its instance is being (or has been) terminated, or the Node is being deleted.
+    Terminating,
+}
+
+impl NodeState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ready => "Ready",
+            Self::Draining => "Draining",
+            Self::Terminating => "Terminating",
+        }
+    }
+}
+
+/// One node as the node cache holds it.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct NodeFacts {
+    pub labels: BTreeMap<String, String>,
+    pub taints: Vec<Taint>,
+    pub allocatable: Resources,
+    /// Sum of the requests of the non-terminal pods bound to it (the `pods` slot counts them).
+    pub requested: Resources,
+    /// Price per hour of its offering (instance type × zone × capacity type), when known.
+    pub price_per_hour: Option<f64>,
+    pub state: NodeState,
+    /// The NodeClaim it was launched for, if nodewright launched it.
+    pub claim: Option<Arc<str>>,
+}
+
+impl NodeFacts {
+    /// Allocatable minus what bound pods request.
+    pub fn free(&self) -> Resources {
+        self.allocatable.saturating_sub(&self.requested)
+    }
+}
+
+/// Capacity on one node held for pods that are not bound yet (planned onto an existing node, or
+/// the pods a new node was launched for).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Promise {
+    /// `namespace/name` → requests, for the pods still unbound.
+    pub pods: HashMap<String, Resources>,
+    /// The NodeClaim the promise comes from, for messages.
+    pub claim: Option<Arc<str>>,
+    /// After this instant the promise no longer holds (pods that never came lose their place).
+    pub expires: Option<Instant>,
+}
+
+impl Promise {
+    pub fn total(&self) -> Resources {
+        self.pods.values().fold(Resources::default(), |a, r| a + *r)
+    }
+}
+
+/// The whole view. Cheap lookups by node name for the extender's hot path.
+#[derive(Clone, Debug, Default)]
+pub struct ClusterView {
+    pub nodes: HashMap<Arc<str>, NodeFacts>,
+    /// node name → promise held on it.
+    pub promises: HashMap<Arc<str>, Promise>,
+    /// pod key → the node promised to it (the inverse of `promises`).
+    pub promised_node: HashMap<String, Arc<str>>,
+    /// pod key → the NodeClaim launching its node, while that node has not registered yet.
+    pub awaiting_claim: HashMap<String, Arc<str>>,
+}
+
+impl ClusterView {
+    /// Promise `requests` on `node` to pod `pod_key`, replacing an earlier promise for that pod.
+    pub fn promise(
+        &mut self,
+        node: &str,
+        pod_key: &str,
+        requests: Resources,
+        claim: Option<Arc<str>>,
+        expires: Option<Instant>,
+    ) {
+        self.release(pod_key);
+        let node: Arc<str> = self
+            .nodes
+            .get_key_value(node)
+            .map(|(k, _)| k.clone())
+            .unwrap_or_else(|| Arc::from(node));
+        let entry = self.promises.entry(node.clone()).or_default();
+        entry.pods.insert(pod_key.to_owned(), requests);
+        if claim.is_some() {
+            entry.claim = claim;
+        }
+        entry.expires = match (entry.expires, expires) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (_, e) => e,
+        };
+        self.promised_node.insert(pod_key.to_owned(), node);
+    }
+
+    /// Record that `pod_key` waits for the node of `claim` (launched, not registered yet).
+    pub fn await_claim(&mut self, pod_key: &str, claim: Arc<str>) {
+        self.awaiting_claim.insert(pod_key.to_owned(), claim);
+    }
+
+    /// What a pod waits for, if anything: the node promised to it, or the claim launching it.
+    pub fn reserved_for(&self, pod_key: &str) -> Option<&str> {
+        self.promised_node
+            .get(pod_key)
+            .or_else(|| self.awaiting_claim.get(pod_key))
+            .map(|s| &**s)
+    }
+
+    /// Drop the promise held for a pod (it was bound, deleted, or replanned).
+    pub fn release(&mut self, pod_key: &str) {
+        self.awaiting_claim.remove(pod_key);
+        if let Some(node) = self.promised_node.remove(pod_key)
+            && let Some(p) = self.promises.get_mut(&node)
+        {
+            p.pods.remove(pod_key);
+            if p.pods.is_empty() {
+                self.promises.remove(&node);
+            }
+        }
+    }
+
+    /// Drop promises whose time is up.
+    pub fn expire(&mut self, now: Instant) -> usize {
+        let expired: Vec<Arc<str>> = self
+            .promises
+            .iter()
+            .filter(|(_, p)| p.expires.is_some_and(|e| e <= now))
+            .map(|(n, _)| n.clone())
+            .collect();
+        let mut dropped = 0;
+        for node in expired {
+            if let Some(p) = self.promises.remove(&node) {
+                for pod in p.pods.keys() {
+                    self.promised_node.remove(pod);
+                    dropped += 1;
+                }
+            }
+        }
+        dropped
+    }
+
+    /// Pods with a promise anywhere.
+    pub fn promised_pods(&self) -> HashSet<&str> {
+        self.promised_node.keys().map(String::as_str).collect()
+    }
+}
