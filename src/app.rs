@@ -125,7 +125,17 @@ pub async fn serve(settings: ServeSettings, shutdown: CancellationToken) -> Resu
     }
 
     let quota_settings = QuotaSettings::default();
-    let (namespaces, quota) = match cluster::client_from_env().await {
+    let kube_client = cluster::client_from_env().await;
+    let extender = start_provisioning(
+        &config,
+        &decisions,
+        kube_client.clone(),
+        own_namespace.as_deref().unwrap_or(DEFAULT_NAMESPACE),
+        &metrics,
+        shutdown.clone(),
+    )
+    .await;
+    let (namespaces, quota) = match kube_client {
         Some(client) => {
             let ledger_namespace = own_namespace.as_deref().unwrap_or(DEFAULT_NAMESPACE);
             tracing::info!(
@@ -167,6 +177,7 @@ pub async fn serve(settings: ServeSettings, shutdown: CancellationToken) -> Resu
         metrics,
         limits: settings.limits,
         readiness: readiness.clone(),
+        extender,
     };
 
     let ops_listener = TcpListener::bind(settings.metrics_listen)
@@ -221,6 +232,96 @@ pub async fn serve(settings: ServeSettings, shutdown: CancellationToken) -> Resu
     Ok(())
 }
 
+/// Start the node/pod watches, leader election and the provisioner; returns what the extender
+/// endpoints share with them.
+async fn start_provisioning(
+    config: &Config,
+    decisions: &Decisions,
+    client: Option<kube::Client>,
+    namespace: &str,
+    metrics: &Metrics,
+    shutdown: CancellationToken,
+) -> http::extender::ExtenderState {
+    use crate::cloud::ec2::CatalogCache;
+    use crate::cloud::launch::{Launcher, Unavailable};
+    use crate::cluster::nodeclaims::ClaimStore;
+    use crate::cluster::state::ClusterState;
+    use crate::scheduling::view::ClusterView;
+    use std::sync::RwLock;
+
+    let region = std::env::var("AWS_REGION")
+        .or_else(|_| std::env::var("AWS_DEFAULT_REGION"))
+        .unwrap_or_else(|_| "us-east-1".to_owned());
+    let provisioning = &config.policy.provisioning;
+    let catalog = Arc::new(CatalogCache::new(&region, config.policy.pricing.clone()));
+    let launcher = match &provisioning.cluster_name {
+        Some(cluster) => {
+            let ec2 = crate::cloud::ec2::client_from_env(Some(&region)).await;
+            catalog.spawn_refresh(ec2.clone(), Duration::from_secs(3600), shutdown.clone());
+            tracing::info!(cluster = %cluster, region = %region, "provisioning enabled: launching through EC2");
+            Some(Arc::new(Launcher::new(
+                ec2,
+                Unavailable::new(provisioning.unavailable_offering_ttl()),
+            )))
+        }
+        None => {
+            tracing::info!(
+                "spec.provisioning.clusterName is not set: the extender runs, nothing is launched"
+            );
+            None
+        }
+    };
+    let catalog_fn: Arc<dyn Fn() -> Arc<crate::model::catalog::Catalog> + Send + Sync> = {
+        let catalog = catalog.clone();
+        Arc::new(move || catalog.current())
+    };
+    let view = Arc::new(RwLock::new(ClusterView::default()));
+    let state = ClusterState::new(view.clone(), catalog_fn.clone());
+    let (events_tx, events_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (unplaced_tx, unplaced_rx) = tokio::sync::mpsc::channel(4096);
+    let (claims, leader) = match &client {
+        Some(client) => {
+            state.spawn(client.clone(), events_tx.clone(), shutdown.clone());
+            let identity = std::env::var("POD_NAME").unwrap_or_else(|_| {
+                format!(
+                    "{}-{}",
+                    std::env::var("HOSTNAME").unwrap_or_else(|_| "nodewright".to_owned()),
+                    std::process::id()
+                )
+            });
+            let lease = cluster::leader::LeaseSettings::new(namespace, &identity);
+            (
+                ClaimStore::kube(client.clone()),
+                cluster::leader::spawn(client.clone(), lease, shutdown.clone()),
+            )
+        }
+        None => {
+            // Standalone: this process is the only one, and always leads.
+            let (_, rx) = tokio::sync::watch::channel(true);
+            (ClaimStore::memory(), rx)
+        }
+    };
+    let provisioner = crate::provision::Provisioner {
+        config: decisions.config.clone(),
+        catalog: catalog_fn,
+        claims,
+        launcher,
+        state,
+        client,
+        metrics: crate::metrics::ProvisionMetrics::new(metrics),
+        leader,
+    };
+    tokio::spawn(async move {
+        // Keep a sender alive so the event stream only ends with the process.
+        let _events = events_tx;
+        provisioner.run(events_rx, unplaced_rx, shutdown).await;
+    });
+    http::extender::ExtenderState {
+        view,
+        unplaced: Some(unplaced_tx),
+    }
+}
+
 /// nodewright's namespace when `--namespace` / `POD_NAMESPACE` is not given.
 pub const DEFAULT_NAMESPACE: &str = "nodewright";
 
@@ -229,6 +330,8 @@ pub const DEFAULT_NAMESPACE: &str = "nodewright";
 struct Decisions {
     steering: Arc<ArcSwap<Steering>>,
     quotas: Arc<ArcSwap<Quotas>>,
+    /// The whole config, for the provisioner.
+    config: Arc<ArcSwap<Config>>,
 }
 
 impl Decisions {
@@ -236,6 +339,7 @@ impl Decisions {
         Self {
             steering: Arc::new(ArcSwap::from_pointee(Steering::new(config, own_namespace))),
             quotas: Arc::new(ArcSwap::from_pointee(Quotas::new(&config.policy))),
+            config: Arc::new(ArcSwap::from_pointee(config.clone())),
         }
     }
 
@@ -243,6 +347,7 @@ impl Decisions {
         self.steering
             .store(Arc::new(Steering::new(config, own_namespace)));
         self.quotas.store(Arc::new(Quotas::new(&config.policy)));
+        self.config.store(Arc::new(config.clone()));
     }
 }
 

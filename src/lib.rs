@@ -13,5 +13,6 @@ pub mod metrics;
 pub mod model;
 pub mod plan;
 pub mod policy;
+pub mod provision;
 pub mod scheduling;
 pub mod watch;

@@ -121,6 +121,8 @@ pub struct Metrics {
     quota_api_errors: IntCounter,
     quota_batch_size: Histogram,
     quota_pods: IntGaugeVec,
+    extender_requests: IntCounterVec,
+    extender_duration: HistogramVec,
 }
 
 impl Metrics {
@@ -205,6 +207,25 @@ impl Metrics {
             &["namespace", "kind"],
         )
         .expect("static metric");
+        let extender_requests = IntCounterVec::new(
+            Opts::new(
+                "extender_requests_total",
+                "Scheduler extender calls answered, by verb (filter, prioritize) and outcome (ok, error).",
+            ),
+            &["verb", "outcome"],
+        )
+        .expect("static metric");
+        let extender_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "extender_request_duration_seconds",
+                "Time from request received to response ready, by extender verb.",
+            )
+            .buckets(vec![
+                0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1,
+            ]),
+            &["verb"],
+        )
+        .expect("static metric");
         let build_info = IntGaugeVec::new(
             Opts::new(
                 "build_info",
@@ -229,6 +250,8 @@ impl Metrics {
             Box::new(quota_api_errors.clone()),
             Box::new(quota_batch_size.clone()),
             Box::new(quota_pods.clone()),
+            Box::new(extender_requests.clone()),
+            Box::new(extender_duration.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
         }
@@ -251,7 +274,19 @@ impl Metrics {
             quota_api_errors,
             quota_batch_size,
             quota_pods,
+            extender_requests,
+            extender_duration,
         }
+    }
+
+    /// One scheduler extender call: `verb` is `filter` or `prioritize`, `outcome` `ok` or `error`.
+    pub fn extender(&self, verb: &'static str, outcome: &'static str, seconds: f64) {
+        self.extender_requests
+            .with_label_values(&[verb, outcome])
+            .inc();
+        self.extender_duration
+            .with_label_values(&[verb])
+            .observe(seconds);
     }
 
     pub fn quota_decision(&self, outcome: QuotaOutcome) {
@@ -327,5 +362,140 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+/// Provisioning metrics (registered in the same registry as [`Metrics`]).
+#[derive(Clone)]
+pub struct ProvisionMetrics {
+    pub pending_pods: IntGauge,
+    pub leader: IntGauge,
+    pub batch_size: Histogram,
+    pub batch_window: Histogram,
+    pub plan_duration: Histogram,
+    pub plan_decisions: IntCounterVec,
+    pub claims: IntGaugeVec,
+    pub launches: IntCounterVec,
+    pub ec2_errors: IntCounterVec,
+    pub unschedulable_to_launch: Histogram,
+    pub unschedulable_to_registered: Histogram,
+    pub terminations: IntCounterVec,
+}
+
+impl ProvisionMetrics {
+    pub fn new(metrics: &Metrics) -> Self {
+        let latency_buckets = vec![
+            0.5, 1.0, 2.0, 3.0, 5.0, 7.5, 10.0, 15.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0, 900.0,
+        ];
+        let m = Self {
+            pending_pods: IntGauge::new(
+                "pending_pods",
+                "Unschedulable pods waiting for capacity (in the batch or not yet covered by a NodeClaim).",
+            )
+            .expect("static metric"),
+            leader: IntGauge::new(
+                "provisioner_leader",
+                "1 while this replica holds the provisioning Lease (plans and launches), else 0.",
+            )
+            .expect("static metric"),
+            batch_size: Histogram::with_opts(
+                HistogramOpts::new("batch_size", "Pods per provisioning batch.").buckets(vec![
+                    1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 5000.0,
+                ]),
+            )
+            .expect("static metric"),
+            batch_window: Histogram::with_opts(
+                HistogramOpts::new(
+                    "batch_window_seconds",
+                    "How long each provisioning batch window stayed open.",
+                )
+                .buckets(vec![0.1, 0.5, 1.0, 1.5, 2.0, 3.0, 5.0, 7.5, 10.0, 15.0]),
+            )
+            .expect("static metric"),
+            plan_duration: Histogram::with_opts(
+                HistogramOpts::new("plan_duration_seconds", "Time to plan one batch.").buckets(
+                    vec![0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5],
+                ),
+            )
+            .expect("static metric"),
+            plan_decisions: IntCounterVec::new(
+                Opts::new(
+                    "plan_decisions_total",
+                    "Pods planned, by decision: new_node, existing_node (placed on free capacity), unschedulable.",
+                ),
+                &["decision"],
+            )
+            .expect("static metric"),
+            claims: IntGaugeVec::new(
+                Opts::new("nodeclaims", "NodeClaims by phase."),
+                &["phase"],
+            )
+            .expect("static metric"),
+            launches: IntCounterVec::new(
+                Opts::new(
+                    "launches_total",
+                    "Instances launched, by node pool, instance type, zone and capacity type.",
+                ),
+                &["node_pool", "instance_type", "zone", "capacity_type"],
+            )
+            .expect("static metric"),
+            ec2_errors: IntCounterVec::new(
+                Opts::new(
+                    "ec2_errors_total",
+                    "EC2 errors seen while launching or cleaning up, by error code.",
+                ),
+                &["code"],
+            )
+            .expect("static metric"),
+            unschedulable_to_launch: Histogram::with_opts(
+                HistogramOpts::new(
+                    "pod_unschedulable_to_launch_seconds",
+                    "Per pod: from first seen unschedulable to the CreateFleet that launched its node.",
+                )
+                .buckets(latency_buckets.clone()),
+            )
+            .expect("static metric"),
+            unschedulable_to_registered: Histogram::with_opts(
+                HistogramOpts::new(
+                    "pod_unschedulable_to_registered_seconds",
+                    "Per pod: from first seen unschedulable to its node's registration.",
+                )
+                .buckets(latency_buckets),
+            )
+            .expect("static metric"),
+            terminations: IntCounterVec::new(
+                Opts::new(
+                    "terminations_total",
+                    "Instances terminated, by reason: registration_timeout, orphaned, node_deleted, claim_failed.",
+                ),
+                &["reason"],
+            )
+            .expect("static metric"),
+        };
+        let registry = metrics.registry();
+        for c in [
+            Box::new(m.pending_pods.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(m.leader.clone()),
+            Box::new(m.batch_size.clone()),
+            Box::new(m.batch_window.clone()),
+            Box::new(m.plan_duration.clone()),
+            Box::new(m.plan_decisions.clone()),
+            Box::new(m.claims.clone()),
+            Box::new(m.launches.clone()),
+            Box::new(m.ec2_errors.clone()),
+            Box::new(m.unschedulable_to_launch.clone()),
+            Box::new(m.unschedulable_to_registered.clone()),
+            Box::new(m.terminations.clone()),
+        ] {
+            // Registering twice (two provisioners on one registry in tests) keeps the first.
+            let _ = registry.register(c);
+        }
+        for d in ["new_node", "existing_node", "unschedulable"] {
+            m.plan_decisions.with_label_values(&[d]);
+        }
+        for p in crate::cluster::nodeclaims::Phase::ALL {
+            m.claims.with_label_values(&[p.as_str()]);
+        }
+        m
     }
 }

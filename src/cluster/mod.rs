@@ -1,9 +1,12 @@
 //! Kubernetes adapters: the client (kubeconfig / in-cluster chain) and watch caches.
 
+pub mod leader;
 pub mod ledger;
 pub mod namespaces;
+pub mod nodeclaims;
 pub mod pods;
 pub mod quota;
+pub mod state;
 
 use kube::Client;
 

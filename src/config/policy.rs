@@ -38,6 +38,10 @@ pub struct PolicySpec {
     /// Price adjustments for planning (savings plans, negotiated discounts, spot estimates).
     #[serde(default)]
     pub pricing: PricingSpec,
+    /// Just-in-time launches: the cluster nodes join, timeouts. Without `clusterName` nodewright
+    /// serves the webhooks and the extender but launches nothing.
+    #[serde(default)]
+    pub provisioning: ProvisioningSpec,
 }
 
 /// No rules, no quotas, Karpenter v1's nodeSelector key and Karpenter's batching windows: what a
@@ -53,6 +57,7 @@ impl Default for PolicySpec {
             quota_failure_policy: FailurePolicy::default(),
             batching: BatchingSpec::default(),
             pricing: PricingSpec::default(),
+            provisioning: ProvisioningSpec::default(),
         }
     }
 }
@@ -249,4 +254,76 @@ impl PricingSpec {
         }
         (price, estimated)
     }
+}
+
+/// `spec.provisioning`: what launching nodes needs that Karpenter keeps in its own settings.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ProvisioningSpec {
+    /// The EKS cluster's name: instances are tagged `kubernetes.io/cluster/<name>: owned` and
+    /// bootstrap into it. Unset: nothing is launched.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_name: Option<String>,
+    /// The API server endpoint written into node bootstrap (AL2023 nodeadm needs it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_endpoint: Option<String>,
+    /// The cluster CA (base64 PEM) written into node bootstrap.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_ca_bundle: Option<String>,
+    /// The service CIDR written into node bootstrap.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_cidr: Option<String>,
+    /// A NodeClaim whose Node has not registered after this long is terminated and deleted.
+    #[serde(default = "default_registration_timeout")]
+    pub registration_timeout: String,
+    /// Instances tagged for this cluster that no NodeClaim owns are terminated once this old.
+    #[serde(default = "default_orphan_grace_period")]
+    pub orphan_grace_period: String,
+    /// How long an offering that reported insufficient capacity is left out (Karpenter: 3m).
+    #[serde(default = "default_unavailable_ttl")]
+    pub unavailable_offering_ttl: String,
+}
+
+impl Default for ProvisioningSpec {
+    fn default() -> Self {
+        Self {
+            cluster_name: None,
+            cluster_endpoint: None,
+            cluster_ca_bundle: None,
+            service_cidr: None,
+            registration_timeout: default_registration_timeout(),
+            orphan_grace_period: default_orphan_grace_period(),
+            unavailable_offering_ttl: default_unavailable_ttl(),
+        }
+    }
+}
+
+impl ProvisioningSpec {
+    /// `registrationTimeout` (validated when the config is parsed).
+    pub fn registration_timeout(&self) -> std::time::Duration {
+        super::parse_go_duration(&self.registration_timeout)
+            .unwrap_or(std::time::Duration::from_secs(15 * 60))
+    }
+    /// `orphanGracePeriod` (validated when the config is parsed).
+    pub fn orphan_grace_period(&self) -> std::time::Duration {
+        super::parse_go_duration(&self.orphan_grace_period)
+            .unwrap_or(std::time::Duration::from_secs(10 * 60))
+    }
+    /// `unavailableOfferingTtl` (validated when the config is parsed).
+    pub fn unavailable_offering_ttl(&self) -> std::time::Duration {
+        super::parse_go_duration(&self.unavailable_offering_ttl)
+            .unwrap_or(std::time::Duration::from_secs(180))
+    }
+}
+
+fn default_registration_timeout() -> String {
+    "15m".to_owned()
+}
+
+fn default_orphan_grace_period() -> String {
+    "10m".to_owned()
+}
+
+fn default_unavailable_ttl() -> String {
+    "3m".to_owned()
 }

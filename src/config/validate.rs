@@ -11,7 +11,7 @@ use super::Parsed;
 use super::duration::parse_go_duration;
 use super::nodeclass::{AmiFamily, EC2NodeClass, KubeletConfiguration, Tags};
 use super::nodepool::NodePool;
-use super::policy::{PolicySpec, PricingSpec, SpreadSpec};
+use super::policy::{PolicySpec, PricingSpec, ProvisioningSpec, SpreadSpec};
 use super::yaml::FieldPath;
 use crate::model::{Operator, Requirement, Taint};
 
@@ -586,6 +586,42 @@ fn policy(spec: &PolicySpec, parsed: &Parsed, issues: &mut Issues<'_>) {
         );
     }
     pricing(&spec.pricing, &path.key("pricing"), issues);
+    provisioning(&spec.provisioning, &path.key("provisioning"), issues);
+}
+
+fn provisioning(spec: &ProvisioningSpec, path: &FieldPath, issues: &mut Issues<'_>) {
+    for (field, value) in [
+        ("registrationTimeout", &spec.registration_timeout),
+        ("orphanGracePeriod", &spec.orphan_grace_period),
+        ("unavailableOfferingTtl", &spec.unavailable_offering_ttl),
+    ] {
+        match parse_go_duration(value) {
+            Ok(d) if d.is_zero() => issues.add(path.key(field), "must be longer than 0s"),
+            Ok(_) => {}
+            Err(message) => issues.add(path.key(field), message),
+        }
+    }
+    if let Some(name) = &spec.cluster_name {
+        let valid = !name.is_empty()
+            && name.len() <= 100
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        if !valid {
+            issues.add(
+                path.key("clusterName"),
+                format!("{name:?} is not an EKS cluster name (1-100 letters, digits, '-' or '_')"),
+            );
+        }
+    }
+    if let Some(endpoint) = &spec.cluster_endpoint
+        && !endpoint.starts_with("https://")
+    {
+        issues.add(
+            path.key("clusterEndpoint"),
+            format!("{endpoint:?} must be an https:// URL"),
+        );
+    }
 }
 
 fn pricing(pricing: &PricingSpec, path: &FieldPath, issues: &mut Issues<'_>) {

@@ -1,8 +1,11 @@
 //! Pure scheduling decisions: the capacity planner (pods → new nodes) and its LP bound.
 
+pub mod batcher;
+pub mod extender;
 pub mod lp;
 pub mod pod;
 pub mod solver;
+pub mod view;
 
 pub use pod::PendingPod;
 pub use solver::{ExistingNode, Input, Limits, Plan, PlannedNode, Pool, solve};

@@ -10,7 +10,11 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub mod aws;
+pub mod ec2proxy;
+pub mod kubelet;
 pub mod moto;
+pub mod scheduler;
 
 /// Re-check the async condition `$cond` every 100 ms until it holds; fail after 15 s naming `$what`
 /// and showing the server's log.
@@ -53,7 +57,17 @@ impl Server {
 
     /// Like [`Server::start`], with `KUBECONFIG` set to `kubeconfig` (else no cluster: standalone).
     pub fn start_with(args: &[&str], kubeconfig: Option<&Path>) -> Server {
+        Self::start_with_env(args, kubeconfig, &[])
+    }
+
+    /// Like [`Server::start_with`], with extra environment variables (AWS endpoint, region).
+    pub fn start_with_env(
+        args: &[&str],
+        kubeconfig: Option<&Path>,
+        env: &[(&str, &str)],
+    ) -> Server {
         let mut command = Command::new(env!("CARGO_BIN_EXE_nodewright"));
+        command.envs(env.iter().copied());
         match kubeconfig {
             Some(path) => command.env("KUBECONFIG", path),
             None => command.env_remove("KUBECONFIG").env("HOME", "/nonexistent"),

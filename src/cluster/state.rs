@@ -1,0 +1,377 @@
+//! Watches of Nodes and Pods feeding the extender's [`ClusterView`] (allocatable, requests of
+//! bound pods, taints, prices) and the provisioner (pods that became unschedulable, pods that
+//! were bound or went away, nodes that registered).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, RwLock};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::model::catalog::{CapacityType, Catalog, labels};
+use crate::model::resources::Resources;
+use crate::model::taints::{Taint, TaintEffect};
+use crate::scheduling::PendingPod;
+use crate::scheduling::solver::{BoundPod, ExistingNode};
+use crate::scheduling::view::{ClusterView, NodeFacts, NodeState};
+
+/// What the watches tell the provisioner.
+#[derive(Debug)]
+pub enum ClusterEvent {
+    /// A pod with `PodScheduled=False`, reason `Unschedulable`.
+    Unschedulable(Arc<Pod>),
+    /// A pod that no longer needs capacity from the provisioner (bound, deleted or finished).
+    PodSettled(String),
+    /// A Node was added or changed.
+    NodeApplied(Arc<Node>),
+    /// A Node was deleted.
+    NodeDeleted(String),
+}
+
+/// A bound pod as the node view counts it.
+#[derive(Clone, Debug)]
+struct BoundEntry {
+    node: String,
+    requests: Resources,
+    namespace: String,
+    labels: BTreeMap<String, String>,
+}
+
+#[derive(Default)]
+struct Inner {
+    /// pod key → where it is bound.
+    bound: HashMap<String, BoundEntry>,
+}
+
+/// The watch-fed state. Cheap to clone.
+#[derive(Clone)]
+pub struct ClusterState {
+    view: Arc<RwLock<ClusterView>>,
+    inner: Arc<Mutex<Inner>>,
+    catalog: Arc<dyn Fn() -> Arc<Catalog> + Send + Sync>,
+}
+
+impl ClusterState {
+    pub fn new(
+        view: Arc<RwLock<ClusterView>>,
+        catalog: Arc<dyn Fn() -> Arc<Catalog> + Send + Sync>,
+    ) -> Self {
+        Self {
+            view,
+            inner: Arc::default(),
+            catalog,
+        }
+    }
+
+    pub fn view(&self) -> &Arc<RwLock<ClusterView>> {
+        &self.view
+    }
+
+    /// Start both watches; events go to `events`.
+    pub fn spawn(
+        &self,
+        client: Client,
+        events: mpsc::UnboundedSender<ClusterEvent>,
+        shutdown: CancellationToken,
+    ) {
+        let nodes: Api<Node> = Api::all(client.clone());
+        let pods: Api<Pod> = Api::all(client);
+        let state = self.clone();
+        let tx = events.clone();
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            let stream = watcher(nodes, watcher::Config::default())
+                .default_backoff()
+                .take_until(stop.cancelled_owned());
+            futures::pin_mut!(stream);
+            while let Some(event) = stream.next().await {
+                match event {
+                    Ok(watcher::Event::Apply(node) | watcher::Event::InitApply(node)) => {
+                        state.apply_node(&node);
+                        let _ = tx.send(ClusterEvent::NodeApplied(Arc::new(node)));
+                    }
+                    Ok(watcher::Event::Delete(node)) => {
+                        let name = node.metadata.name.clone().unwrap_or_default();
+                        state.delete_node(&name);
+                        let _ = tx.send(ClusterEvent::NodeDeleted(name));
+                    }
+                    Ok(watcher::Event::Init | watcher::Event::InitDone) => {}
+                    Err(e) => tracing::warn!(error = %e, "node watch error; retrying"),
+                }
+            }
+        });
+        let state = self.clone();
+        tokio::spawn(async move {
+            let stream = watcher(pods, watcher::Config::default())
+                .default_backoff()
+                .take_until(shutdown.cancelled_owned());
+            futures::pin_mut!(stream);
+            while let Some(event) = stream.next().await {
+                match event {
+                    Ok(watcher::Event::Apply(pod) | watcher::Event::InitApply(pod)) => {
+                        if let Some(event) = state.apply_pod(pod) {
+                            let _ = events.send(event);
+                        }
+                    }
+                    Ok(watcher::Event::Delete(pod)) => {
+                        let key = pod_key(&pod);
+                        state.unbind(&key);
+                        let _ = events.send(ClusterEvent::PodSettled(key));
+                    }
+                    Ok(watcher::Event::Init | watcher::Event::InitDone) => {}
+                    Err(e) => tracing::warn!(error = %e, "pod watch error; retrying"),
+                }
+            }
+        });
+    }
+
+    /// Record a node (also used by tests and standalone runs).
+    pub fn apply_node(&self, node: &Node) {
+        let Some(name) = node.metadata.name.clone() else {
+            return;
+        };
+        let catalog = (self.catalog)();
+        let mut facts = node_facts(node, &catalog);
+        let mut view = write(&self.view);
+        let key: Arc<str> = view
+            .nodes
+            .get_key_value(name.as_str())
+            .map(|(k, _)| k.clone())
+            .unwrap_or_else(|| Arc::from(name.as_str()));
+        if let Some(old) = view.nodes.get(&key) {
+            facts.requested = old.requested;
+            // A state nodewright set (terminating its claim) outlives node updates.
+            if old.state != NodeState::Ready && facts.state == NodeState::Ready {
+                facts.state = old.state;
+            }
+        }
+        view.nodes.insert(key, facts);
+    }
+
+    pub fn delete_node(&self, name: &str) {
+        write(&self.view).nodes.remove(name);
+    }
+
+    /// Mark a node as nodewright is treating it (draining, terminating).
+    pub fn set_node_state(&self, name: &str, state: NodeState) {
+        if let Some(n) = write(&self.view).nodes.get_mut(name) {
+            n.state = state;
+        }
+    }
+
+    fn apply_pod(&self, pod: Pod) -> Option<ClusterEvent> {
+        let key = pod_key(&pod);
+        let node = pod.spec.as_ref().and_then(|s| s.node_name.clone());
+        let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+        let finished = matches!(phase, Some("Succeeded" | "Failed"));
+        let deleting = pod.metadata.deletion_timestamp.is_some();
+        match node {
+            Some(node) if !finished => {
+                let requests = PendingPod::from_pod(&pod).requests;
+                self.bind(
+                    &key,
+                    BoundEntry {
+                        node,
+                        requests,
+                        namespace: pod.metadata.namespace.clone().unwrap_or_default(),
+                        labels: pod.metadata.labels.clone().unwrap_or_default(),
+                    },
+                );
+                Some(ClusterEvent::PodSettled(key))
+            }
+            _ if finished || deleting => {
+                self.unbind(&key);
+                Some(ClusterEvent::PodSettled(key))
+            }
+            _ if is_unschedulable(&pod) => Some(ClusterEvent::Unschedulable(Arc::new(pod))),
+            _ => None,
+        }
+    }
+
+    fn bind(&self, key: &str, entry: BoundEntry) {
+        let mut inner = lock(&self.inner);
+        let old = inner.bound.insert(key.to_owned(), entry.clone());
+        let mut view = write(&self.view);
+        if let Some(old) = old
+            && let Some(n) = view.nodes.get_mut(old.node.as_str())
+        {
+            n.requested = n.requested.saturating_sub(&old.requests);
+        }
+        if let Some(n) = view.nodes.get_mut(entry.node.as_str()) {
+            n.requested += entry.requests;
+        }
+        view.release(key);
+    }
+
+    fn unbind(&self, key: &str) {
+        let mut inner = lock(&self.inner);
+        let old = inner.bound.remove(key);
+        let mut view = write(&self.view);
+        if let Some(old) = old
+            && let Some(n) = view.nodes.get_mut(old.node.as_str())
+        {
+            n.requested = n.requested.saturating_sub(&old.requests);
+        }
+        view.release(key);
+    }
+
+    /// Is this pod bound (as far as the watch knows)?
+    pub fn is_bound(&self, key: &str) -> bool {
+        lock(&self.inner).bound.contains_key(key)
+    }
+
+    /// Nodes as the planner sees them: free capacity, labels, taints, the pods on them. Nodes
+    /// being terminated or drained are left out.
+    pub fn existing_nodes(&self) -> Vec<ExistingNode> {
+        let inner = lock(&self.inner);
+        let view = read(&self.view);
+        let mut pods_by_node: HashMap<&str, Vec<BoundPod>> = HashMap::new();
+        for b in inner.bound.values() {
+            pods_by_node
+                .entry(b.node.as_str())
+                .or_default()
+                .push(BoundPod {
+                    namespace: b.namespace.clone(),
+                    labels: b.labels.clone(),
+                });
+        }
+        let mut nodes: Vec<ExistingNode> = view
+            .nodes
+            .iter()
+            .filter(|(_, f)| f.state == NodeState::Ready)
+            .map(|(name, f)| {
+                let promised = view
+                    .promises
+                    .get(name)
+                    .map(|p| p.total())
+                    .unwrap_or_default();
+                ExistingNode {
+                    name: name.to_string(),
+                    labels: f.labels.clone(),
+                    taints: f.taints.clone(),
+                    allocatable: f.allocatable,
+                    requested: f.requested + promised,
+                    pods: pods_by_node.remove(&**name).unwrap_or_default(),
+                    in_flight: false,
+                }
+            })
+            .collect();
+        nodes.sort_by(|a, b| a.name.cmp(&b.name));
+        nodes
+    }
+}
+
+/// `namespace/name`.
+pub fn pod_key(pod: &Pod) -> String {
+    format!(
+        "{}/{}",
+        pod.metadata.namespace.as_deref().unwrap_or("default"),
+        pod.metadata.name.as_deref().unwrap_or("")
+    )
+}
+
+/// `PodScheduled=False` with reason `Unschedulable`, not bound, not being deleted.
+pub fn is_unschedulable(pod: &Pod) -> bool {
+    if pod.metadata.deletion_timestamp.is_some()
+        || pod.spec.as_ref().is_some_and(|s| s.node_name.is_some())
+    {
+        return false;
+    }
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| {
+            cs.iter().any(|c| {
+                c.type_ == "PodScheduled"
+                    && c.status == "False"
+                    && c.reason.as_deref() == Some("Unschedulable")
+            })
+        })
+}
+
+/// The facts the extender needs from a Node object.
+pub fn node_facts(node: &Node, catalog: &Catalog) -> NodeFacts {
+    let labels = node.metadata.labels.clone().unwrap_or_default();
+    let mut allocatable = Resources::default();
+    if let Some(alloc) = node.status.as_ref().and_then(|s| s.allocatable.as_ref()) {
+        for (name, q) in alloc {
+            // Resources without a slot (hugepages, other extended resources) are not tracked.
+            let _ = allocatable.add_named(name, &q.0);
+        }
+    }
+    let taints: Vec<Taint> = node
+        .spec
+        .as_ref()
+        .and_then(|s| s.taints.as_ref())
+        .map(|ts| {
+            ts.iter()
+                .filter_map(|t| {
+                    let effect = match t.effect.as_str() {
+                        "NoSchedule" => TaintEffect::NoSchedule,
+                        "PreferNoSchedule" => TaintEffect::PreferNoSchedule,
+                        "NoExecute" => TaintEffect::NoExecute,
+                        _ => return None,
+                    };
+                    Some(Taint {
+                        key: t.key.clone(),
+                        value: t.value.clone(),
+                        effect,
+                    })
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let disrupted = taints
+        .iter()
+        .any(|t| t.key == "karpenter.sh/disrupted" || t.key == "nodewright.io/disrupted");
+    let state = if node.metadata.deletion_timestamp.is_some() {
+        NodeState::Terminating
+    } else if disrupted {
+        NodeState::Draining
+    } else {
+        NodeState::Ready
+    };
+    let price_per_hour = price_of(&labels, catalog);
+    let claim = labels
+        .get(crate::cluster::nodeclaims::CLAIM_TAG)
+        .map(|c| Arc::from(c.as_str()));
+    NodeFacts {
+        labels,
+        taints,
+        allocatable,
+        requested: Resources::default(),
+        price_per_hour,
+        state,
+        claim,
+    }
+}
+
+/// The price of the node's offering from its well-known labels.
+fn price_of(node_labels: &BTreeMap<String, String>, catalog: &Catalog) -> Option<f64> {
+    let it = catalog.get(node_labels.get(labels::INSTANCE_TYPE)?)?;
+    let zone = node_labels.get(labels::ZONE)?;
+    let ct = node_labels
+        .get(labels::CAPACITY_TYPE)
+        .and_then(|c| CapacityType::parse(c))
+        .unwrap_or(CapacityType::OnDemand);
+    it.offerings
+        .iter()
+        .find(|o| &o.zone == zone && o.capacity_type == ct)
+        .map(|o| o.price)
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn read<T>(m: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    m.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn write<T>(m: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    m.write().unwrap_or_else(std::sync::PoisonError::into_inner)
+}

@@ -1,0 +1,1137 @@
+//! The provisioner: unschedulable pods (from the pod watch and from the extender's filter) are
+//! batched, planned with [`crate::scheduling::solve`], written down as NodeClaims, and only then
+//! launched; claims are tracked until their Node registers, and cleaned up when it never does.
+//!
+//! One task owns all provisioning state, so there are no locks beyond the shared node view.
+//! Every replica runs it and follows the watches; only the Lease holder plans, writes claims and
+//! calls EC2. A new leader lists the claims and carries on: pending claims are launched (the
+//! launcher first looks for an instance tagged with the claim, and passes the claim's UID as the
+//! CreateFleet ClientToken, so nothing launches twice), launched claims wait for their Node.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use kube::api::{Patch, PatchParams};
+use kube::{Api, Client};
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::cloud::launch::{
+    ClusterInfo, LaunchError, LaunchOffering, LaunchRequest, Launched, Launcher,
+};
+use crate::cluster::nodeclaims::{
+    CLAIM_TAG, ClaimOffering, ClaimStore, NodeClaim, NodeClaimSpec, Phase, now,
+};
+use crate::cluster::state::{ClusterEvent, ClusterState, pod_key};
+use crate::config::Config;
+use crate::metrics::ProvisionMetrics;
+use crate::model::catalog::{CapacityType, Catalog, labels};
+use crate::model::requirements::{Operator, Requirement};
+use crate::model::resources::{NAMES, Resources, format_slot};
+use crate::model::taints::Taint;
+use crate::scheduling::batcher::Batcher;
+use crate::scheduling::solver::{ExistingNode, Input, PlannedNode, Pool, Usage};
+use crate::scheduling::{PendingPod, solve};
+
+/// Nodes register with this taint (NoExecute, as Karpenter's `karpenter.sh/unregistered`), so
+/// nothing is scheduled onto them before nodewright has put its reservation and the pool's
+/// labels and taints in place; registration removes it.
+pub const UNREGISTERED_TAINT: &str = "nodewright.io/unregistered";
+
+/// How many times a claim's launch is tried before it is marked Failed.
+const MAX_LAUNCH_ATTEMPTS: u32 = 5;
+/// How long Failed claims stay visible before they are deleted.
+const FAILED_CLAIM_TTL: Duration = Duration::from_secs(600);
+/// How long free capacity stays promised to planned pods that have not been bound yet.
+const PROMISE_TTL: Duration = Duration::from_secs(180);
+/// How often claims are reconciled (registration timeouts, retries).
+const RECONCILE_EVERY: Duration = Duration::from_secs(2);
+/// How often instances without a claim are looked for.
+const ORPHAN_SCAN_EVERY: Duration = Duration::from_secs(60);
+
+/// Everything the provisioner needs.
+pub struct Provisioner {
+    pub config: Arc<ArcSwap<Config>>,
+    pub catalog: Arc<dyn Fn() -> Arc<Catalog> + Send + Sync>,
+    pub claims: ClaimStore,
+    /// `None`: no EC2 access could be set up; claims are written but fail to launch.
+    pub launcher: Option<Arc<Launcher>>,
+    pub state: ClusterState,
+    /// `None` when there is no cluster (standalone).
+    pub client: Option<Client>,
+    pub metrics: ProvisionMetrics,
+    pub leader: watch::Receiver<bool>,
+}
+
+/// Per-pod bookkeeping.
+struct Waiting {
+    pod: Arc<Pod>,
+}
+
+struct Run {
+    p: Provisioner,
+    batcher: Batcher<()>,
+    /// Unschedulable pods not yet settled, by key.
+    waiting: HashMap<String, Waiting>,
+    /// Claims by name, as last written.
+    claims: BTreeMap<String, NodeClaim>,
+    /// When each claim was last tried, for retry back-off.
+    next_attempt: HashMap<String, Instant>,
+    /// Nodes by instance id (from providerID), from the node watch.
+    nodes_by_instance: HashMap<String, Arc<Node>>,
+    /// Pods' first-seen instants survive their leaving `waiting` until their node registers.
+    first_seen: HashMap<String, Instant>,
+    last_orphan_scan: Option<Instant>,
+    leading: bool,
+}
+
+impl Provisioner {
+    /// Run until `shutdown`. `events` come from the watches, `unplaced` from the extender.
+    pub async fn run(
+        self,
+        mut events: mpsc::UnboundedReceiver<ClusterEvent>,
+        mut unplaced: mpsc::Receiver<Arc<Pod>>,
+        shutdown: CancellationToken,
+    ) {
+        let batching = self.config.load().policy.batching.clone();
+        let mut run = Run {
+            batcher: Batcher::new(
+                batching.idle().unwrap_or(Duration::from_secs(1)),
+                batching.max().unwrap_or(Duration::from_secs(10)),
+            ),
+            p: self,
+            waiting: HashMap::new(),
+            claims: BTreeMap::new(),
+            next_attempt: HashMap::new(),
+            nodes_by_instance: HashMap::new(),
+            first_seen: HashMap::new(),
+            last_orphan_scan: None,
+            leading: false,
+        };
+        if !run.p.claims.is_durable() {
+            tracing::warn!(
+                "standalone: NodeClaims are kept in memory only and are not durable; a restart forgets them (instances stay tagged with their claim)"
+            );
+        }
+        let mut leader = run.p.leader.clone();
+        let initially = *leader.borrow_and_update();
+        run.set_leading(initially).await;
+        // The sender goes away only in standalone runs (always leading) and at shutdown.
+        let mut leader_open = true;
+        let mut tick = tokio::time::interval(RECONCILE_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let deadline = run.batcher.deadline();
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                changed = leader.changed(), if leader_open => {
+                    if changed.is_err() {
+                        leader_open = false;
+                        continue;
+                    }
+                    let now_leading = *leader.borrow_and_update();
+                    run.set_leading(now_leading).await;
+                }
+                Some(event) = events.recv() => run.on_event(event).await,
+                Some(pod) = unplaced.recv() => run.on_unschedulable(pod),
+                () = sleep_until(deadline) => {
+                    if run.leading {
+                        run.provision().await;
+                    } else {
+                        // Followers keep no batch: the leader sees the same pods through its
+                        // own watch (or the scheduler's next filter call).
+                        run.batcher.take();
+                    }
+                }
+                _ = tick.tick() => {
+                    if run.leading { run.reconcile().await; }
+                }
+            }
+        }
+        tracing::info!("provisioner stopped");
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+impl Run {
+    async fn set_leading(&mut self, leading: bool) {
+        if leading == self.leading {
+            return;
+        }
+        self.leading = leading;
+        self.p.metrics.leader.set(i64::from(leading));
+        if leading {
+            match self.p.claims.list().await {
+                Ok(list) => {
+                    self.claims = list.into_iter().map(|c| (c.name().to_owned(), c)).collect();
+                    tracing::info!(
+                        claims = self.claims.len(),
+                        "leading: resuming from existing NodeClaims"
+                    );
+                }
+                Err(e) => tracing::error!(error = %e, "listing NodeClaims failed; will retry"),
+            }
+            // Pods of claims in flight are not planned again.
+            let covered = self.covered_pods();
+            for key in covered {
+                self.batcher.remove(&key);
+            }
+            // Nodes that registered while we were not leading.
+            let nodes: Vec<Arc<Node>> = self.nodes_by_instance.values().cloned().collect();
+            for node in nodes {
+                self.try_register(&node).await;
+            }
+            self.reconcile().await;
+        }
+        self.update_gauges();
+    }
+
+    async fn on_event(&mut self, event: ClusterEvent) {
+        match event {
+            ClusterEvent::Unschedulable(pod) => self.on_unschedulable(pod),
+            ClusterEvent::PodSettled(key) => {
+                self.waiting.remove(&key);
+                self.batcher.remove(&key);
+                self.update_gauges();
+            }
+            ClusterEvent::NodeApplied(node) => {
+                if let Some(id) = instance_id(&node) {
+                    self.nodes_by_instance.insert(id, node.clone());
+                }
+                if self.leading {
+                    self.try_register(&node).await;
+                }
+            }
+            ClusterEvent::NodeDeleted(name) => {
+                self.nodes_by_instance
+                    .retain(|_, n| n.metadata.name.as_deref() != Some(name.as_str()));
+                if self.leading {
+                    self.on_node_deleted(&name).await;
+                }
+            }
+        }
+    }
+
+    fn on_unschedulable(&mut self, pod: Arc<Pod>) {
+        let key = pod_key(&pod);
+        if self.p.state.is_bound(&key) {
+            return;
+        }
+        let now = Instant::now();
+        self.first_seen.entry(key.clone()).or_insert(now);
+        self.waiting
+            .insert(key.clone(), Waiting { pod: pod.clone() });
+        if !self.covered_pods().contains(&key) {
+            self.batcher.add(key, (), now);
+        }
+        self.update_gauges();
+    }
+
+    /// Pods that in-flight claims are for.
+    fn covered_pods(&self) -> HashSet<String> {
+        self.claims
+            .values()
+            .filter(|c| c.phase().in_flight())
+            .flat_map(|c| c.spec.pods.iter().cloned())
+            .collect()
+    }
+
+    fn update_gauges(&self) {
+        self.p
+            .metrics
+            .pending_pods
+            .set(i64::try_from(self.waiting.len()).unwrap_or(i64::MAX));
+        let mut by_phase: HashMap<Phase, i64> = HashMap::new();
+        for c in self.claims.values() {
+            *by_phase.entry(c.phase()).or_default() += 1;
+        }
+        for phase in Phase::ALL {
+            self.p
+                .metrics
+                .claims
+                .with_label_values(&[phase.as_str()])
+                .set(by_phase.get(&phase).copied().unwrap_or(0));
+        }
+    }
+
+    /// Close the batch: plan, write claims, launch.
+    async fn provision(&mut self) {
+        let now = Instant::now();
+        let window = self.batcher.open_for(now);
+        let keys: Vec<String> = self.batcher.take().into_iter().map(|(k, ())| k).collect();
+        let covered = self.covered_pods();
+        let pods: Vec<Arc<Pod>> = keys
+            .iter()
+            .filter(|k| !covered.contains(*k) && !self.p.state.is_bound(k))
+            .filter_map(|k| self.waiting.get(k).map(|w| w.pod.clone()))
+            .collect();
+        if pods.is_empty() {
+            return;
+        }
+        self.p.metrics.batch_size.observe(pods.len() as f64);
+        self.p.metrics.batch_window.observe(window.as_secs_f64());
+        let config = self.p.config.load_full();
+        let Some(cluster) = cluster_info(&config) else {
+            tracing::warn!(
+                pods = pods.len(),
+                "pods need new nodes, but spec.provisioning.clusterName is not set: nothing is launched"
+            );
+            return;
+        };
+        let started = Instant::now();
+        let mut catalog = (*(self.p.catalog)()).clone();
+        if let Some(launcher) = &self.p.launcher {
+            for (it, zone, ct) in launcher.unavailable().current() {
+                catalog.set_available(&it, &zone, ct, false);
+            }
+        }
+        let pending: Vec<PendingPod> = pods.iter().map(|p| PendingPod::from_pod(p)).collect();
+        let nodes = self.p.state.existing_nodes();
+        let pools = self.pools(&config, &catalog, &nodes);
+        let plan = solve(&Input {
+            pods: &pending,
+            pools: &pools,
+            catalog: &catalog,
+            nodes: &nodes,
+        });
+        let plan_secs = started.elapsed().as_secs_f64();
+        self.p.metrics.plan_duration.observe(plan_secs);
+        let m = &self.p.metrics.plan_decisions;
+        m.with_label_values(&["new_node"])
+            .inc_by(plan.nodes.iter().map(|n| n.pods.len() as u64).sum::<u64>());
+        m.with_label_values(&["existing_node"])
+            .inc_by(plan.placements.len() as u64);
+        m.with_label_values(&["unschedulable"])
+            .inc_by(plan.unschedulable.len() as u64);
+        tracing::info!(
+            pods = pending.len(),
+            new_nodes = plan.nodes.len(),
+            existing = plan.placements.len(),
+            unschedulable = plan.unschedulable.len(),
+            price_per_hour = plan.total_price_per_hour,
+            window_ms = window.as_millis() as u64,
+            plan_ms = (plan_secs * 1000.0) as u64,
+            "batch planned"
+        );
+        for u in &plan.unschedulable {
+            tracing::info!(pod = %u.pod, reason = %u.reason, "pod cannot be placed on any new node");
+        }
+        // Free capacity on existing nodes is promised to the pods planned onto it.
+        {
+            let mut view = self
+                .p
+                .state
+                .view()
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            for placement in &plan.placements {
+                let requests = pending[placement.pod_index].requests;
+                view.promise(
+                    &placement.node,
+                    &placement.pod,
+                    requests,
+                    None,
+                    Some(Instant::now() + PROMISE_TTL),
+                );
+            }
+        }
+        // Intent first: every claim is written before any launch.
+        let mut written = Vec::new();
+        for node in &plan.nodes {
+            let Some(pool) = config.node_pools.get(&node.node_pool) else {
+                continue;
+            };
+            let claim = claim_for(node, pool, &pools, &catalog);
+            match self.create_claim(claim).await {
+                Ok(claim) => {
+                    tracing::info!(
+                        claim = claim.name(),
+                        node_pool = %node.node_pool,
+                        instance_type = %node.instance_type,
+                        zone = %node.zone,
+                        capacity_type = node.capacity_type.as_str(),
+                        pods = node.pods.len(),
+                        "NodeClaim written"
+                    );
+                    {
+                        let mut view = self
+                            .p
+                            .state
+                            .view()
+                            .write()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner);
+                        let name: Arc<str> = Arc::from(claim.name());
+                        for pod in &claim.spec.pods {
+                            view.await_claim(pod, name.clone());
+                        }
+                    }
+                    self.claims.insert(claim.name().to_owned(), claim.clone());
+                    written.push(claim.name().to_owned());
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, node_pool = %node.node_pool, "writing a NodeClaim failed; its pods wait for the next batch");
+                    for pod in &node.pods {
+                        if self.waiting.contains_key(pod) {
+                            self.batcher.add(pod.clone(), (), Instant::now());
+                        }
+                    }
+                }
+            }
+        }
+        self.update_gauges();
+        self.launch_claims(&written, &cluster).await;
+    }
+
+    async fn create_claim(&self, claim: NodeClaim) -> Result<NodeClaim, String> {
+        // A name collision (409) gets a new suffix.
+        for _ in 0..3 {
+            let mut attempt = claim.clone();
+            attempt.metadata.name = Some(format!("{}-{}", claim.spec.node_pool, random_suffix()));
+            if let Some(name) = attempt.metadata.name.clone() {
+                attempt.spec.labels.insert(CLAIM_TAG.to_owned(), name);
+            }
+            match self.p.claims.create(&attempt).await {
+                Ok(c) => return Ok(c),
+                Err(crate::cluster::nodeclaims::ClaimError::Api(kube::Error::Api(e)))
+                    if e.code == 409 => {}
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+        Err("three name collisions in a row".to_owned())
+    }
+
+    /// Launch the named claims concurrently.
+    async fn launch_claims(&mut self, names: &[String], cluster: &ClusterInfo) {
+        let Some(launcher) = self.p.launcher.clone() else {
+            for name in names {
+                if let Some(mut claim) = self.claims.get(name).cloned() {
+                    claim.set_condition(
+                        "Launched",
+                        false,
+                        "NoCloudAccess",
+                        "no EC2 client could be set up (region and credentials chain)",
+                    );
+                    self.store_status(claim).await;
+                }
+            }
+            return;
+        };
+        let config = self.p.config.load_full();
+        let mut tasks = Vec::new();
+        for name in names {
+            let Some(claim) = self.claims.get(name).cloned() else {
+                continue;
+            };
+            let Some(req) = launch_request(&claim, &config, cluster) else {
+                let mut claim = claim;
+                claim.status_mut().phase = Phase::Failed;
+                claim.set_condition(
+                    "Launched",
+                    false,
+                    "InvalidNodeClass",
+                    &format!(
+                        "node pool {:?} or its EC2NodeClass {:?} is no longer in the config",
+                        claim.spec.node_pool, claim.spec.node_class
+                    ),
+                );
+                self.store_status(claim).await;
+                continue;
+            };
+            let launcher = launcher.clone();
+            tasks.push(async move {
+                let result = launcher.launch(&req).await;
+                (claim, result)
+            });
+        }
+        for (claim, result) in futures::future::join_all(tasks).await {
+            self.after_launch(claim, result).await;
+        }
+        self.update_gauges();
+    }
+
+    async fn after_launch(&mut self, mut claim: NodeClaim, result: Result<Launched, LaunchError>) {
+        let name = claim.name().to_owned();
+        claim.status_mut().launch_attempts += 1;
+        match result {
+            Ok(l) => {
+                for (it, zone, ct) in &l.unavailable {
+                    tracing::info!(instance_type = %it, zone = %zone, capacity_type = ct.as_str(), "offering out of capacity; left out for a while");
+                }
+                let price = claim
+                    .spec
+                    .offerings
+                    .iter()
+                    .find(|o| {
+                        o.instance_type == l.instance_type
+                            && o.zone == l.zone
+                            && o.capacity_type == l.capacity_type.as_str()
+                    })
+                    .map(|o| o.price_per_hour);
+                let s = claim.status_mut();
+                s.phase = Phase::Launched;
+                s.instance_id = Some(l.instance_id.clone());
+                s.provider_id = Some(l.provider_id.clone());
+                s.instance_type = Some(l.instance_type.clone());
+                s.zone = Some(l.zone.clone());
+                s.capacity_type = Some(l.capacity_type.as_str().to_owned());
+                s.price_per_hour = price;
+                claim.status_mut().launched_at = Some(Time(now()));
+                claim.set_condition(
+                    "Launched",
+                    true,
+                    if l.reused { "Found" } else { "Launched" },
+                    &format!(
+                        "{} {} in {} ({})",
+                        if l.reused {
+                            "found instance"
+                        } else {
+                            "launched instance"
+                        },
+                        l.instance_id,
+                        l.zone,
+                        l.instance_type
+                    ),
+                );
+                if !l.reused {
+                    self.p
+                        .metrics
+                        .launches
+                        .with_label_values(&[
+                            &claim.spec.node_pool,
+                            &l.instance_type,
+                            &l.zone,
+                            l.capacity_type.as_str(),
+                        ])
+                        .inc();
+                    let now = Instant::now();
+                    for pod in &claim.spec.pods {
+                        if let Some(t) = self.first_seen.get(pod) {
+                            self.p
+                                .metrics
+                                .unschedulable_to_launch
+                                .observe((now - *t).as_secs_f64());
+                        }
+                    }
+                }
+                tracing::info!(
+                    claim = %name,
+                    instance_id = %l.instance_id,
+                    instance_type = %l.instance_type,
+                    zone = %l.zone,
+                    capacity_type = l.capacity_type.as_str(),
+                    reused = l.reused,
+                    "instance launched"
+                );
+                self.next_attempt.remove(&name);
+            }
+            Err(e) => {
+                let code = e.code().to_owned();
+                self.p.metrics.ec2_errors.with_label_values(&[&code]).inc();
+                let attempts = claim.status_mut().launch_attempts;
+                let failed = attempts >= MAX_LAUNCH_ATTEMPTS || matches!(e, LaunchError::Config(_));
+                claim.set_condition("Launched", false, &code, &e.to_string());
+                if failed {
+                    claim.status_mut().phase = Phase::Failed;
+                    tracing::error!(claim = %name, code = %code, error = %e, attempts, "launch failed for good; its pods will be planned again");
+                    self.requeue_pods(&claim);
+                } else {
+                    let backoff = Duration::from_secs(2u64.saturating_pow(attempts).min(60));
+                    self.next_attempt
+                        .insert(name.clone(), Instant::now() + backoff);
+                    tracing::warn!(claim = %name, code = %code, error = %e, attempts, retry_in_s = backoff.as_secs(), "launch failed; will retry");
+                }
+            }
+        }
+        self.store_status(claim).await;
+    }
+
+    /// Put a claim's still-waiting pods back into the batch.
+    fn requeue_pods(&mut self, claim: &NodeClaim) {
+        let now = Instant::now();
+        for pod in &claim.spec.pods {
+            if self.waiting.contains_key(pod) && !self.p.state.is_bound(pod) {
+                self.batcher.add(pod.clone(), (), now);
+            }
+        }
+    }
+
+    async fn store_status(&mut self, claim: NodeClaim) {
+        let name = claim.name().to_owned();
+        match self.p.claims.write_status(&claim).await {
+            Ok(stored) => {
+                self.claims.insert(name, stored);
+            }
+            Err(e) => {
+                tracing::warn!(claim = %name, error = %e, "writing NodeClaim status failed");
+                self.claims.insert(name, claim);
+            }
+        }
+    }
+
+    /// Match a Node to its claim by providerID, put the pool's labels and taints on it, and
+    /// mark the claim registered.
+    async fn try_register(&mut self, node: &Node) {
+        let Some(id) = instance_id(node) else {
+            return;
+        };
+        let Some(claim) = self
+            .claims
+            .values()
+            .find(|c| {
+                c.phase() == Phase::Launched
+                    && c.status.as_ref().and_then(|s| s.instance_id.as_deref()) == Some(&id)
+            })
+            .cloned()
+        else {
+            return;
+        };
+        let node_name = node.metadata.name.clone().unwrap_or_default();
+        let now = Instant::now();
+        // The new node is reserved for the pods it was launched for, before its
+        // `nodewright.io/unregistered` taint comes off and the scheduler may use it.
+        {
+            let mut view = self
+                .p
+                .state
+                .view()
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let claim_name: Arc<str> = Arc::from(claim.name());
+            for pod in &claim.spec.pods {
+                if let Some(w) = self.waiting.get(pod)
+                    && !self.p.state.is_bound(pod)
+                {
+                    let requests = PendingPod::from_pod(&w.pod).requests;
+                    view.promise(
+                        &node_name,
+                        pod,
+                        requests,
+                        Some(claim_name.clone()),
+                        Some(now + PROMISE_TTL),
+                    );
+                }
+            }
+        }
+        if let Err(e) = self.ensure_labels_and_taints(node, &claim).await {
+            tracing::warn!(claim = claim.name(), node = %node_name, error = %e, "could not put the pool's labels and taints on the node; will retry");
+            return;
+        }
+        let mut claim = claim;
+        claim.status_mut().phase = Phase::Registered;
+        claim.status_mut().node_name = Some(node_name.clone());
+        claim.status_mut().registered_at = Some(Time(crate::cluster::nodeclaims::now()));
+        claim.set_condition(
+            "Registered",
+            true,
+            "Registered",
+            &format!("node {node_name} registered"),
+        );
+        for pod in &claim.spec.pods {
+            if let Some(t) = self.first_seen.remove(pod) {
+                self.p
+                    .metrics
+                    .unschedulable_to_registered
+                    .observe((now - t).as_secs_f64());
+            }
+        }
+        tracing::info!(claim = claim.name(), node = %node_name, "node registered");
+        self.store_status(claim).await;
+        self.update_gauges();
+    }
+
+    async fn ensure_labels_and_taints(&self, node: &Node, claim: &NodeClaim) -> Result<(), String> {
+        let Some(client) = &self.p.client else {
+            return Ok(());
+        };
+        let have = node.metadata.labels.clone().unwrap_or_default();
+        let missing_labels: BTreeMap<&String, &String> = claim
+            .spec
+            .labels
+            .iter()
+            .filter(|(k, v)| have.get(*k) != Some(*v))
+            .collect();
+        let mut taints: Vec<serde_json::Value> = node
+            .spec
+            .as_ref()
+            .and_then(|s| s.taints.as_ref())
+            .map(|ts| {
+                ts.iter()
+                    .filter_map(|t| serde_json::to_value(t).ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let had = taints.len();
+        taints.retain(|v| v["key"] != UNREGISTERED_TAINT);
+        let removed = taints.len() != had;
+        let before = taints.len();
+        for t in &claim.spec.taints {
+            let present = taints.iter().any(|v| {
+                v["key"] == t.key.as_str()
+                    && v["effect"] == t.effect.as_str()
+                    && v.get("value").and_then(|x| x.as_str()) == t.value.as_deref()
+            });
+            if !present {
+                taints.push(serde_json::to_value(t).map_err(|e| e.to_string())?);
+            }
+        }
+        if missing_labels.is_empty() && taints.len() == before && !removed {
+            return Ok(());
+        }
+        let mut patch = serde_json::json!({ "metadata": { "labels": missing_labels } });
+        if taints.len() != before || removed {
+            patch["spec"] = serde_json::json!({ "taints": taints });
+        }
+        let api: Api<Node> = Api::all(client.clone());
+        api.patch(
+            node.metadata.name.as_deref().unwrap_or_default(),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+    }
+
+    async fn on_node_deleted(&mut self, node_name: &str) {
+        let Some(claim) = self
+            .claims
+            .values()
+            .find(|c| {
+                c.status.as_ref().and_then(|s| s.node_name.as_deref()) == Some(node_name)
+                    && c.phase() == Phase::Registered
+            })
+            .cloned()
+        else {
+            return;
+        };
+        tracing::info!(claim = claim.name(), node = %node_name, "node deleted: terminating its instance");
+        self.terminate_claim(claim, "node_deleted").await;
+    }
+
+    /// Terminate a claim's instance (if any) and delete the claim.
+    async fn terminate_claim(&mut self, mut claim: NodeClaim, reason: &str) {
+        let name = claim.name().to_owned();
+        if let Some(node) = claim.status.as_ref().and_then(|s| s.node_name.clone()) {
+            self.p
+                .state
+                .set_node_state(&node, crate::scheduling::view::NodeState::Terminating);
+        }
+        claim.status_mut().phase = Phase::Terminating;
+        self.claims.insert(name.clone(), claim.clone());
+        if let Some(launcher) = self.p.launcher.clone() {
+            let mut ids: Vec<String> = claim
+                .status
+                .as_ref()
+                .and_then(|s| s.instance_id.clone())
+                .into_iter()
+                .collect();
+            // An instance launched for the claim but never recorded (lost answer) is found by tag.
+            if ids.is_empty()
+                && let Some(cluster) = cluster_info(&self.p.config.load())
+            {
+                match launcher.find_by_claim(&cluster.name, &name).await {
+                    Ok(Some(found)) => ids.push(found.instance_id),
+                    Ok(None) => {}
+                    Err(e) => {
+                        self.p
+                            .metrics
+                            .ec2_errors
+                            .with_label_values(&[e.code()])
+                            .inc();
+                        tracing::warn!(claim = %name, error = %e, "looking for the claim's instance failed; will retry");
+                        self.store_status(claim).await;
+                        return;
+                    }
+                }
+            }
+            if !ids.is_empty() {
+                if let Err(e) = launcher.terminate(&ids).await {
+                    self.p
+                        .metrics
+                        .ec2_errors
+                        .with_label_values(&[e.code()])
+                        .inc();
+                    tracing::warn!(claim = %name, error = %e, "terminating failed; will retry");
+                    self.store_status(claim).await;
+                    return;
+                }
+                self.p
+                    .metrics
+                    .terminations
+                    .with_label_values(&[reason])
+                    .inc();
+                tracing::info!(claim = %name, instances = ?ids, reason, "instance terminated");
+            }
+        }
+        match self.p.claims.delete(&name).await {
+            Ok(()) => {
+                self.claims.remove(&name);
+                self.next_attempt.remove(&name);
+            }
+            Err(e) => {
+                tracing::warn!(claim = %name, error = %e, "deleting NodeClaim failed; will retry")
+            }
+        }
+        self.update_gauges();
+    }
+
+    /// Retries, registration timeouts, failed-claim clean-up, orphans, promise expiry.
+    async fn reconcile(&mut self) {
+        let config = self.p.config.load_full();
+        let provisioning = &config.policy.provisioning;
+        let timeout = provisioning.registration_timeout();
+        let now = Instant::now();
+        self.p
+            .state
+            .view()
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .expire(now);
+        let claims: Vec<NodeClaim> = self.claims.values().cloned().collect();
+        let mut retry = Vec::new();
+        for claim in claims {
+            let name = claim.name().to_owned();
+            let since_launch = claim
+                .status
+                .as_ref()
+                .and_then(|s| s.launched_at.as_ref())
+                .map(|t| crate::cluster::nodeclaims::since(&t.0));
+            match claim.phase() {
+                Phase::Pending if claim.age() > timeout => {
+                    tracing::warn!(claim = %name, "claim never launched within the registration timeout");
+                    self.requeue_pods(&claim);
+                    self.terminate_claim(claim, "registration_timeout").await;
+                }
+                Phase::Pending if self.next_attempt.get(&name).is_none_or(|t| *t <= now) => {
+                    retry.push(name);
+                }
+                Phase::Launched if since_launch.is_some_and(|d| d > timeout) => {
+                    tracing::warn!(claim = %name, timeout_s = timeout.as_secs(), "node did not register in time: terminating");
+                    self.requeue_pods(&claim);
+                    self.terminate_claim(claim, "registration_timeout").await;
+                }
+                Phase::Failed if claim.age() > FAILED_CLAIM_TTL => {
+                    self.terminate_claim(claim, "claim_failed").await;
+                }
+                Phase::Terminating => {
+                    self.terminate_claim(claim, "claim_failed").await;
+                }
+                _ => {}
+            }
+        }
+        if !retry.is_empty()
+            && let Some(cluster) = cluster_info(&config)
+        {
+            // Claims written but not launched (a failed attempt, or a leader that stopped
+            // between writing and launching).
+            for name in &retry {
+                self.next_attempt
+                    .insert(name.clone(), now + Duration::from_secs(60));
+            }
+            self.launch_claims(&retry, &cluster).await;
+        }
+        // Launched claims whose node is already known.
+        let launched: Vec<Arc<Node>> = self
+            .claims
+            .values()
+            .filter(|c| c.phase() == Phase::Launched)
+            .filter_map(|c| c.status.as_ref()?.instance_id.as_ref())
+            .filter_map(|id| self.nodes_by_instance.get(id).cloned())
+            .collect();
+        for node in launched {
+            self.try_register(&node).await;
+        }
+        if self
+            .last_orphan_scan
+            .is_none_or(|t| now - t >= ORPHAN_SCAN_EVERY)
+        {
+            self.last_orphan_scan = Some(now);
+            self.collect_orphans(&config).await;
+        }
+        self.update_gauges();
+    }
+
+    /// Terminate instances tagged for this cluster that no claim owns, once older than the grace
+    /// period.
+    async fn collect_orphans(&mut self, config: &Config) {
+        let (Some(launcher), Some(cluster)) = (self.p.launcher.clone(), cluster_info(config))
+        else {
+            return;
+        };
+        let grace = config.policy.provisioning.orphan_grace_period();
+        let instances = match launcher.cluster_instances(&cluster.name).await {
+            Ok(i) => i,
+            Err(e) => {
+                self.p
+                    .metrics
+                    .ec2_errors
+                    .with_label_values(&[e.code()])
+                    .inc();
+                tracing::warn!(error = %e, "listing the cluster's instances failed");
+                return;
+            }
+        };
+        // Re-read claims from the store: another leader may have written some.
+        let known: HashSet<String> = match self.p.claims.list().await {
+            Ok(list) => list.into_iter().map(|c| c.name().to_owned()).collect(),
+            Err(_) => return,
+        };
+        let orphans: Vec<String> = instances
+            .into_iter()
+            .filter(|i| i.claim.as_ref().is_none_or(|c| !known.contains(c)))
+            .filter(|i| {
+                i.launch_time
+                    .and_then(|t| t.elapsed().ok())
+                    .is_some_and(|age| age > grace)
+            })
+            .map(|i| i.instance_id)
+            .collect();
+        if orphans.is_empty() {
+            return;
+        }
+        match launcher.terminate(&orphans).await {
+            Ok(()) => {
+                self.p
+                    .metrics
+                    .terminations
+                    .with_label_values(&["orphaned"])
+                    .inc_by(orphans.len() as u64);
+                tracing::warn!(instances = ?orphans, "terminated instances tagged for this cluster that no NodeClaim owns");
+            }
+            Err(e) => {
+                self.p
+                    .metrics
+                    .ec2_errors
+                    .with_label_values(&[e.code()])
+                    .inc();
+                tracing::warn!(error = %e, "terminating orphaned instances failed");
+            }
+        }
+    }
+
+    /// Pools for the planner, with what existing pool nodes and claims in flight count against
+    /// their limits.
+    fn pools(&self, config: &Config, catalog: &Catalog, nodes: &[ExistingNode]) -> Vec<Pool> {
+        let mut pools = crate::plan::pools_from_config(config, &[]);
+        for pool in &mut pools {
+            let mut usage = Usage::default();
+            for n in nodes {
+                if n.labels.get(labels::NODEPOOL) == Some(&pool.name) {
+                    usage.cpu_millis += n.allocatable.cpu_millis();
+                    usage.memory_bytes += n.allocatable.memory_bytes();
+                    usage.nodes += 1;
+                }
+            }
+            for c in self.claims.values() {
+                if c.spec.node_pool != pool.name
+                    || !matches!(c.phase(), Phase::Pending | Phase::Launched)
+                {
+                    continue;
+                }
+                let it = c
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.instance_type.clone())
+                    .or_else(|| c.spec.offerings.first().map(|o| o.instance_type.clone()));
+                if let Some(it) = it.and_then(|t| catalog.get(&t)) {
+                    let cap = it.capacity(&pool.kubelet);
+                    usage.cpu_millis += cap.cpu_millis();
+                    usage.memory_bytes += cap.memory_bytes();
+                }
+                usage.nodes += 1;
+            }
+            pool.in_use = usage;
+        }
+        pools
+    }
+}
+
+fn instance_id(node: &Node) -> Option<String> {
+    let provider = node.spec.as_ref()?.provider_id.as_deref()?;
+    let id = provider.strip_prefix("aws:///")?.rsplit('/').next()?;
+    (id.starts_with("i-")).then(|| id.to_owned())
+}
+
+fn random_suffix() -> String {
+    const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    (0..5)
+        .map(|_| ALPHABET[fastrand::usize(..ALPHABET.len())] as char)
+        .collect()
+}
+
+fn cluster_info(config: &Config) -> Option<ClusterInfo> {
+    let p = &config.policy.provisioning;
+    Some(ClusterInfo {
+        name: p.cluster_name.clone()?,
+        endpoint: p.cluster_endpoint.clone(),
+        ca_bundle: p.cluster_ca_bundle.clone(),
+        service_cidr: p.service_cidr.clone(),
+    })
+}
+
+/// Does the pool allow this capacity type? Without a requirement Karpenter launches on-demand.
+fn pool_allows(pool: &Pool, ct: CapacityType) -> bool {
+    match pool
+        .requirements
+        .iter()
+        .find(|r| r.key == labels::CAPACITY_TYPE)
+    {
+        Some(r) => r.allows(Some(ct.as_str())),
+        None => ct == CapacityType::OnDemand,
+    }
+}
+
+/// The claim for one planned node: the chosen offering and its alternatives in the same zone,
+/// then (for spot) the same types on-demand if the pool allows it.
+fn claim_for(
+    node: &PlannedNode,
+    pool_cfg: &crate::config::NodePool,
+    pools: &[Pool],
+    catalog: &Catalog,
+) -> NodeClaim {
+    let pool = pools.iter().find(|p| p.name == node.node_pool);
+    let mut offerings = Vec::new();
+    let mut capacity_types = vec![node.capacity_type];
+    if node.capacity_type == CapacityType::Spot
+        && pool.is_some_and(|p| pool_allows(p, CapacityType::OnDemand))
+    {
+        capacity_types.push(CapacityType::OnDemand);
+    }
+    for ct in &capacity_types {
+        let mut these: Vec<ClaimOffering> = std::iter::once(&node.instance_type)
+            .chain(node.alternatives.iter())
+            .filter_map(|t| {
+                let it = catalog.get(t)?;
+                let o = it
+                    .offerings
+                    .iter()
+                    .find(|o| o.zone == node.zone && o.capacity_type == *ct && o.available)?;
+                Some(ClaimOffering {
+                    instance_type: t.clone(),
+                    zone: node.zone.clone(),
+                    capacity_type: ct.as_str().to_owned(),
+                    price_per_hour: o.price,
+                })
+            })
+            .collect();
+        if *ct != node.capacity_type {
+            these.sort_by(|a, b| a.price_per_hour.total_cmp(&b.price_per_hour));
+        }
+        offerings.extend(these);
+    }
+    let mut requirements: Vec<Requirement> = pool
+        .map(|p| p.requirements.clone())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|r| r.key != labels::ZONE && r.key != labels::CAPACITY_TYPE)
+        .collect();
+    requirements.push(Requirement {
+        key: labels::ZONE.to_owned(),
+        operator: Operator::In,
+        values: vec![node.zone.clone()],
+        min_values: None,
+    });
+    requirements.push(Requirement {
+        key: labels::CAPACITY_TYPE.to_owned(),
+        operator: Operator::In,
+        values: capacity_types
+            .iter()
+            .map(|c| c.as_str().to_owned())
+            .collect(),
+        min_values: None,
+    });
+    let mut node_labels = pool.map(|p| p.labels.clone()).unwrap_or_default();
+    node_labels.insert(labels::NODEPOOL.to_owned(), node.node_pool.clone());
+    let taints: Vec<Taint> = pool.map(|p| p.taints.clone()).unwrap_or_default();
+    NodeClaim {
+        metadata: ObjectMeta {
+            labels: Some(BTreeMap::from([(
+                labels::NODEPOOL.to_owned(),
+                node.node_pool.clone(),
+            )])),
+            ..Default::default()
+        },
+        spec: NodeClaimSpec {
+            node_pool: node.node_pool.clone(),
+            node_class: pool_cfg.spec.template.spec.node_class_ref.name.clone(),
+            requirements,
+            offerings,
+            pods: node.pods.clone(),
+            resources: quantities(node.requests),
+            labels: node_labels,
+            taints,
+        },
+        ..Default::default()
+    }
+}
+
+fn quantities(r: Resources) -> BTreeMap<String, String> {
+    NAMES
+        .iter()
+        .enumerate()
+        .filter(|(slot, _)| r.0[*slot] != 0)
+        .map(|(slot, name)| ((*name).to_owned(), format_slot(slot, r.0[slot])))
+        .collect()
+}
+
+fn launch_request(
+    claim: &NodeClaim,
+    config: &Config,
+    cluster: &ClusterInfo,
+) -> Option<LaunchRequest> {
+    let pool = config.node_pools.get(&claim.spec.node_pool)?;
+    let class = config.node_class_of(pool)?;
+    // Registration puts the claim's own label on the Node; leaving it out of the user data lets
+    // every claim of a pool share one launch template (their content, and name, are equal).
+    let mut labels = claim.spec.labels.clone();
+    labels.remove(CLAIM_TAG);
+    let offerings: Vec<LaunchOffering> = claim
+        .spec
+        .offerings
+        .iter()
+        .filter_map(|o| {
+            Some(LaunchOffering {
+                instance_type: o.instance_type.clone(),
+                zone: o.zone.clone(),
+                capacity_type: CapacityType::parse(&o.capacity_type)?,
+                price_per_hour: o.price_per_hour,
+            })
+        })
+        .collect();
+    Some(LaunchRequest {
+        claim_name: claim.name().to_owned(),
+        client_token: claim.uid().to_owned(),
+        node_pool: claim.spec.node_pool.clone(),
+        node_class: Arc::new(class.clone()),
+        cluster: cluster.clone(),
+        offerings,
+        labels,
+        taints: claim
+            .spec
+            .taints
+            .iter()
+            .cloned()
+            .chain(std::iter::once(Taint {
+                key: UNREGISTERED_TAINT.to_owned(),
+                value: None,
+                effect: crate::model::taints::TaintEffect::NoExecute,
+            }))
+            .collect(),
+        max_pods: class
+            .spec
+            .kubelet
+            .as_ref()
+            .and_then(|k| k.max_pods)
+            .map(i64::from),
+    })
+}
