@@ -362,7 +362,7 @@ async fn infeasible_pods_never_reach_the_extender_and_are_marked_unschedulable()
     // "lonely" fits only "plain": bound, after the extender saw only that node.
     assert_eq!(
         sched
-            .wait_bound("default/lonely", Duration::from_secs(5))
+            .wait_bound("default/lonely", Duration::from_secs(15))
             .await
             .as_deref(),
         Some("plain"),
@@ -421,7 +421,7 @@ async fn infeasible_pods_never_reach_the_extender_and_are_marked_unschedulable()
     .await;
     assert_eq!(
         sched
-            .wait_bound("default/picky", Duration::from_secs(5))
+            .wait_bound("default/picky", Duration::from_secs(15))
             .await
             .as_deref(),
         Some("fits")
@@ -461,7 +461,7 @@ async fn filter_and_prioritize_speak_the_extender_wire_format() {
     c.pod("web", json!({})).await;
     assert_eq!(
         sched
-            .wait_bound("default/web", Duration::from_secs(5))
+            .wait_bound("default/web", Duration::from_secs(15))
             .await
             .as_deref(),
         Some("node-c"),
@@ -555,7 +555,7 @@ async fn without_node_cache_the_extender_gets_and_returns_node_objects() {
     c.pod("web", json!({})).await;
     assert_eq!(
         sched
-            .wait_bound("default/web", Duration::from_secs(5))
+            .wait_bound("default/web", Duration::from_secs(15))
             .await
             .as_deref(),
         Some("node-b"),
@@ -642,7 +642,7 @@ async fn extender_errors_leave_the_pod_unbound_and_it_is_retried() {
     ext.reply("prioritize", |_| (503, json!({})));
     assert_eq!(
         sched
-            .wait_bound("default/web", Duration::from_secs(5))
+            .wait_bound("default/web", Duration::from_secs(15))
             .await
             .as_deref(),
         Some("node-a"),
@@ -682,7 +682,7 @@ async fn zone_spread_do_not_schedule_is_respected() {
     c.pod("new-1", spread.clone()).await;
     assert_eq!(
         sched
-            .wait_bound("default/new-1", Duration::from_secs(5))
+            .wait_bound("default/new-1", Duration::from_secs(15))
             .await
             .as_deref(),
         Some("b1"),
@@ -693,7 +693,7 @@ async fn zone_spread_do_not_schedule_is_respected() {
     c.pod("new-2", spread.clone()).await;
     assert_eq!(
         sched
-            .wait_bound("default/new-2", Duration::from_secs(5))
+            .wait_bound("default/new-2", Duration::from_secs(15))
             .await
             .as_deref(),
         Some("b1")
@@ -701,7 +701,7 @@ async fn zone_spread_do_not_schedule_is_respected() {
     // 2/2: either zone; nozone never (missing required label).
     c.pod("new-3", spread.clone()).await;
     let n3 = sched
-        .wait_bound("default/new-3", Duration::from_secs(5))
+        .wait_bound("default/new-3", Duration::from_secs(15))
         .await
         .unwrap();
     assert_ne!(n3, "nozone");
@@ -712,7 +712,7 @@ async fn zone_spread_do_not_schedule_is_respected() {
     pinned["spec"]["nodeSelector"] = json!({"topology.kubernetes.io/zone": "us-east-1a"});
     c.pod("pinned", pinned).await;
     let p = sched
-        .wait_bound("default/pinned", Duration::from_secs(5))
+        .wait_bound("default/pinned", Duration::from_secs(15))
         .await
         .unwrap();
     assert!(p == "a1" || p == "a2", "{p}");
@@ -728,7 +728,7 @@ async fn zone_spread_do_not_schedule_is_respected() {
     for i in 0..4 {
         hosts.push(
             sched
-                .wait_bound(&format!("default/api-{i}"), Duration::from_secs(5))
+                .wait_bound(&format!("default/api-{i}"), Duration::from_secs(15))
                 .await
                 .unwrap(),
         );
@@ -784,7 +784,7 @@ async fn zone_spread_blocks_the_crowded_zone() {
     .await;
     assert_eq!(
         sched
-            .wait_bound("default/relaxed", Duration::from_secs(5))
+            .wait_bound("default/relaxed", Duration::from_secs(15))
             .await
             .as_deref(),
         Some("a1")
@@ -812,7 +812,7 @@ async fn taints_tolerations_affinity_and_resources_are_respected() {
     c.pod("plain", json!({})).await;
     assert_eq!(
         sched
-            .wait_bound("default/plain", Duration::from_secs(5))
+            .wait_bound("default/plain", Duration::from_secs(15))
             .await
             .as_deref(),
         Some("general")
@@ -826,7 +826,7 @@ async fn taints_tolerations_affinity_and_resources_are_respected() {
     .await;
     assert_eq!(
         sched
-            .wait_bound("default/tolerant", Duration::from_secs(5))
+            .wait_bound("default/tolerant", Duration::from_secs(15))
             .await
             .as_deref(),
         Some("gpu")
@@ -855,7 +855,7 @@ async fn taints_tolerations_affinity_and_resources_are_respected() {
     .await;
     assert_eq!(
         sched
-            .wait_bound("default/anywhere", Duration::from_secs(5))
+            .wait_bound("default/anywhere", Duration::from_secs(15))
             .await
             .as_deref(),
         Some("gpu")

@@ -473,8 +473,9 @@ async fn workshop_replay_three_pods_three_spot_nodes_three_zones_then_quota() {
         to_launch_sum / to_launch_count,
         to_reg_sum / to_reg_count
     );
-    // Karpenter's windows: idle 1 s closes the batch, so launch follows within ~1-3 s.
-    assert!(to_launch_sum / to_launch_count < 5.0);
+    // The batch closes 1 s after the last pod (idle window); the launch follows within seconds
+    // (a loose bound: CI runs these tests side by side on two cores).
+    assert!(to_launch_sum / to_launch_count < 15.0);
 
     // Scale to 11: seven more are admitted (10 in all), the 11th is refused by the quota.
     for i in 3..10 {

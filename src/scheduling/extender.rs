@@ -16,7 +16,6 @@
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
-use std::hash::{BuildHasherDefault, Hasher};
 use std::marker::PhantomData;
 use std::ops::Deref;
 use std::time::Instant;
@@ -507,48 +506,12 @@ pub struct FilterDecision {
     pub refused: Vec<(usize, Refusal)>,
 }
 
-/// FxHash (rustc's hasher): a multiply and a rotate per 8 bytes, several times cheaper than the
-/// default SipHash on node names. Only for the per-call index below, whose keys come from our own
-/// view.
-#[derive(Default)]
-struct FxHasher(u64);
-
-impl FxHasher {
-    #[inline]
-    fn add(&mut self, word: u64) {
-        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(0x517c_c1b7_2722_0a95);
-    }
-}
-
-impl Hasher for FxHasher {
-    #[inline]
-    fn write(&mut self, bytes: &[u8]) {
-        let mut chunks = bytes.chunks_exact(8);
-        for chunk in &mut chunks {
-            self.add(u64::from_le_bytes(chunk.try_into().expect("8 bytes")));
-        }
-        let rest = chunks.remainder();
-        if !rest.is_empty() {
-            let mut last = [0u8; 8];
-            last[..rest.len()].copy_from_slice(rest);
-            self.add(u64::from_le_bytes(last));
-        }
-    }
-    #[inline]
-    fn write_u8(&mut self, i: u8) {
-        self.add(u64::from(i));
-    }
-    fn finish(&self) -> u64 {
-        self.0
-    }
-}
-
 /// The promises in force at `now`, looked up by node name. When a call asks about many more
 /// nodes than hold promises (the usual case), the live ones are first copied into a small
-/// index with a cheap hash, which saves a SipHash of every node name.
+/// index (lookups in it miss fast, and expired promises are skipped once, not per node).
 enum LivePromises<'v> {
     View(&'v ClusterView, Instant),
-    Index(HashMap<&'v str, &'v Promise, BuildHasherDefault<FxHasher>>),
+    Index(HashMap<&'v str, &'v Promise, foldhash::fast::RandomState>),
 }
 
 impl<'v> LivePromises<'v> {

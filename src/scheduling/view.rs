@@ -5,7 +5,11 @@
 //!
 //! Keys: nodes by name; pods by `namespace/name` (the key the planner and NodeClaims use).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
+
+/// Maps keyed by node and pod names, looked up thousands of times per extender call: foldhash
+/// (randomly seeded) instead of SipHash.
+pub type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 use std::sync::Arc;
 use std::time::Instant;
 
