@@ -28,7 +28,7 @@ pub const POOL_LABEL: &str = "karpenter.sh/nodepool";
 pub const CLAIM_TAG: &str = "nodewright.io/nodeclaim";
 
 /// One node nodewright intends to launch, is launching, or launched.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct NodeClaim {
     #[serde(default = "api_version")]
@@ -40,6 +40,19 @@ pub struct NodeClaim {
     pub spec: NodeClaimSpec,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<NodeClaimStatus>,
+}
+
+/// An empty claim with its `apiVersion` and `kind` set (the API server refuses objects without).
+impl Default for NodeClaim {
+    fn default() -> Self {
+        Self {
+            api_version: api_version(),
+            kind: kind(),
+            metadata: ObjectMeta::default(),
+            spec: NodeClaimSpec::default(),
+            status: None,
+        }
+    }
 }
 
 fn api_version() -> String {
@@ -198,7 +211,7 @@ impl NodeClaim {
     /// Set (or replace) a condition; the transition time moves only when the status changes.
     pub fn set_condition(&mut self, type_: &str, status: bool, reason: &str, message: &str) {
         let status = if status { "True" } else { "False" };
-        let now = Time(now());
+        let now = time_now();
         let conditions = &mut self.status_mut().conditions;
         match conditions.iter_mut().find(|c| c.type_ == type_) {
             Some(c) => {
@@ -232,6 +245,12 @@ impl NodeClaim {
 /// The current time as Kubernetes timestamps carry it.
 pub fn now() -> jiff::Timestamp {
     jiff::Timestamp::now()
+}
+
+/// Now as a Kubernetes `Time`, which has whole seconds on the wire.
+pub fn time_now() -> Time {
+    let t = now();
+    Time(jiff::Timestamp::from_second(t.as_second()).unwrap_or(t))
 }
 
 /// How long ago `t` was (zero if in the future).
@@ -314,7 +333,7 @@ impl ClaimStore {
                     claim.metadata.name = Some(format!("{prefix}{}", &uid[..5]));
                 }
                 claim.metadata.uid = Some(uid);
-                claim.metadata.creation_timestamp = Some(Time(now()));
+                claim.metadata.creation_timestamp = Some(time_now());
                 let mut map = lock(map);
                 map.insert(claim.name().to_owned(), claim.clone());
                 Ok(claim)

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use k8s_openapi::api::core::v1::{Node, Pod};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Patch, PatchParams};
 use kube::{Api, Client};
 use tokio::sync::{mpsc, watch};
@@ -24,7 +24,7 @@ use crate::cloud::launch::{
     ClusterInfo, LaunchError, LaunchOffering, LaunchRequest, Launched, Launcher,
 };
 use crate::cluster::nodeclaims::{
-    CLAIM_TAG, ClaimOffering, ClaimStore, NodeClaim, NodeClaimSpec, Phase, now,
+    CLAIM_TAG, ClaimOffering, ClaimStore, NodeClaim, NodeClaimSpec, Phase, time_now,
 };
 use crate::cluster::state::{ClusterEvent, ClusterState, pod_key};
 use crate::config::Config;
@@ -485,7 +485,7 @@ impl Run {
                 s.zone = Some(l.zone.clone());
                 s.capacity_type = Some(l.capacity_type.as_str().to_owned());
                 s.price_per_hour = price;
-                claim.status_mut().launched_at = Some(Time(now()));
+                claim.status_mut().launched_at = Some(time_now());
                 claim.set_condition(
                     "Launched",
                     true,
@@ -629,7 +629,7 @@ impl Run {
         let mut claim = claim;
         claim.status_mut().phase = Phase::Registered;
         claim.status_mut().node_name = Some(node_name.clone());
-        claim.status_mut().registered_at = Some(Time(crate::cluster::nodeclaims::now()));
+        claim.status_mut().registered_at = Some(time_now());
         claim.set_condition(
             "Registered",
             true,
