@@ -148,7 +148,11 @@ impl Provisioner {
                     }
                 }
                 _ = tick.tick() => {
-                    if run.leading { run.reconcile().await; }
+                    if run.leading {
+                        run.reconcile().await;
+                    } else {
+                        run.follow().await;
+                    }
                 }
             }
         }
@@ -181,6 +185,8 @@ impl Run {
                 }
                 Err(e) => tracing::error!(error = %e, "listing NodeClaims failed; will retry"),
             }
+            let claims: Vec<NodeClaim> = self.claims.values().cloned().collect();
+            self.sync_reservations(&claims);
             // Pods of claims in flight are not planned again.
             let covered = self.covered_pods();
             for key in covered {
@@ -558,9 +564,29 @@ impl Run {
     /// Put a claim's still-waiting pods back into the batch.
     fn requeue_pods(&mut self, claim: &NodeClaim) {
         let now = Instant::now();
+        self.release_reservations(claim);
         for pod in &claim.spec.pods {
             if self.waiting.contains_key(pod) && !self.p.state.is_bound(pod) {
                 self.batcher.add(pod.clone(), (), now);
+            }
+        }
+    }
+
+    /// The claim's pods no longer wait for its node (it failed, timed out or went away).
+    fn release_reservations(&self, claim: &NodeClaim) {
+        let node = claim.status.as_ref().and_then(|s| s.node_name.as_deref());
+        let mut view = self
+            .p
+            .state
+            .view()
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for pod in &claim.spec.pods {
+            let theirs = view.reserved_for(pod).map(str::to_owned);
+            if theirs.as_deref() == Some(claim.name())
+                || (theirs.is_some() && theirs.as_deref() == node)
+            {
+                view.release(pod);
             }
         }
     }
@@ -721,6 +747,7 @@ impl Run {
     /// Terminate a claim's instance (if any) and delete the claim.
     async fn terminate_claim(&mut self, mut claim: NodeClaim, reason: &str) {
         let name = claim.name().to_owned();
+        self.release_reservations(&claim);
         if let Some(node) = claim.status.as_ref().and_then(|s| s.node_name.clone()) {
             self.p
                 .state
@@ -858,7 +885,73 @@ impl Run {
             self.last_orphan_scan = Some(now);
             self.collect_orphans(&config).await;
         }
+        let claims: Vec<NodeClaim> = self.claims.values().cloned().collect();
+        self.sync_reservations(&claims);
         self.update_gauges();
+    }
+
+    /// A follower serves the extender too: it keeps the claims' reservations in its view from
+    /// the claims the leader writes.
+    async fn follow(&mut self) {
+        match self.p.claims.list().await {
+            Ok(list) => {
+                self.sync_reservations(&list);
+                self.claims = list.into_iter().map(|c| (c.name().to_owned(), c)).collect();
+            }
+            Err(e) => tracing::debug!(error = %e, "listing NodeClaims failed (follower)"),
+        }
+    }
+
+    /// Rebuild the view's reservations from the claims: pods of claims in flight wait for their
+    /// claim's node; pods of registered claims hold a promise on it until bound or
+    /// [`PROMISE_TTL`] after registration.
+    fn sync_reservations(&self, claims: &[NodeClaim]) {
+        let now = Instant::now();
+        let mut view = self
+            .p
+            .state
+            .view()
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        view.awaiting_claim.clear();
+        for claim in claims {
+            let name: Arc<str> = Arc::from(claim.name());
+            let status = claim.status.as_ref();
+            match claim.phase() {
+                Phase::Pending | Phase::Launched => {
+                    for pod in &claim.spec.pods {
+                        if !self.p.state.is_bound(pod) && !view.promised_node.contains_key(pod) {
+                            view.await_claim(pod, name.clone());
+                        }
+                    }
+                }
+                Phase::Registered => {
+                    let (Some(node), Some(at)) = (
+                        status.and_then(|s| s.node_name.as_deref()),
+                        status.and_then(|s| s.registered_at.as_ref()),
+                    ) else {
+                        continue;
+                    };
+                    let Some(left) =
+                        PROMISE_TTL.checked_sub(crate::cluster::nodeclaims::since(&at.0))
+                    else {
+                        continue;
+                    };
+                    for pod in &claim.spec.pods {
+                        if self.p.state.is_bound(pod) || view.reserved_for(pod) == Some(node) {
+                            continue;
+                        }
+                        let requests = self
+                            .waiting
+                            .get(pod)
+                            .map(|w| PendingPod::from_pod(&w.pod).requests)
+                            .unwrap_or_default();
+                        view.promise(node, pod, requests, Some(name.clone()), Some(now + left));
+                    }
+                }
+                Phase::Failed | Phase::Terminating => {}
+            }
+        }
     }
 
     /// Terminate instances tagged for this cluster that no claim owns, once older than the grace

@@ -592,6 +592,20 @@ fn judge_with(
     if let Some(message) = facts.and_then(|f| closing_message(f.state)) {
         return Err(Refusal::Closing(message));
     }
+    // A pod with a node of its own coming (or promised) stays off the nodes nodewright launched
+    // for other claims, even once their own pods are bound: otherwise, with the batch's nodes
+    // registering one by one, zone spread sees only the zones registered so far and piles pods
+    // onto the first node.
+    if let (Some(node_claim), Some(theirs)) = (
+        facts.and_then(|f| f.claim.as_deref()),
+        view.reserved_for(&pod.key),
+    ) && theirs != node_claim
+        && theirs != name
+    {
+        return Err(Refusal::Reserved(format!(
+            "node launched by nodewright for nodeclaim {node_claim}; this pod waits for its own ({theirs})"
+        )));
+    }
     let Some(promise) = promises.get(name) else {
         return Ok(());
     };
@@ -1305,6 +1319,48 @@ mod tests {
         assert_eq!(
             filter(&view, &pod("ns/c", 1000, 1), &nodes, now).passing,
             vec![0]
+        );
+    }
+
+    #[test]
+    fn a_launched_node_stays_closed_to_other_claims_pods_after_its_own_are_bound() {
+        let mut view = ClusterView::default();
+        let mut launched = node(res(8000, 32, 110), Resources::ZERO, None);
+        launched.claim = Some(Arc::from("claim-a"));
+        view.nodes.insert(Arc::from("new-a"), launched);
+        view.nodes.insert(
+            Arc::from("old"),
+            node(res(8000, 32, 110), Resources::ZERO, None),
+        );
+        // claim-a's pod is bound: no promise is left on new-a.
+        view.await_claim("ns/b", Arc::from("claim-b"));
+        let nodes = names(&["new-a", "old"]);
+        let now = Instant::now();
+        let d = filter(&view, &pod("ns/b", 1000, 1), &nodes, now);
+        assert_eq!(d.passing, vec![1], "{d:?}");
+        let [(0, Refusal::Reserved(m))] = d.refused.as_slice() else {
+            panic!("{d:?}")
+        };
+        assert!(
+            m.contains("nodeclaim claim-a") && m.contains("claim-b"),
+            "{m}"
+        );
+        // Its own claim's node, once promised, is open to it.
+        view.promise(
+            "new-a",
+            "ns/b",
+            res(1000, 1, 1),
+            Some(Arc::from("claim-a")),
+            None,
+        );
+        assert_eq!(
+            filter(&view, &pod("ns/b", 1000, 1), &nodes, now).passing,
+            vec![0, 1]
+        );
+        // Pods with nothing coming are not affected.
+        assert_eq!(
+            filter(&view, &pod("ns/c", 1000, 1), &nodes, now).passing,
+            vec![0, 1]
         );
     }
 }
