@@ -647,36 +647,47 @@ async fn unregistered_nodes_time_out_and_unowned_instances_are_terminated() {
         "    registrationTimeout: 4s\n    orphanGracePeriod: 1s\n",
     ))
     .await;
-    // An instance tagged for the cluster that no NodeClaim owns (a leak from an earlier run).
-    let orphan = world
-        .ec2
-        .run_instances()
-        .image_id(
-            aws::workshop_network_ami(&world.ec2)
-                .await
-                .expect("the workshop AMI"),
-        )
-        .instance_type(aws_sdk_ec2::types::InstanceType::M5Large)
-        .min_count(1)
-        .max_count(1)
-        .tag_specifications(
-            aws_sdk_ec2::types::TagSpecification::builder()
-                .resource_type(aws_sdk_ec2::types::ResourceType::Instance)
-                .tags(
-                    aws_sdk_ec2::types::Tag::builder()
-                        .key("kubernetes.io/cluster/workshop")
-                        .value("owned")
-                        .build(),
-                )
-                .build(),
-        )
-        .send()
+    // An instance nodewright launched for a NodeClaim that is gone (a leak from an earlier run),
+    // and one of the cluster's nodes that nodewright did not launch (a managed node group's).
+    let ami = aws::workshop_network_ami(&world.ec2)
         .await
-        .unwrap()
-        .instances()[0]
-        .instance_id()
-        .unwrap()
-        .to_owned();
+        .expect("the workshop AMI");
+    let launch = |tags: &[(&str, &str)]| {
+        let mut spec = aws_sdk_ec2::types::TagSpecification::builder()
+            .resource_type(aws_sdk_ec2::types::ResourceType::Instance);
+        for (key, value) in tags {
+            spec = spec.tags(
+                aws_sdk_ec2::types::Tag::builder()
+                    .key(*key)
+                    .value(*value)
+                    .build(),
+            );
+        }
+        world
+            .ec2
+            .run_instances()
+            .image_id(&ami)
+            .instance_type(aws_sdk_ec2::types::InstanceType::M5Large)
+            .min_count(1)
+            .max_count(1)
+            .tag_specifications(spec.build())
+            .send()
+    };
+    let id = |out: aws_sdk_ec2::operation::run_instances::RunInstancesOutput| {
+        out.instances()[0].instance_id().unwrap().to_owned()
+    };
+    let orphan = id(launch(&[
+        ("kubernetes.io/cluster/workshop", "owned"),
+        ("nodewright.io/nodeclaim", "default-gone"),
+    ])
+    .await
+    .unwrap());
+    let foreign = id(launch(&[
+        ("kubernetes.io/cluster/workshop", "owned"),
+        ("eks:nodegroup-name", "system"),
+    ])
+    .await
+    .unwrap());
     tokio::time::sleep(Duration::from_millis(1200)).await;
     let r = world.start_replica();
     world.start_peers(r);
@@ -712,7 +723,11 @@ async fn unregistered_nodes_time_out_and_unowned_instances_are_terminated() {
         },
     )
     .await;
-    let first = aws::cluster_instances(&world.ec2, CLUSTER).await;
+    let first: Vec<_> = aws::cluster_instances(&world.ec2, CLUSTER)
+        .await
+        .into_iter()
+        .filter(|i| i.0 != foreign)
+        .collect();
     assert_eq!(first.len(), 1, "{first:?}");
     let first_claim = first[0].4.clone();
     // No Node registers: after 4 s the instance is terminated and its claim deleted; the pod is
@@ -745,6 +760,13 @@ async fn unregistered_nodes_time_out_and_unowned_instances_are_terminated() {
     assert_eq!(
         metric(&m, "nodewright_terminations_total{reason=\"orphaned\"}"),
         1.0
+    );
+    assert!(
+        aws::cluster_instances(&world.ec2, CLUSTER)
+            .await
+            .iter()
+            .any(|i| i.0 == foreign),
+        "an instance of the cluster without nodewright's claim tag is left alone"
     );
     // Once nodes register again, the pod runs.
     world.kubelets.as_ref().unwrap().set_paused(false);

@@ -847,12 +847,15 @@ impl Launcher {
         Ok(infos.into_iter().next())
     }
 
-    /// Every instance tagged `kubernetes.io/cluster/<cluster>=owned` that is not terminated or
-    /// shutting down, sorted by id.
+    /// Every instance nodewright launched for `cluster` (tagged `kubernetes.io/cluster/<cluster>=owned`
+    /// and carrying a `nodewright.io/nodeclaim` tag) that is not terminated or shutting down, sorted
+    /// by id. Instances of the cluster without the claim tag (managed node groups, self-managed
+    /// nodes, Karpenter's) are never listed, so orphan clean-up cannot touch them.
     pub async fn cluster_instances(&self, cluster: &str) -> Result<Vec<InstanceInfo>, LaunchError> {
         let instances = self
             .describe_instances(vec![
                 filter(&format!("tag:{}", cluster_tag(cluster)), ["owned"]),
+                filter("tag-key", [CLAIM_TAG]),
                 filter(
                     "instance-state-name",
                     ["pending", "running", "stopping", "stopped"],

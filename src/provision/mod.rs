@@ -954,8 +954,9 @@ impl Run {
         }
     }
 
-    /// Terminate instances tagged for this cluster that no claim owns, once older than the grace
-    /// period.
+    /// Terminate instances nodewright launched for this cluster whose NodeClaim is gone, once older
+    /// than the grace period. Instances without nodewright's claim tag are not nodewright's to
+    /// terminate, whatever cluster tag they carry.
     async fn collect_orphans(&mut self, config: &Config) {
         let (Some(launcher), Some(cluster)) = (self.p.launcher.clone(), cluster_info(config))
         else {
@@ -981,7 +982,7 @@ impl Run {
         };
         let orphans: Vec<String> = instances
             .into_iter()
-            .filter(|i| i.claim.as_ref().is_none_or(|c| !known.contains(c)))
+            .filter(|i| i.claim.as_ref().is_some_and(|c| !known.contains(c)))
             .filter(|i| {
                 i.launch_time
                     .and_then(|t| t.elapsed().ok())
@@ -999,7 +1000,7 @@ impl Run {
                     .terminations
                     .with_label_values(&["orphaned"])
                     .inc_by(orphans.len() as u64);
-                tracing::warn!(instances = ?orphans, "terminated instances tagged for this cluster that no NodeClaim owns");
+                tracing::warn!(instances = ?orphans, "terminated instances nodewright launched whose NodeClaim is gone");
             }
             Err(e) => {
                 self.p
