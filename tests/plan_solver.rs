@@ -1731,12 +1731,10 @@ fn pool_limits() {
     ]);
 }
 
-/// Known bug, found by the properties: zones are assigned before packing, and pods a bucket
-/// cannot take for the pool's limits are dropped or spilled to the next pool without their zone
-/// (and their siblings' zones) being reconsidered, so the placed pods can break a zone spread or
-/// zone anti-affinity. Kept failing, to be fixed with the provisioner (issue 5).
+/// Found by the properties: zones are assigned before packing, and pods a bucket cannot take for
+/// the pool's limits are dropped or spilled to the next pool; the pods that are placed must
+/// still keep their zone spread or zone anti-affinity (the planner takes pods off until they do).
 #[test]
-#[ignore = "known bug: zone choices are not revisited when pool limits drop or spill pods"]
 fn zone_rules_survive_pool_limits() {
     let limited = |limits: Limits| {
         let mut p = with_weight(general(), 10);

@@ -343,9 +343,12 @@ impl<'a> Solver<'a> {
 
     fn run(mut self) -> Plan {
         self.build_groups();
+        // What running pods alone count for zone topology, before this batch adds any.
+        let base = (self.z_counts.clone(), self.z_anti.clone());
         self.place_on_existing();
         let bucketed = self.assign_zones();
         self.pack(bucketed);
+        self.enforce_zone_rules(&base.0, &base.1);
         self.consolidate_tails();
         self.finish()
     }
@@ -811,10 +814,15 @@ impl<'a> Solver<'a> {
     }
 
     fn count_zone(&mut self, g: usize, z: usize) {
+        self.add_to_zone(g, z, 1);
+    }
+
+    /// Count a pod of group `g` in zone `z` (`n` = 1), or take it out again (`n` = -1).
+    fn add_to_zone(&mut self, g: usize, z: usize, n: i64) {
         let c = &self.groups[g].c;
         for (id, s) in self.z_counters.iter().enumerate() {
             if s.matches(&c.namespace, &c.labels) {
-                self.z_counts[id][z] += 1;
+                self.z_counts[id][z] += n;
             }
         }
         for t in c
@@ -823,9 +831,135 @@ impl<'a> Solver<'a> {
             .filter(|t| t.topology == Topology::Zone)
         {
             if let Some(id) = self.z_counters.iter().position(|x| *x == t.selector) {
-                self.z_anti[id][z] += 1;
+                self.z_anti[id][z] += n;
             }
         }
+    }
+
+    /// Zones are chosen pod by pod before packing; packing can then leave some of those pods out
+    /// (a pool's limits, no type that fits) or move them to another pool in another zone, and the
+    /// pods that are placed may no longer keep a required zone rule (a spread's maxSkew,
+    /// anti-affinity, affinity) among themselves. Recount the zones from what is placed, on
+    /// existing and new nodes, and take pods off, last placed first, until every placed pod keeps
+    /// its required zone rules; the pods taken off wait for a later batch, with the reason.
+    fn enforce_zone_rules(&mut self, base_counts: &[Vec<i64>], base_anti: &[Vec<i64>]) {
+        if !self.groups.iter().any(|g| g.zone_bound) {
+            return;
+        }
+        let zone_of = |zone: &str, zones: &[String]| zones.iter().position(|z| z == zone);
+        self.z_counts = base_counts.to_vec();
+        self.z_anti = base_anti.to_vec();
+        // (where, pod, group, zone): where = Ok(draft) or Err(placement index).
+        let mut placed: Vec<(Result<usize, usize>, usize, usize, usize)> = Vec::new();
+        for (i, placement) in self.placements.iter().enumerate() {
+            let p = placement.pod_index;
+            let node = self
+                .input
+                .nodes
+                .iter()
+                .position(|n| n.name == placement.node);
+            let zone = node.and_then(|n| self.existing[n].zone);
+            if let (Some(g), Some(z)) = (self.group_of(p), zone) {
+                placed.push((Err(i), p, g, z));
+            }
+        }
+        for (d, draft) in self.drafts.iter().enumerate() {
+            let it = &self.input.catalog.types[draft.type_idx];
+            let Some(z) = zone_of(&it.offerings[draft.offering].zone, &self.zones) else {
+                continue;
+            };
+            for &p in &draft.pods {
+                if let Some(g) = self.group_of(p) {
+                    placed.push((Ok(d), p, g, z));
+                }
+            }
+        }
+        for &(_, _, g, z) in &placed {
+            self.count_zone(g, z);
+        }
+        let mut removed: Vec<(Result<usize, usize>, usize, usize, String)> = Vec::new();
+        let mut gone = vec![false; placed.len()];
+        // Taking a pod off can break another's rule (the zone it left was the emptiest): repeat
+        // until a pass takes none.
+        loop {
+            let before = removed.len();
+            for i in (0..placed.len()).rev() {
+                let (at, p, g, z) = placed[i];
+                if gone[i] || !self.groups[g].zone_bound {
+                    continue;
+                }
+                self.add_to_zone(g, z, -1);
+                match self.zone_allows(g, z, false) {
+                    Ok(()) => self.add_to_zone(g, z, 1),
+                    Err(reason) => {
+                        gone[i] = true;
+                        removed.push((at, p, g, reason));
+                    }
+                }
+            }
+            if removed.len() == before {
+                break;
+            }
+        }
+        if removed.is_empty() {
+            return;
+        }
+        let mut dropped_placements = Vec::new();
+        for (at, p, g, reason) in removed {
+            let req = self.input.pods[p].requests;
+            match at {
+                Ok(d) => {
+                    let group_of = &self.pod_group;
+                    let draft = &mut self.drafts[d];
+                    draft.pods.retain(|x| *x != p);
+                    draft.used -= req;
+                    for &c in &self.groups[g].h_inc {
+                        draft.bump(c, -1);
+                    }
+                    if !draft.pods.iter().any(|x| group_of.get(*x) == Some(&g)) {
+                        draft.groups.retain(|x| *x != g);
+                    }
+                }
+                Err(i) => {
+                    let node = self
+                        .input
+                        .nodes
+                        .iter()
+                        .position(|n| n.name == self.placements[i].node);
+                    if let Some(n) = node {
+                        let state = &mut self.existing[n];
+                        state.free += req;
+                        for &c in &self.groups[g].h_inc {
+                            if let Some((_, v)) = state.counters.iter_mut().find(|(x, _)| *x == c) {
+                                *v -= 1;
+                            }
+                        }
+                    }
+                    dropped_placements.push(i);
+                }
+            }
+            self.unschedulable(
+                p,
+                format!("other pods of this batch could not be placed, and planning this one without them would break its zone rule: {reason}"),
+            );
+        }
+        let mut i = 0;
+        self.placements.retain(|_| {
+            let keep = !dropped_placements.contains(&i);
+            i += 1;
+            keep
+        });
+        let (drafts, usage) = (&mut self.drafts, &mut self.usage);
+        drafts.retain(|d| {
+            if d.pods.is_empty() {
+                if let Some((_, capacity)) = self.type_room[d.pool][d.type_idx] {
+                    usage[d.pool].remove(&capacity);
+                }
+                false
+            } else {
+                true
+            }
+        });
     }
 
     /// Returns, per group, (zone or None, pods) lists for packing.
