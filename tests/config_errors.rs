@@ -75,6 +75,7 @@ const CASES: &[Expected] = {
         case("policy-batching.yaml", Invalid, 3, POLICY, DEFAULT, Some("spec.batching.idleDuration"), 38, 19, "idleDuration 30s must not exceed maxDuration 10s"),
         case("policy-bad-duration.yaml", Invalid, 3, POLICY, DEFAULT, Some("spec.batching.idleDuration"), 38, 19, "invalid duration \"1sec\": unknown unit \"sec\""),
         case("policy-node-selector-key.yaml", Invalid, 3, POLICY, DEFAULT, Some("spec.nodeSelectorKey"), 37, 20, "invalid label key \"karpenter.sh/provisioner name\""),
+        case("policy-scheduler-name.yaml", Invalid, 3, POLICY, DEFAULT, Some("spec.rules[0].schedulerName"), 40, 22, "\"Nodewright_Scheduler\" is not a valid scheduler name"),
         case("policy-selector-operator.yaml", Invalid, 3, POLICY, DEFAULT, Some("spec.rules[0].namespaceSelector.matchExpressions[0].values"), 43, 13, "operator Exists takes no values, got 1"),
         case("policy-max-skew.yaml", Invalid, 3, POLICY, DEFAULT, Some("spec.spread.maxSkew"), 38, 14, "maxSkew must be at least 1, not 0"),
         case("policy-topology-key.yaml", Invalid, 3, POLICY, DEFAULT, Some("spec.rules[0].spread.topologyKey"), 40, 22, "topologyKey must not be empty"),

@@ -42,6 +42,11 @@ pub struct PolicySpec {
     /// serves the webhooks and the extender but launches nothing.
     #[serde(default)]
     pub provisioning: ProvisioningSpec,
+    /// `spec.schedulerName` given to steered pods that name no scheduler (absent or
+    /// `default-scheduler`), so that a second kube-scheduler that calls nodewright's extender places
+    /// them (managed control planes such as EKS do not let users configure the default one).
+    #[serde(default)]
+    pub scheduler_name: Option<String>,
 }
 
 /// No rules, no quotas, Karpenter v1's nodeSelector key and Karpenter's batching windows: what a
@@ -58,6 +63,7 @@ impl Default for PolicySpec {
             batching: BatchingSpec::default(),
             pricing: PricingSpec::default(),
             provisioning: ProvisioningSpec::default(),
+            scheduler_name: None,
         }
     }
 }
@@ -86,6 +92,9 @@ pub struct SteeringRule {
     /// Spread for this rule; overrides `spec.spread`.
     #[serde(default)]
     pub spread: Option<SpreadSpec>,
+    /// Scheduler for the pods this rule selects; overrides `spec.schedulerName`.
+    #[serde(default)]
+    pub scheduler_name: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

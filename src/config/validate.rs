@@ -526,6 +526,9 @@ fn policy(spec: &PolicySpec, parsed: &Parsed, issues: &mut Issues<'_>) {
     if let Some(spread) = &spec.spread {
         self::spread(spread, &path.key("spread"), issues);
     }
+    if let Some(name) = &spec.scheduler_name {
+        issues.check(path.key("schedulerName"), scheduler_name(name));
+    }
     for (i, rule) in spec.rules.iter().enumerate() {
         let rule_path = path.key("rules").index(i);
         if !parsed
@@ -550,6 +553,9 @@ fn policy(spec: &PolicySpec, parsed: &Parsed, issues: &mut Issues<'_>) {
         }
         if let Some(spread) = &rule.spread {
             self::spread(spread, &rule_path.key("spread"), issues);
+        }
+        if let Some(name) = &rule.scheduler_name {
+            issues.check(rule_path.key("schedulerName"), scheduler_name(name));
         }
     }
     for (i, quota) in spec.quotas.iter().enumerate() {
@@ -776,6 +782,17 @@ fn is_label_name(name: &str) -> bool {
         && bytes
             .iter()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+/// A pod's `spec.schedulerName`, which Kubernetes validates as a DNS subdomain.
+fn scheduler_name(name: &str) -> Result<(), String> {
+    if name.len() <= 253 && name.split('.').all(is_dns_label) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{name:?} is not a valid scheduler name: a lowercase DNS subdomain (a-z, 0-9, '-', '.') of at most 253 characters"
+        ))
+    }
 }
 
 fn is_dns_label(label: &str) -> bool {

@@ -32,6 +32,8 @@ const PER_POD_LABELS: [&str; 3] = [
     "batch.kubernetes.io/job-completion-index",
 ];
 const MIRROR_ANNOTATION: &str = "kubernetes.io/config.mirror";
+/// The scheduler the apiserver's defaulting names when a pod names none.
+const DEFAULT_SCHEDULER: &str = "default-scheduler";
 
 /// What the admission request is about, already decoded. Built by the HTTP adapter.
 #[derive(Debug, Clone, Copy)]
@@ -107,13 +109,17 @@ pub struct Additions {
     pub node_selector: Option<(String, String)>,
     pub tolerations: usize,
     pub spread_topology_key: Option<String>,
+    pub scheduler_name: Option<String>,
     /// A note for the user when something was deliberately not added.
     pub notes: Vec<String>,
 }
 
 impl Additions {
     pub fn is_empty(&self) -> bool {
-        self.node_selector.is_none() && self.tolerations == 0 && self.spread_topology_key.is_none()
+        self.node_selector.is_none()
+            && self.tolerations == 0
+            && self.spread_topology_key.is_none()
+            && self.scheduler_name.is_none()
     }
 
     /// One short line (WIRE.md: warnings of 120 characters or fewer).
@@ -132,6 +138,9 @@ impl Additions {
                 "spread on {}",
                 key.rsplit('/').next().unwrap_or(key)
             ));
+        }
+        if let Some(name) = &self.scheduler_name {
+            parts.push(format!("schedulerName {name}"));
         }
         let mut line = format!(
             "nodewright: steered to NodePool {pool}: added {}",
@@ -155,6 +164,9 @@ impl Additions {
         }
         if self.spread_topology_key.is_some() {
             fields.push("topologySpreadConstraints");
+        }
+        if self.scheduler_name.is_some() {
+            fields.push("schedulerName");
         }
         fields.join(",")
     }
@@ -196,6 +208,7 @@ struct CompiledRule {
     namespace_selector: Option<LabelSelector>,
     pod_selector: Option<LabelSelector>,
     spread: Option<SpreadSpec>,
+    scheduler_name: Option<String>,
     pool: PoolTarget,
 }
 
@@ -230,6 +243,10 @@ impl Steering {
                     namespace_selector: rule.namespace_selector.clone(),
                     pod_selector: rule.pod_selector.clone(),
                     spread: rule.spread.clone().or_else(|| policy.spread.clone()),
+                    scheduler_name: rule
+                        .scheduler_name
+                        .clone()
+                        .or_else(|| policy.scheduler_name.clone()),
                     pool: PoolTarget {
                         name: rule.node_pool.clone(),
                         taints: template.spec.taints.clone(),
@@ -350,6 +367,21 @@ impl Steering {
                         "no spread added: the pod has no labels to select its peers".to_owned(),
                     ),
                 }
+            }
+        }
+
+        // schedulerName: only for pods that name no scheduler of their own (the apiserver's defaulting
+        // has already written `default-scheduler` by the time a mutating webhook sees the pod).
+        if let Some(name) = &rule.scheduler_name {
+            match spec.scheduler_name.as_deref() {
+                None | Some("") | Some(DEFAULT_SCHEDULER) => {
+                    ops.push(add(&["spec", "schedulerName"], json!(name)));
+                    additions.scheduler_name = Some(name.clone());
+                }
+                Some(own) if own == name => {}
+                Some(own) => additions.notes.push(format!(
+                    "schedulerName {own} kept: the pod names its own scheduler, not {name}"
+                )),
             }
         }
 
@@ -943,6 +975,7 @@ mod tests {
             node_selector: Some(("karpenter.sh/nodepool".into(), "default".into())),
             tolerations: 2,
             spread_topology_key: Some("topology.kubernetes.io/zone".into()),
+            scheduler_name: None,
             notes: vec![],
         };
         let w = a.warning(&"p".repeat(200));
@@ -950,6 +983,108 @@ mod tests {
         assert_eq!(
             a.warning("default"),
             "nodewright: steered to NodePool default: added nodeSelector karpenter.sh/nodepool, 2 tolerations, spread on zone"
+        );
+    }
+
+    fn with_scheduler(policy_level: &str, rule_level: &str) -> Steering {
+        let mut text = CONFIG.replace(
+            "spec:\n  spread:",
+            &format!("spec:\n{policy_level}  spread:"),
+        );
+        if !rule_level.is_empty() {
+            text = text.replacen(
+                "nodePool: default",
+                &format!("nodePool: default\n{rule_level}"),
+                1,
+            );
+        }
+        steering(&text)
+    }
+
+    #[test]
+    fn scheduler_name_is_set_on_pods_that_name_none_or_the_default() {
+        let s = with_scheduler("  schedulerName: nodewright-scheduler\n", "");
+        for before in [None, Some("default-scheduler"), Some("")] {
+            let p = edit(|v| {
+                if let Some(name) = before {
+                    v["spec"]["schedulerName"] = json!(name);
+                }
+            });
+            let d = decide_in(&s, "team-riker", &p, None);
+            let set: Vec<_> = ops(&d)
+                .into_iter()
+                .filter(|(path, _)| path == "/spec/schedulerName")
+                .collect();
+            assert_eq!(
+                set,
+                vec![(
+                    "/spec/schedulerName".to_owned(),
+                    json!("nodewright-scheduler")
+                )],
+                "{before:?}"
+            );
+            let Decision::Patch { additions, .. } = &d else {
+                unreachable!()
+            };
+            assert!(additions.fields().ends_with(",schedulerName"));
+            assert_eq!(
+                additions.scheduler_name.as_deref(),
+                Some("nodewright-scheduler")
+            );
+            assert!(additions.warning("default").len() <= 120);
+        }
+    }
+
+    #[test]
+    fn scheduler_name_of_the_pods_own_is_kept_with_a_note() {
+        let s = with_scheduler("  schedulerName: nodewright-scheduler\n", "");
+        let p = edit(|v| v["spec"]["schedulerName"] = json!("volcano"));
+        let d = decide_in(&s, "team-riker", &p, None);
+        assert!(
+            ops(&d)
+                .iter()
+                .all(|(path, _)| path != "/spec/schedulerName")
+        );
+        let Decision::Patch { additions, .. } = &d else {
+            unreachable!()
+        };
+        assert_eq!(additions.scheduler_name, None);
+        assert!(
+            additions.notes.iter().any(|n| n.contains("volcano")),
+            "{:?}",
+            additions.notes
+        );
+    }
+
+    #[test]
+    fn scheduler_name_of_a_rule_overrides_the_policy_and_a_second_pass_adds_nothing() {
+        let s = with_scheduler(
+            "  schedulerName: nodewright-scheduler\n",
+            "      schedulerName: gpu-scheduler",
+        );
+        let p = edit(|v| v["spec"]["schedulerName"] = json!("default-scheduler"));
+        let d = decide_in(&s, "team-riker", &p, None);
+        assert!(ops(&d).contains(&("/spec/schedulerName".to_owned(), json!("gpu-scheduler"))));
+        let Decision::Patch { patch, .. } = d else {
+            unreachable!()
+        };
+        let mut patched = base_pod();
+        patched["spec"]["schedulerName"] = json!("default-scheduler");
+        json_patch::patch(&mut patched, &patch).unwrap();
+        assert!(matches!(
+            decide_in(&s, "team-riker", &pod(patched), None),
+            Decision::Unchanged { .. }
+        ));
+    }
+
+    #[test]
+    fn no_scheduler_name_without_one_in_the_policy() {
+        let p = edit(|v| v["spec"]["schedulerName"] = json!("default-scheduler"));
+        let d = decide_in(&steering(CONFIG), "team-riker", &p, None);
+        assert!(
+            ops(&d)
+                .iter()
+                .all(|(path, _)| path != "/spec/schedulerName")
         );
     }
 }

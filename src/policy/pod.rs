@@ -31,6 +31,8 @@ pub struct PodSpecView {
     pub topology_spread_constraints: Option<Vec<TopologySpreadConstraint>>,
     #[serde(default)]
     pub affinity: Option<AffinityView>,
+    #[serde(default)]
+    pub scheduler_name: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Deserialize)]
