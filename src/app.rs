@@ -32,6 +32,26 @@ pub enum TlsSource {
         names: Vec<String>,
         ca_out: Option<PathBuf>,
     },
+    /// Self-managed (needs a cluster): the CA in Secret `<secret>-ca`, the serving pair for the
+    /// Service's DNS names in Secret `secret`, both in nodewright's namespace, made and renewed by
+    /// nodewright (`crate::cluster::certs`).
+    Secret {
+        secret: String,
+        service: String,
+        /// A Secret to issue kube-scheduler's client certificate into (mTLS on the extender).
+        client_secret: Option<String>,
+        validity: Duration,
+        ca_validity: Duration,
+    },
+}
+
+/// Which webhook configurations nodewright keeps the caBundle of, and from what.
+#[derive(Debug, Clone, Default)]
+pub struct CaBundleSettings {
+    /// Names of Mutating/ValidatingWebhookConfigurations (`--webhook-configuration`).
+    pub webhook_configurations: Vec<String>,
+    /// With [`TlsSource::Files`]: the CA PEM to write (`--ca-bundle-file`), watched.
+    pub file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -49,6 +69,9 @@ pub struct ServeSettings {
     pub own_namespace: Option<String>,
     /// Serve `/bench/fixed` for the load benchmark.
     pub bench_endpoints: bool,
+    pub ca_bundle: CaBundleSettings,
+    /// mTLS on the extender paths: client certificates must chain to these CAs (PEM, watched).
+    pub extender_client_ca: Option<PathBuf>,
 }
 
 /// Load the config named by `path`, or the embedded example.
@@ -78,6 +101,43 @@ pub async fn serve(settings: ServeSettings, shutdown: CancellationToken) -> Resu
     let own_namespace = settings.own_namespace.clone();
     let decisions = Decisions::new(&config, own_namespace.as_deref());
 
+    let kube_client = cluster::client_from_env().await;
+    let own_ns = own_namespace.as_deref().unwrap_or(DEFAULT_NAMESPACE);
+    let keeper = match (
+        &kube_client,
+        settings.ca_bundle.webhook_configurations.is_empty(),
+    ) {
+        (_, true) => None,
+        (Some(client), false) => Some(crate::cluster::certs::CaBundleKeeper::new(
+            client.clone(),
+            settings.ca_bundle.webhook_configurations.clone(),
+            metrics.clone(),
+        )),
+        (None, false) => anyhow::bail!(
+            "--webhook-configuration needs a Kubernetes cluster, and no kubeconfig or in-cluster configuration was found"
+        ),
+    };
+    let (bundle_tx, bundle_rx) = tokio::sync::watch::channel(None::<String>);
+    let client_roots = match (&settings.extender_client_ca, &settings.tls) {
+        (Some(_), _)
+        | (
+            None,
+            TlsSource::Secret {
+                client_secret: Some(_),
+                ..
+            },
+        ) => Some(Arc::new(tls::ClientRoots::default())),
+        _ => None,
+    };
+    if let Some(path) = &settings.extender_client_ca {
+        let roots = client_roots.clone().expect("made above");
+        let count = roots
+            .set_pem(&std::fs::read(path).with_context(|| format!("reading {}", path.display()))?)
+            .with_context(|| format!("loading --extender-client-ca {}", path.display()))?;
+        tracing::info!(ca = %path.display(), certificates = count, "extender requires client certificates");
+        spawn_client_ca_reloader(path.clone(), roots, settings.reload_poll, shutdown.clone());
+    }
+
     let resolver = match &settings.tls {
         TlsSource::Files { cert, key } => {
             let cert_pem =
@@ -96,6 +156,18 @@ pub async fn serve(settings: ServeSettings, shutdown: CancellationToken) -> Resu
                 settings.reload_poll,
                 shutdown.clone(),
             );
+            match (&settings.ca_bundle.file, &keeper) {
+                (Some(path), _) => spawn_ca_bundle_file_watch(
+                    path.clone(),
+                    bundle_tx,
+                    settings.reload_poll,
+                    shutdown.clone(),
+                )?,
+                (None, Some(_)) => anyhow::bail!(
+                    "--webhook-configuration with --tls-cert needs --ca-bundle-file (the CA that signed the certificate)"
+                ),
+                (None, None) => {}
+            }
             resolver
         }
         TlsSource::SelfSigned { names, ca_out } => {
@@ -108,10 +180,54 @@ pub async fn serve(settings: ServeSettings, shutdown: CancellationToken) -> Resu
             }
             let loaded = tls::load_pem(bundle.cert_pem.as_bytes(), bundle.key_pem.as_bytes())?;
             metrics.set_certificate_not_after(loaded.not_after);
+            let _ = bundle_tx.send(Some(bundle.ca_pem.clone()));
             Arc::new(tls::CertResolver::new(loaded.key))
         }
+        TlsSource::Secret {
+            secret,
+            service,
+            client_secret,
+            validity,
+            ca_validity,
+        } => {
+            let Some(client) = &kube_client else {
+                anyhow::bail!(
+                    "--tls-secret needs a Kubernetes cluster, and no kubeconfig or in-cluster configuration was found"
+                );
+            };
+            let resolver = Arc::new(tls::CertResolver::empty());
+            crate::cluster::certs::spawn_self_managed(
+                client.clone(),
+                crate::cluster::certs::SelfManagedSettings {
+                    namespace: own_ns.to_owned(),
+                    secret: secret.clone(),
+                    client_secret: client_secret.clone(),
+                    names: certs::service_dns_names(service, own_ns),
+                    validity: *validity,
+                    ca_validity: *ca_validity,
+                    check_every: settings.reload_poll,
+                },
+                crate::cluster::certs::Sinks {
+                    resolver: resolver.clone(),
+                    client_roots: client_roots.clone(),
+                    bundle: bundle_tx,
+                    keeper: keeper.clone(),
+                },
+                metrics.clone(),
+                shutdown.clone(),
+            );
+            tracing::info!(secret = %secret, namespace = own_ns, "self-managed certificates: serving once the Secret is read or made");
+            resolver
+        }
     };
-    let tls_config = Arc::new(tls::server_config(resolver)?);
+    if let Some(keeper) = keeper {
+        keeper.spawn(
+            bundle_rx,
+            settings.reload_poll.max(Duration::from_secs(30)),
+            shutdown.clone(),
+        );
+    }
+    let tls_config = Arc::new(tls::server_config(resolver.clone(), client_roots.clone())?);
 
     if let Some(path) = settings.config.clone() {
         spawn_config_reloader(
@@ -125,8 +241,7 @@ pub async fn serve(settings: ServeSettings, shutdown: CancellationToken) -> Resu
     }
 
     let quota_settings = QuotaSettings::default();
-    let kube_client = cluster::client_from_env().await;
-    let extender = start_provisioning(
+    let mut extender = start_provisioning(
         &config,
         &decisions,
         kube_client.clone(),
@@ -135,6 +250,7 @@ pub async fn serve(settings: ServeSettings, shutdown: CancellationToken) -> Resu
         shutdown.clone(),
     )
     .await;
+    extender.client_certificate_required = client_roots.is_some();
     let (namespaces, quota) = match kube_client {
         Some(client) => {
             let ledger_namespace = own_namespace.as_deref().unwrap_or(DEFAULT_NAMESPACE);
@@ -169,6 +285,7 @@ pub async fn serve(settings: ServeSettings, shutdown: CancellationToken) -> Resu
     };
 
     let readiness = Arc::new(Readiness::default());
+    readiness.wait_for_certificate(resolver);
     let state = AppState {
         steering: decisions.steering,
         quotas: decisions.quotas,
@@ -249,14 +366,31 @@ async fn start_provisioning(
     use crate::scheduling::view::ClusterView;
     use std::sync::RwLock;
 
-    let region = std::env::var("AWS_REGION")
-        .or_else(|_| std::env::var("AWS_DEFAULT_REGION"))
-        .unwrap_or_else(|_| "us-east-1".to_owned());
     let provisioning = &config.policy.provisioning;
+    // With provisioning on, the region is the AWS SDK's (AWS_REGION, the profile, instance
+    // metadata); without it, only the environment is read and the catalog defaults to us-east-1.
+    let ec2 = match &provisioning.cluster_name {
+        Some(_) => Some(crate::cloud::ec2::client_from_env(None).await),
+        None => None,
+    };
+    let region = ec2
+        .as_ref()
+        .and_then(|c| c.config().region().map(|r| r.to_string()))
+        .or_else(|| std::env::var("AWS_REGION").ok())
+        .or_else(|| std::env::var("AWS_DEFAULT_REGION").ok())
+        .unwrap_or_else(|| {
+            if ec2.is_some() {
+                tracing::warn!("no AWS region configured (AWS_REGION, profile or instance metadata): using us-east-1");
+            }
+            "us-east-1".to_owned()
+        });
     let catalog = Arc::new(CatalogCache::new(&region, config.policy.pricing.clone()));
-    let launcher = match &provisioning.cluster_name {
-        Some(cluster) => {
-            let ec2 = crate::cloud::ec2::client_from_env(Some(&region)).await;
+    let launcher = match (&provisioning.cluster_name, ec2) {
+        (Some(cluster), Some(ec2)) => {
+            let ec2 = match ec2.config().region() {
+                Some(_) => ec2,
+                None => crate::cloud::ec2::client_from_env(Some(&region)).await,
+            };
             catalog.spawn_refresh(ec2.clone(), Duration::from_secs(3600), shutdown.clone());
             tracing::info!(cluster = %cluster, region = %region, "provisioning enabled: launching through EC2");
             Some(Arc::new(Launcher::new(
@@ -264,7 +398,7 @@ async fn start_provisioning(
                 Unavailable::new(provisioning.unavailable_offering_ttl()),
             )))
         }
-        None => {
+        _ => {
             tracing::info!(
                 "spec.provisioning.clusterName is not set: the extender runs, nothing is launched"
             );
@@ -319,6 +453,7 @@ async fn start_provisioning(
     http::extender::ExtenderState {
         view,
         unplaced: Some(unplaced_tx),
+        client_certificate_required: false,
     }
 }
 
@@ -376,4 +511,69 @@ fn spawn_config_reloader(
             }
         }
     });
+}
+
+/// Trust the client CAs of `path` anew whenever it changes; a file that does not load is logged and
+/// the CAs trusted before stay.
+fn spawn_client_ca_reloader(
+    path: PathBuf,
+    roots: Arc<tls::ClientRoots>,
+    poll: Duration,
+    shutdown: CancellationToken,
+) {
+    let mut changes = watch::watch_files(vec![path.clone()], poll, shutdown);
+    tokio::spawn(async move {
+        while changes.recv().await.is_some() {
+            match std::fs::read(&path)
+                .map_err(anyhow::Error::from)
+                .and_then(|pem| roots.set_pem(&pem))
+            {
+                Ok(count) => {
+                    tracing::info!(ca = %path.display(), certificates = count, "extender client CA reloaded")
+                }
+                Err(e) => {
+                    tracing::error!(ca = %path.display(), error = format!("{e:#}"), "extender client CA reload failed; keeping the previous one")
+                }
+            }
+        }
+    });
+}
+
+/// Read `--ca-bundle-file` now (it must hold a certificate) and again whenever it changes.
+fn spawn_ca_bundle_file_watch(
+    path: PathBuf,
+    bundle: tokio::sync::watch::Sender<Option<String>>,
+    poll: Duration,
+    shutdown: CancellationToken,
+) -> Result<()> {
+    let read = |path: &PathBuf| -> Result<String> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading --ca-bundle-file {}", path.display()))?;
+        if certs::split_pem(&text).is_empty() {
+            anyhow::bail!(
+                "--ca-bundle-file {} holds no CERTIFICATE block",
+                path.display()
+            );
+        }
+        Ok(text)
+    };
+    let _ = bundle.send(Some(read(&path)?));
+    let mut changes = watch::watch_files(vec![path.clone()], poll, shutdown);
+    tokio::spawn(async move {
+        while changes.recv().await.is_some() {
+            match read(&path) {
+                Ok(text) => {
+                    bundle.send_if_modified(|current| {
+                        let changed = current.as_deref() != Some(text.as_str());
+                        *current = Some(text);
+                        changed
+                    });
+                }
+                Err(e) => {
+                    tracing::error!(error = format!("{e:#}"), "keeping the previous CA bundle")
+                }
+            }
+        }
+    });
+    Ok(())
 }

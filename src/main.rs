@@ -46,7 +46,7 @@ enum LogFormat {
 #[derive(Subcommand)]
 enum Command {
     /// Run the service: admission webhooks over HTTPS, health and metrics over plain HTTP.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Make a CA and a serving certificate for a Service, and optionally write the CA into webhook configurations.
     Certs(CertsArgs),
     /// Offline: which nodes would be launched for these manifests, and at what price.
@@ -103,11 +103,52 @@ struct ServeArgs {
     #[arg(long, requires = "tls_cert")]
     tls_key: Option<PathBuf>,
     /// Without --tls-cert/--tls-key: where to write the PEM of the self-signed CA made at start.
-    #[arg(long, conflicts_with = "tls_cert")]
+    #[arg(long, conflicts_with_all = ["tls_cert", "tls_secret"])]
     ca_out: Option<PathBuf>,
     /// Without --tls-cert/--tls-key: extra DNS names or IPs for the self-signed certificate (repeatable).
-    #[arg(long = "tls-san", conflicts_with = "tls_cert")]
+    #[arg(long = "tls-san", conflicts_with_all = ["tls_cert", "tls_secret"])]
     tls_sans: Vec<String>,
+    /// Self-managed certificates (needs a cluster): nodewright keeps its CA in Secret NAME-ca and
+    /// the serving pair in Secret NAME (kubernetes.io/tls: tls.crt, tls.key, ca.crt) in --namespace,
+    /// makes them on first start and renews them when a third of their validity is left.
+    #[arg(long, value_name = "NAME", conflicts_with = "tls_cert")]
+    tls_secret: Option<String>,
+    /// With --tls-secret: the Service whose DNS names the serving certificate carries.
+    #[arg(
+        long,
+        value_name = "NAME",
+        default_value = "nodewright",
+        requires = "tls_secret"
+    )]
+    service: String,
+    /// With --tls-secret: validity of the serving (and client) certificates (Go duration).
+    #[arg(long, default_value = "8760h", value_parser = parse_go_duration, requires = "tls_secret")]
+    cert_validity: Duration,
+    /// With --tls-secret: validity of the CA (Go duration).
+    #[arg(long, default_value = "87600h", value_parser = parse_go_duration, requires = "tls_secret")]
+    ca_validity: Duration,
+    /// Keep clientConfig.caBundle of every webhook in the Mutating and Validating webhook
+    /// configurations of this name (whichever exist) equal to the CA bundle: the self-managed CA,
+    /// the CA made at start, or --ca-bundle-file (repeatable).
+    #[arg(long = "webhook-configuration", value_name = "NAME")]
+    webhook_configurations: Vec<String>,
+    /// With --tls-cert/--tls-key and --webhook-configuration: the CA PEM that signed the serving
+    /// certificate (e.g. ca.crt of the Secret), written into the webhook configurations; watched.
+    #[arg(long, value_name = "FILE", requires_all = ["tls_cert", "webhook_configurations"])]
+    ca_bundle_file: Option<PathBuf>,
+    /// mTLS for the scheduler extender: /scheduler/* answers only clients whose certificate chains
+    /// to a CA in FILE (PEM; watched). The admission paths do not ask for one.
+    #[arg(long, value_name = "FILE")]
+    extender_client_ca: Option<PathBuf>,
+    /// With --tls-secret: issue a client certificate for kube-scheduler into Secret NAME (tls.crt,
+    /// tls.key, ca.crt) and require client certificates from the self-managed CA on /scheduler/*.
+    #[arg(
+        long,
+        value_name = "NAME",
+        requires = "tls_secret",
+        conflicts_with = "extender_client_ca"
+    )]
+    extender_client_secret: Option<String>,
     /// Largest request body accepted, in bytes.
     #[arg(long, default_value_t = Limits::default().max_body_bytes)]
     max_body_bytes: usize,
@@ -154,7 +195,7 @@ fn main() -> ExitCode {
     };
     init_tracing(cli.log_format, default_level);
     let result = match cli.command {
-        Command::Serve(args) => serve(args),
+        Command::Serve(args) => serve(*args),
         Command::Certs(args) => make_certs(args),
         Command::Plan(args) => plan(args),
     };
@@ -185,8 +226,15 @@ fn init_tracing(format: LogFormat, default_level: &str) {
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let tls = match (args.tls_cert, args.tls_key) {
-        (Some(cert), Some(key)) => TlsSource::Files { cert, key },
+    let tls = match (args.tls_cert, args.tls_key, args.tls_secret) {
+        (Some(cert), Some(key), _) => TlsSource::Files { cert, key },
+        (_, _, Some(secret)) => TlsSource::Secret {
+            secret,
+            service: args.service,
+            client_secret: args.extender_client_secret,
+            validity: args.cert_validity,
+            ca_validity: args.ca_validity,
+        },
         _ => {
             let mut names = certs::local_names();
             names.extend(args.tls_sans);
@@ -208,6 +256,11 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         reload_poll: args.reload_poll_interval,
         own_namespace: args.namespace,
         bench_endpoints: args.bench_endpoints,
+        ca_bundle: app::CaBundleSettings {
+            webhook_configurations: args.webhook_configurations,
+            file: args.ca_bundle_file,
+        },
+        extender_client_ca: args.extender_client_ca,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

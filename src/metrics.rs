@@ -92,6 +92,24 @@ impl ReloadKind {
     }
 }
 
+/// What a self-managed certificate is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CertificateKind {
+    Ca,
+    Serving,
+    Client,
+}
+
+impl CertificateKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ca => "ca",
+            Self::Serving => "serving",
+            Self::Client => "client",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReloadResult {
     Success,
@@ -123,6 +141,8 @@ pub struct Metrics {
     quota_pods: IntGaugeVec,
     extender_requests: IntCounterVec,
     extender_duration: HistogramVec,
+    certificates_issued: IntCounterVec,
+    ca_bundle_updates: IntCounterVec,
 }
 
 impl Metrics {
@@ -226,6 +246,22 @@ impl Metrics {
             &["verb"],
         )
         .expect("static metric");
+        let certificates_issued = IntCounterVec::new(
+            Opts::new(
+                "certificates_issued_total",
+                "Certificates nodewright issued itself (self-managed mode), by kind (ca, serving, client).",
+            ),
+            &["kind"],
+        )
+        .expect("static metric");
+        let ca_bundle_updates = IntCounterVec::new(
+            Opts::new(
+                "ca_bundle_updates_total",
+                "Webhook configurations whose caBundle nodewright set, by result (success, failure).",
+            ),
+            &["result"],
+        )
+        .expect("static metric");
         let build_info = IntGaugeVec::new(
             Opts::new(
                 "build_info",
@@ -252,8 +288,20 @@ impl Metrics {
             Box::new(quota_pods.clone()),
             Box::new(extender_requests.clone()),
             Box::new(extender_duration.clone()),
+            Box::new(certificates_issued.clone()),
+            Box::new(ca_bundle_updates.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
+        }
+        for kind in [
+            CertificateKind::Ca,
+            CertificateKind::Serving,
+            CertificateKind::Client,
+        ] {
+            certificates_issued.with_label_values(&[kind.as_str()]);
+        }
+        for result in [ReloadResult::Success, ReloadResult::Failure] {
+            ca_bundle_updates.with_label_values(&[result.as_str()]);
         }
         for kind in [ReloadKind::Config, ReloadKind::Certificate] {
             last_reload_ok.with_label_values(&[kind.as_str()]).set(1);
@@ -276,7 +324,23 @@ impl Metrics {
             quota_pods,
             extender_requests,
             extender_duration,
+            certificates_issued,
+            ca_bundle_updates,
         }
+    }
+
+    /// A certificate issued in self-managed mode.
+    pub fn certificate_issued(&self, kind: CertificateKind) {
+        self.certificates_issued
+            .with_label_values(&[kind.as_str()])
+            .inc();
+    }
+
+    /// One attempt to set the caBundle of a webhook configuration.
+    pub fn ca_bundle_update(&self, result: ReloadResult) {
+        self.ca_bundle_updates
+            .with_label_values(&[result.as_str()])
+            .inc();
     }
 
     /// One scheduler extender call: `verb` is `filter` or `prioritize`, `outcome` `ok` or `error`.

@@ -1,5 +1,6 @@
 //! Kubernetes adapters: the client (kubeconfig / in-cluster chain) and watch caches.
 
+pub mod certs;
 pub mod leader;
 pub mod ledger;
 pub mod namespaces;

@@ -7,6 +7,7 @@
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Instant;
 
+use axum::Extension;
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
@@ -17,6 +18,7 @@ use tokio::sync::mpsc;
 
 use super::AppState;
 use super::admission::{ApiError, read_json_body};
+use super::tls::VerifiedClient;
 use crate::scheduling::extender::{
     ExtenderCall, encode_filter, encode_filter_error, encode_priorities,
 };
@@ -31,6 +33,9 @@ pub struct ExtenderState {
     /// provisioner is behind (or not running on this replica) the pod is dropped here and reaches
     /// the provisioner through its watch of unschedulable pods instead.
     pub unplaced: Option<mpsc::Sender<Arc<Pod>>>,
+    /// mTLS: answer only connections that presented a verified client certificate
+    /// (`--extender-client-ca` / `--extender-client-secret`).
+    pub client_certificate_required: bool,
 }
 
 impl ExtenderState {
@@ -39,6 +44,7 @@ impl ExtenderState {
         Self {
             view: Arc::new(RwLock::new(ClusterView::default())),
             unplaced: None,
+            client_certificate_required: false,
         }
     }
 
@@ -74,9 +80,18 @@ fn json(status: StatusCode, body: Vec<u8>) -> Response {
 
 /// `POST /scheduler/filter`: drop the nodes nodewright is closing or has promised to other pods.
 /// Errors are answered as an `ExtenderFilterResult` with `Error` set.
-pub async fn filter(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+pub async fn filter(
+    State(state): State<AppState>,
+    client: Option<Extension<VerifiedClient>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     let started = Instant::now();
-    let answer = match read_json_body(&headers, body, state.limits.max_body_bytes).await {
+    let answer = match authorize(&state.extender, client.is_some()) {
+        Err(e) => Err(e),
+        Ok(()) => read_json_body(&headers, body, state.limits.max_body_bytes).await,
+    };
+    let answer = match answer {
         Ok(bytes) => answer_filter(&state.extender, &bytes),
         Err(e) => Err(e),
     };
@@ -93,6 +108,18 @@ pub async fn filter(State(state): State<AppState>, headers: HeaderMap, body: Bod
     response
 }
 
+/// With mTLS on, a call over a connection without a verified client certificate is refused.
+fn authorize(extender: &ExtenderState, verified_client: bool) -> Result<(), ApiError> {
+    if extender.client_certificate_required && !verified_client {
+        return Err(ApiError {
+            status: StatusCode::FORBIDDEN,
+            reason: "Forbidden",
+            message: "the scheduler extender requires a client certificate signed by the extender client CA (tlsConfig certFile/keyFile in the extender stanza)".into(),
+        });
+    }
+    Ok(())
+}
+
 fn answer_filter(extender: &ExtenderState, body: &Bytes) -> Result<Vec<u8>, ApiError> {
     let call = ExtenderCall::decode(body).map_err(ApiError::bad_request)?;
     let now = Instant::now();
@@ -106,9 +133,18 @@ fn answer_filter(extender: &ExtenderState, body: &Bytes) -> Result<Vec<u8>, ApiE
 
 /// `POST /scheduler/prioritize`: a `HostPriorityList` scoring every node asked about, 0..=10.
 /// Errors are answered as `{"error", "message"}` (a bare list has no room for one).
-pub async fn prioritize(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+pub async fn prioritize(
+    State(state): State<AppState>,
+    client: Option<Extension<VerifiedClient>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     let started = Instant::now();
-    let answer = match read_json_body(&headers, body, state.limits.max_body_bytes).await {
+    let answer = match authorize(&state.extender, client.is_some()) {
+        Err(e) => Err(e),
+        Ok(()) => read_json_body(&headers, body, state.limits.max_body_bytes).await,
+    };
+    let answer = match answer {
         Ok(bytes) => answer_prioritize(&state.extender, &bytes),
         Err(e) => Err(e),
     };

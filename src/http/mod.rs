@@ -5,8 +5,8 @@ pub mod extender;
 pub mod server;
 pub mod tls;
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use arc_swap::ArcSwap;
 use axum::Router;
@@ -36,11 +36,14 @@ impl Default for Limits {
     }
 }
 
-/// Ready once the TLS listener is bound (config is loaded before anything is bound); not ready while draining.
+/// Ready once the TLS listener is bound (config is loaded before anything is bound) and a serving
+/// certificate is there (self-managed mode reads it from a Secret after start); not ready while
+/// draining.
 #[derive(Debug, Default)]
 pub struct Readiness {
     tls_bound: AtomicBool,
     draining: AtomicBool,
+    certificate: OnceLock<Arc<tls::CertResolver>>,
 }
 
 impl Readiness {
@@ -50,8 +53,14 @@ impl Readiness {
     pub fn set_draining(&self) {
         self.draining.store(true, Ordering::SeqCst);
     }
+    /// Not ready until `resolver` holds a certificate.
+    pub fn wait_for_certificate(&self, resolver: Arc<tls::CertResolver>) {
+        let _ = self.certificate.set(resolver);
+    }
     pub fn is_ready(&self) -> bool {
-        self.tls_bound.load(Ordering::SeqCst) && !self.draining.load(Ordering::SeqCst)
+        self.tls_bound.load(Ordering::SeqCst)
+            && !self.draining.load(Ordering::SeqCst)
+            && self.certificate.get().is_none_or(|r| r.is_set())
     }
 }
 

@@ -12,6 +12,9 @@ use rustls::ServerConfig;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
+use tower::util::MapRequest;
+
+use super::tls::VerifiedClient;
 
 /// A client that has not finished its TLS handshake by then is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -57,7 +60,7 @@ pub async fn serve_tls(
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
         let builder = builder.clone();
-        let service = TowerToHyperService::new(app.clone());
+        let app = app.clone();
         let watcher = graceful.watcher();
         tokio::spawn(async move {
             let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
@@ -71,6 +74,21 @@ pub async fn serve_tls(
                     return;
                 }
             };
+            // rustls verified any certificate the client presented (or failed the handshake).
+            let verified = stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .is_some_and(|certs| !certs.is_empty());
+            let service = TowerToHyperService::new(MapRequest::new(
+                app,
+                move |mut request: http::Request<hyper::body::Incoming>| {
+                    if verified {
+                        request.extensions_mut().insert(VerifiedClient);
+                    }
+                    request
+                },
+            ));
             let conn = builder
                 .serve_connection(TokioIo::new(stream), service)
                 .into_owned();

@@ -5,12 +5,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
-use arc_swap::ArcSwap;
-use rustls::ServerConfig;
-use rustls::server::{ClientHello, ResolvesServerCert};
+use arc_swap::ArcSwapOption;
+use rustls::client::danger::HandshakeSignatureValid;
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
+use rustls::{DigitallySignedStruct, DistinguishedName, ServerConfig, SignatureScheme};
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::{Metrics, ReloadKind, ReloadResult};
@@ -46,37 +48,161 @@ pub fn load_pem(cert_pem: &[u8], key_pem: &[u8]) -> Result<LoadedCert> {
 }
 
 /// Hands every new TLS handshake the current certificate; existing connections keep theirs.
-#[derive(Debug)]
+/// Until a first certificate is set (self-managed mode, before the Secret is read) handshakes fail.
+#[derive(Debug, Default)]
 pub struct CertResolver {
-    current: ArcSwap<CertifiedKey>,
+    current: ArcSwapOption<CertifiedKey>,
 }
 
 impl CertResolver {
     pub fn new(key: CertifiedKey) -> Self {
         Self {
-            current: ArcSwap::from_pointee(key),
+            current: ArcSwapOption::from_pointee(key),
         }
     }
 
+    /// No certificate yet.
+    pub fn empty() -> Self {
+        Self::default()
+    }
+
     pub fn set(&self, key: CertifiedKey) {
-        self.current.store(Arc::new(key));
+        self.current.store(Some(Arc::new(key)));
+    }
+
+    /// True once a certificate is there to serve.
+    pub fn is_set(&self) -> bool {
+        self.current.load().is_some()
     }
 }
 
 impl ResolvesServerCert for CertResolver {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(self.current.load_full())
+        self.current.load_full()
     }
 }
 
-/// TLS 1.2 and 1.3, ALPN `h2` then `http/1.1` (kube-apiserver speaks HTTP/2 to webhooks).
-pub fn server_config(resolver: Arc<CertResolver>) -> Result<ServerConfig> {
-    let mut config =
+/// The CAs client certificates must chain to (`--extender-client-ca`, or the self-managed CA),
+/// swapped whole when they change. Handshakes ask for a certificate but do not demand one: the
+/// apiserver calls the admission webhooks without one, and the extender paths check for it
+/// (`VerifiedClient`). A certificate that is presented must verify, or the handshake fails.
+#[derive(Debug, Default)]
+pub struct ClientRoots {
+    verifier: ArcSwapOption<Arc<dyn ClientCertVerifier>>,
+}
+
+impl ClientRoots {
+    /// Trust the CA certificates of a PEM bundle from now on.
+    pub fn set_pem(&self, pem: &[u8]) -> Result<usize> {
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(pem) {
+            let cert = cert.map_err(|e| anyhow!("CA PEM: {e}"))?;
+            roots
+                .add(cert)
+                .map_err(|e| anyhow!("CA certificate not usable as a trust anchor: {e}"))?;
+        }
+        let count = roots.len();
+        if count == 0 {
+            bail!("the CA PEM holds no CERTIFICATE block");
+        }
+        let verifier = WebPkiClientVerifier::builder_with_provider(
+            Arc::new(roots),
+            Arc::new(rustls::crypto::ring::default_provider()),
+        )
+        .allow_unauthenticated()
+        .build()
+        .map_err(|e| anyhow!("client certificate verifier: {e}"))?;
+        self.verifier.store(Some(Arc::new(verifier)));
+        Ok(count)
+    }
+
+    fn current(&self) -> Option<Arc<Arc<dyn ClientCertVerifier>>> {
+        self.verifier.load_full()
+    }
+}
+
+impl ClientCertVerifier for ClientRoots {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        // The hints would borrow from a verifier that may be swapped; clients (Go's among them)
+        // send their one configured certificate without them.
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        match self.current() {
+            Some(v) => v.verify_client_cert(end_entity, intermediates, now),
+            None => Err(rustls::Error::General("no client CA loaded yet".to_owned())),
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &rustls::crypto::ring::default_provider().signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &rustls::crypto::ring::default_provider().signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        rustls::crypto::ring::default_provider()
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// A request extension: the connection presented a client certificate that verified against
+/// [`ClientRoots`].
+#[derive(Debug, Clone, Copy)]
+pub struct VerifiedClient;
+
+/// TLS 1.2 and 1.3, ALPN `h2` then `http/1.1` (kube-apiserver speaks HTTP/2 to webhooks). With
+/// `client_roots`, handshakes ask for (but do not demand) a client certificate.
+pub fn server_config(
+    resolver: Arc<CertResolver>,
+    client_roots: Option<Arc<ClientRoots>>,
+) -> Result<ServerConfig> {
+    let builder =
         ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-            .context("TLS versions")?
-            .with_no_client_auth()
-            .with_cert_resolver(resolver);
+            .context("TLS versions")?;
+    let builder = match client_roots {
+        Some(roots) => builder.with_client_cert_verifier(roots),
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder.with_cert_resolver(resolver);
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(config)
 }
