@@ -413,16 +413,17 @@ async fn start_provisioning(
     let state = ClusterState::new(view.clone(), catalog_fn.clone());
     let (events_tx, events_rx) = tokio::sync::mpsc::unbounded_channel();
     let (unplaced_tx, unplaced_rx) = tokio::sync::mpsc::channel(4096);
+    // This replica, for the Lease and as the events' reportingInstance.
+    let identity = std::env::var("POD_NAME").unwrap_or_else(|_| {
+        format!(
+            "{}-{}",
+            std::env::var("HOSTNAME").unwrap_or_else(|_| "nodewright".to_owned()),
+            std::process::id()
+        )
+    });
     let (claims, leader) = match &client {
         Some(client) => {
             state.spawn(client.clone(), events_tx.clone(), shutdown.clone());
-            let identity = std::env::var("POD_NAME").unwrap_or_else(|_| {
-                format!(
-                    "{}-{}",
-                    std::env::var("HOSTNAME").unwrap_or_else(|_| "nodewright".to_owned()),
-                    std::process::id()
-                )
-            });
             let lease = cluster::leader::LeaseSettings::new(namespace, &identity);
             (
                 ClaimStore::kube(client.clone()),
@@ -435,6 +436,14 @@ async fn start_provisioning(
             (ClaimStore::memory(), rx)
         }
     };
+    let events = match &client {
+        Some(client) => crate::cluster::events::EventSink::spawn(
+            client.clone(),
+            identity.clone(),
+            shutdown.clone(),
+        ),
+        None => crate::cluster::events::EventSink::disabled(),
+    };
     let provisioner = crate::provision::Provisioner {
         config: decisions.config.clone(),
         catalog: catalog_fn,
@@ -444,6 +453,7 @@ async fn start_provisioning(
         client,
         metrics: crate::metrics::ProvisionMetrics::new(metrics),
         leader,
+        events,
     };
     tokio::spawn(async move {
         // Keep a sender alive so the event stream only ends with the process.

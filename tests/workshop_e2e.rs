@@ -456,6 +456,59 @@ async fn workshop_replay_three_pods_three_spot_nodes_three_zones_then_quota() {
         );
     }
 
+    // What `kubectl describe` shows: each pod nominated for its claim, each claim launched and
+    // registered (events.k8s.io/v1, from nodewright's provisioner).
+    let events_of = |namespace: &str| {
+        Api::<k8s_openapi::api::events::v1::Event>::namespaced(world.client.clone(), namespace)
+    };
+    wait_until(
+        "events published",
+        Duration::from_secs(10),
+        &world,
+        || async {
+            let pod_events = events_of(NAMESPACE)
+                .list(&Default::default())
+                .await
+                .unwrap();
+            let claim_events = events_of("default")
+                .list(&Default::default())
+                .await
+                .unwrap();
+            let count = |list: &kube::api::ObjectList<k8s_openapi::api::events::v1::Event>,
+                         reason: &str| {
+                list.items
+                    .iter()
+                    .filter(|e| {
+                        e.reason.as_deref() == Some(reason)
+                            && e.reporting_controller.as_deref()
+                                == Some("nodewright.io/provisioner")
+                    })
+                    .count()
+            };
+            count(&pod_events, "Nominated") == 3
+                && count(&claim_events, "Launched") == 3
+                && count(&claim_events, "Registered") == 3
+        },
+    )
+    .await;
+    for e in events_of(NAMESPACE)
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| e.reporting_controller.as_deref() == Some("nodewright.io/provisioner"))
+    {
+        let regarding = e.regarding.unwrap();
+        assert_eq!(regarding.kind.as_deref(), Some("Pod"));
+        assert!(
+            e.note
+                .unwrap()
+                .starts_with("Pod should schedule on: nodeclaim/"),
+            "note names the claim"
+        );
+    }
+
     let m = world.metrics(r).await;
     assert_eq!(metric(&m, "nodewright_batch_size_count"), 1.0, "one batch");
     let to_launch_sum = metric(&m, "nodewright_pod_unschedulable_to_launch_seconds_sum");

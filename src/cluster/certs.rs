@@ -185,11 +185,13 @@ async fn ensure_ca(
             .await
             .with_context(|| format!("reading Secret {name}"))?;
         let Some(existing) = existing else {
-            let ca = new_ca(validity, metrics)?;
+            let ca = new_ca(validity)?;
             let bundle = certs::ca_bundle(&ca.cert_pem, "", now);
             let secret = tls_secret(name, &ca.cert_pem, &ca.key_pem, &bundle, None);
             match secrets.create(&PostParams::default(), &secret).await {
                 Ok(_) => {
+                    // Counted once written: a replica that lost the race issued nothing.
+                    metrics.certificate_issued(CertificateKind::Ca);
                     tracing::info!(secret = name, "created the nodewright CA");
                     return Ok((ca, bundle));
                 }
@@ -209,12 +211,12 @@ async fn ensure_ca(
         });
         let (ca, bundle, why) = match usable {
             None => {
-                let ca = new_ca(validity, metrics)?;
+                let ca = new_ca(validity)?;
                 let bundle = certs::ca_bundle(&ca.cert_pem, "", now);
                 (ca, bundle, Some("it held no usable CA"))
             }
             Some(f) if f.renewal_due(now) => {
-                let ca = new_ca(validity, metrics)?;
+                let ca = new_ca(validity)?;
                 // The old CA stays trusted until it expires.
                 let bundle = certs::ca_bundle(&ca.cert_pem, &previous, now);
                 (ca, bundle, Some("the CA is due for renewal"))
@@ -231,6 +233,9 @@ async fn ensure_ca(
         let secret = tls_secret(name, &ca.cert_pem, &ca.key_pem, &bundle, version);
         match secrets.replace(name, &PostParams::default(), &secret).await {
             Ok(_) => {
+                if why.is_some() {
+                    metrics.certificate_issued(CertificateKind::Ca);
+                }
                 match why {
                     Some(why) => {
                         tracing::warn!(secret = name, reason = why, "rotated the nodewright CA")
@@ -297,11 +302,7 @@ async fn ensure_leaf(
                 return Ok((cert, key));
             }
             (None, Some((cert, key, _))) => (cert, key),
-            (Some(_), _) | (None, None) => {
-                let (cert, key) = certs::issue(ca, leaf, chrono_duration(validity))?;
-                metrics.certificate_issued(kind);
-                (cert, key)
-            }
+            (Some(_), _) | (None, None) => certs::issue(ca, leaf, chrono_duration(validity))?,
         };
         let version = existing
             .as_ref()
@@ -313,6 +314,9 @@ async fn ensure_leaf(
         };
         match written {
             Ok(_) => {
+                if reissue.is_some() {
+                    metrics.certificate_issued(kind);
+                }
                 match reissue {
                     Some(reason) => tracing::info!(
                         secret = name,
@@ -333,10 +337,8 @@ async fn ensure_leaf(
     ))
 }
 
-fn new_ca(validity: Duration, metrics: &Metrics) -> Result<CaPair> {
-    let ca = certs::generate_ca(chrono_duration(validity))?;
-    metrics.certificate_issued(CertificateKind::Ca);
-    Ok(ca)
+fn new_ca(validity: Duration) -> Result<CaPair> {
+    certs::generate_ca(chrono_duration(validity))
 }
 
 fn chrono_duration(d: Duration) -> time::Duration {

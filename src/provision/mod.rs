@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 use crate::cloud::launch::{
     ClusterInfo, LaunchError, LaunchOffering, LaunchRequest, Launched, Launcher,
 };
+use crate::cluster::events::{EventSink, Kind};
 use crate::cluster::nodeclaims::{
     CLAIM_TAG, ClaimOffering, ClaimStore, NodeClaim, NodeClaimSpec, Phase, time_now,
 };
@@ -65,6 +66,8 @@ pub struct Provisioner {
     pub client: Option<Client>,
     pub metrics: ProvisionMetrics,
     pub leader: watch::Receiver<bool>,
+    /// Kubernetes Events about pods and claims.
+    pub events: EventSink,
 }
 
 /// Per-pod bookkeeping.
@@ -331,6 +334,15 @@ impl Run {
         );
         for u in &plan.unschedulable {
             tracing::info!(pod = %u.pod, reason = %u.reason, "pod cannot be placed on any new node");
+            if let Some(w) = self.waiting.get(&u.pod) {
+                self.p.events.pod(
+                    &w.pod,
+                    Kind::Warning,
+                    "FailedProvisioning",
+                    "Plan",
+                    format!("nodewright cannot launch a node for this pod: {}", u.reason),
+                );
+            }
         }
         // Free capacity on existing nodes is promised to the pods planned onto it.
         {
@@ -379,6 +391,24 @@ impl Run {
                         let name: Arc<str> = Arc::from(claim.name());
                         for pod in &claim.spec.pods {
                             view.await_claim(pod, name.clone());
+                        }
+                    }
+                    for pod in &claim.spec.pods {
+                        if let Some(w) = self.waiting.get(pod) {
+                            self.p.events.pod(
+                                &w.pod,
+                                Kind::Normal,
+                                "Nominated",
+                                "Plan",
+                                format!(
+                                    "Pod should schedule on: nodeclaim/{} ({} {} in {}, NodePool {})",
+                                    claim.name(),
+                                    node.instance_type,
+                                    node.capacity_type.as_str(),
+                                    node.zone,
+                                    node.node_pool
+                                ),
+                            );
                         }
                     }
                     self.claims.insert(claim.name().to_owned(), claim.clone());
@@ -538,6 +568,19 @@ impl Run {
                     reused = l.reused,
                     "instance launched"
                 );
+                self.p.events.claim(
+                    &claim,
+                    Kind::Normal,
+                    "Launched",
+                    "Launch",
+                    format!(
+                        "Launched instance {} ({} {} in {})",
+                        l.instance_id,
+                        l.instance_type,
+                        l.capacity_type.as_str(),
+                        l.zone
+                    ),
+                );
                 self.next_attempt.remove(&name);
             }
             Err(e) => {
@@ -546,6 +589,13 @@ impl Run {
                 let attempts = claim.status_mut().launch_attempts;
                 let failed = attempts >= MAX_LAUNCH_ATTEMPTS || matches!(e, LaunchError::Config(_));
                 claim.set_condition("Launched", false, &code, &e.to_string());
+                self.p.events.claim(
+                    &claim,
+                    Kind::Warning,
+                    "LaunchFailed",
+                    "Launch",
+                    format!("EC2 said {code}: {e} (attempt {attempts} of {MAX_LAUNCH_ATTEMPTS})"),
+                );
                 if failed {
                     claim.status_mut().phase = Phase::Failed;
                     tracing::error!(claim = %name, code = %code, error = %e, attempts, "launch failed for good; its pods will be planned again");
@@ -671,6 +721,13 @@ impl Run {
             }
         }
         tracing::info!(claim = claim.name(), node = %node_name, "node registered");
+        self.p.events.claim(
+            &claim,
+            Kind::Normal,
+            "Registered",
+            "Register",
+            format!("Node {node_name} registered"),
+        );
         self.store_status(claim).await;
         self.update_gauges();
     }
@@ -844,6 +901,16 @@ impl Run {
                 }
                 Phase::Launched if since_launch.is_some_and(|d| d > timeout) => {
                     tracing::warn!(claim = %name, timeout_s = timeout.as_secs(), "node did not register in time: terminating");
+                    self.p.events.claim(
+                        &claim,
+                        Kind::Warning,
+                        "RegistrationTimeout",
+                        "Terminate",
+                        format!(
+                            "No node registered within {} s of the launch: terminating the instance; its pods are planned again",
+                            timeout.as_secs()
+                        ),
+                    );
                     self.requeue_pods(&claim);
                     self.terminate_claim(claim, "registration_timeout").await;
                 }
