@@ -298,6 +298,8 @@ async fn replicas_share_one_self_managed_ca_written_into_the_webhooks() {
     .await;
     assert!(reset.elapsed() < Duration::from_secs(10));
 
+    // Logs stay structured through certificate work and watches.
+    assert!(common::assert_structured_logs(&a.logs()) >= 5);
     // A restarted replica keeps the CA.
     drop(a);
     let c = cluster.serve(&[]);

@@ -41,6 +41,44 @@ pub fn metric_value(text: &str, series: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// Every log line is one JSON object with the same envelope: `timestamp` (RFC 3339, UTC),
+/// `level`, `message`, `target`, then the event's own fields at the top level; an `error` field
+/// is always text. Returns how many lines were checked.
+pub fn assert_structured_logs(logs: &str) -> usize {
+    let mut lines = 0;
+    for line in logs.lines().filter(|l| !l.trim().is_empty()) {
+        let v: Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("log line is not JSON ({e}): {line}"));
+        let object = v
+            .as_object()
+            .unwrap_or_else(|| panic!("not an object: {line}"));
+        let timestamp = object["timestamp"].as_str().unwrap_or_default();
+        assert!(
+            timestamp.ends_with('Z') && timestamp.parse::<jiff::Timestamp>().is_ok(),
+            "timestamp: {line}"
+        );
+        assert!(
+            matches!(
+                object["level"].as_str(),
+                Some("TRACE" | "DEBUG" | "INFO" | "WARN" | "ERROR")
+            ),
+            "level: {line}"
+        );
+        assert!(object["message"].is_string(), "message: {line}");
+        assert!(
+            object["target"]
+                .as_str()
+                .is_some_and(|t| t.starts_with("nodewright")),
+            "target: {line}"
+        );
+        if let Some(error) = object.get("error") {
+            assert!(error.is_string(), "error field: {line}");
+        }
+        lines += 1;
+    }
+    lines
+}
+
 /// A running `nodewright serve`, killed on drop.
 pub struct Server {
     pub child: Child,
