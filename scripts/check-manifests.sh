@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Renders the deployable manifests and validates every object strictly (unknown fields
-# are errors) against the Kubernetes OpenAPI schemas of each supported version.
-# Needs kubectl (for kustomize) and kubernetes-validate (scripts/setup-test-deps.sh puts
-# it in .venv-test/). Exits non-zero if anything fails to render or validate.
+# are errors) against the Kubernetes OpenAPI schemas of each supported version: the
+# kustomization in webhook-config/ and the Helm chart charts/nodewright (for which
+# scripts/chart-check.py also lints, checks semantics, promtool-checks the alerts and, when
+# target/debug/nodewright exists, lets `nodewright plan` read the rendered config).
+# Needs kubectl (for kustomize), and kubernetes-validate and helm-python-sdk
+# (scripts/setup-test-deps.sh puts them in .venv-test/). Exits non-zero if anything fails.
 set -euo pipefail
 
 repo_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -12,7 +15,15 @@ read -r -a k8s_versions <<<"${K8S_VERSIONS:-1.29.0 1.37.0}"
 # Kinds that no Kubernetes schema describes (CRD instances, component configs), by
 # "apiVersion/kind". kubernetes-validate only warns on these, so anything not listed
 # here that lacks a schema is treated as an error rather than silently passing.
-schemaless_kinds=()
+# scripts/chart-check.py checks each of them structurally (and fails if this list and its
+# checks disagree). The chart's KubeSchedulerConfiguration is inside a ConfigMap, which has a
+# schema; chart-check.py checks the configuration itself.
+schemaless_kinds=(
+  monitoring.coreos.com/v1/ServiceMonitor
+  monitoring.coreos.com/v1/PrometheusRule
+  cert-manager.io/v1/Issuer
+  cert-manager.io/v1/Certificate
+)
 
 if [ -x "$venv/bin/kubernetes-validate" ]; then
   validator=$venv/bin/kubernetes-validate
@@ -33,9 +44,13 @@ tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 failures=0
 
-# validate FILE: every object in FILE must pass strict validation for every version.
+# validate FILE [VERSION...]: every object in FILE must pass strict validation for every
+# version (default: all of k8s_versions). kubernetes-validate's report is shown on failure.
 validate() {
-  local file=$1 objects version out unknown kind schemaless passed ok=0
+  local file=$1 objects version out unknown kind schemaless passed ok=0 bad
+  shift
+  local versions=("$@")
+  [ ${#versions[@]} -gt 0 ] || versions=("${k8s_versions[@]}")
   objects=$("$python" -c '
 import sys, yaml
 with open(sys.argv[1]) as f:
@@ -45,9 +60,9 @@ with open(sys.argv[1]) as f:
     echo "FAIL $file: rendered no objects"
     return 1
   fi
-  for version in "${k8s_versions[@]}"; do
-    out=$("$validator" --strict --kubernetes-version "$version" "$file" 2>&1) || ok=1
-    printf '%s\n' "$out"
+  for version in "${versions[@]}"; do
+    bad=0
+    out=$("$validator" --strict --kubernetes-version "$version" "$file" 2>&1) || bad=1
     # kubernetes-validate only warns about a kind it has no schema for.
     unknown=$(printf '%s\n' "$out" |
       sed -n "s/.*Couldn't find schema for kind \([^ ]*\) with api version \([^ ]*\) .*/\2\/\1/p")
@@ -56,18 +71,22 @@ with open(sys.argv[1]) as f:
       schemaless=$((schemaless + 1))
       if [[ " ${schemaless_kinds[*]} " != *" $kind "* ]]; then
         echo "FAIL $file: no Kubernetes $version schema for $kind (list it in schemaless_kinds if expected)"
-        ok=1
+        bad=1
       fi
     done
     # Every other object must have been reported as passed.
     passed=$(printf '%s\n' "$out" | grep -c ' passed for resource ' || true)
     if [ "$passed" -ne $((objects - schemaless)) ]; then
       echo "FAIL $file: $passed of $((objects - schemaless)) objects passed against Kubernetes $version"
+      bad=1
+    fi
+    if [ "$bad" -ne 0 ]; then
+      printf '%s\n' "$out" | grep -v ' passed for resource ' | sed 's/^/       /'
       ok=1
     fi
   done
   if [ "$ok" -eq 0 ]; then
-    echo "ok   $file: $objects objects ($schemaless without a schema) valid against Kubernetes ${k8s_versions[*]}"
+    echo "ok   $file: $objects objects ($schemaless without a schema) valid against Kubernetes ${versions[*]}"
   fi
   return "$ok"
 }
@@ -82,9 +101,28 @@ else
 fi
 
 # --- charts/nodewright (Helm) ----------------------------------------------------
-# To be added with the chart: lint it strictly and render it with default values (and
-# each values file under charts/nodewright/ci/, if any) into $tmp with helm-python-sdk
-# from the same virtualenv, then `validate` each rendered file like webhook-config above.
+# scripts/chart-check.py lints and renders the chart (helm-python-sdk, offline) for its
+# default values and every charts/nodewright/ci/*.yaml at each version, asserts what the chart
+# promises and writes each rendering (plus the CRDs) to a file; each file is then validated
+# against the Kubernetes schemas of the version it was rendered for.
+echo "--- charts/nodewright (scripts/chart-check.py)"
+chart_out=$tmp/chart
+# NODEWRIGHT_BIN: the binary whose `plan` must read the rendered config and whose `serve`
+# must know every flag the chart passes (skipped when it does not exist).
+if ! "$python" "$repo_root/scripts/chart-check.py" --out "$chart_out" \
+  --kube-versions "${k8s_versions[@]}" --schemaless "${schemaless_kinds[@]}" \
+  --nodewright "${NODEWRIGHT_BIN:-$repo_root/target/debug/nodewright}"; then
+  failures=$((failures + 1))
+fi
+echo "--- charts/nodewright renderings (kubernetes-validate --strict)"
+if [ -s "$chart_out/manifests.txt" ]; then
+  while read -r file version; do
+    validate "$file" "$version" || failures=$((failures + 1))
+  done <"$chart_out/manifests.txt"
+else
+  echo "FAIL charts/nodewright: chart-check.py rendered nothing to validate"
+  failures=$((failures + 1))
+fi
 
 if [ "$failures" -ne 0 ]; then
   echo "check-manifests: $failures manifest set(s) failed"

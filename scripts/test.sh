@@ -47,7 +47,12 @@ step "cargo clippy --workspace --all-targets -- -D warnings" cargo clippy --work
 # --workspace: nodewright and the Kubernetes API stand-in (tests/kube-standin).
 step "cargo test --workspace --all-targets --no-fail-fast" cargo test --workspace --all-targets --no-fail-fast
 step "cargo test --workspace --doc" cargo test --workspace --doc
-step "validate manifests (scripts/check-manifests.sh)" scripts/check-manifests.sh
+# The chart checks run the binary itself (its `plan` reads each rendered config, its `serve
+# --help` must know every flag the chart passes): build it (the test step already has, in the
+# same profile) and make its absence a failure rather than a skip.
+step "validate manifests and the Helm chart (scripts/check-manifests.sh)" \
+  env NODEWRIGHT_REQUIRE_BIN=1 bash -c 'cargo build --quiet --bin nodewright && scripts/check-manifests.sh'
+
 
 printf '\n==> summary\n'
 printf '%s\n' "${results[@]}"
