@@ -68,6 +68,26 @@ LEADER_ELECTION_FIELDS = {
 PROFILE_FIELDS = {"schedulerName", "percentageOfNodesToScore", "plugins", "pluginConfig"}
 
 
+def check_repo_scheduler_config(c: "Checks") -> str:
+    """webhook-config/kube-scheduler-config.yaml: only fields kube-scheduler knows, and the verbs,
+    cache mode and URL path nodewright serves."""
+    path = REPO / "webhook-config" / "kube-scheduler-config.yaml"
+    cfg = yaml.safe_load(path.read_text())
+    c.equal((cfg.get("apiVersion"), cfg.get("kind")), ("kubescheduler.config.k8s.io/v1", "KubeSchedulerConfiguration"),
+            f"{path.name} apiVersion/kind")
+    c.that(set(cfg) <= KUBE_SCHEDULER_CONFIG_FIELDS, f"unknown fields {set(cfg) - KUBE_SCHEDULER_CONFIG_FIELDS}")
+    extenders = cfg.get("extenders") or []
+    c.equal(len(extenders), 1, "one extender")
+    e = extenders[0] if extenders else {}
+    c.that(set(e) <= EXTENDER_FIELDS, f"unknown extender fields {set(e) - EXTENDER_FIELDS}")
+    c.that(set(e.get("tlsConfig") or {}) <= EXTENDER_TLS_FIELDS, "unknown tlsConfig fields")
+    c.that(str(e.get("urlPrefix", "")).rstrip("/").endswith("/scheduler"), "urlPrefix ends in /scheduler")
+    c.equal((e.get("filterVerb"), e.get("prioritizeVerb")), ("filter", "prioritize"), "verbs")
+    c.equal(e.get("nodeCacheCapable"), True, "nodeCacheCapable")
+    c.that(isinstance(e.get("weight"), int) and e["weight"] > 0, "weight > 0 (prioritizeVerb is set)")
+    return "fields and verbs as nodewright serves them"
+
+
 class Failure(Exception):
     """One failed assertion."""
 
@@ -1199,6 +1219,7 @@ def main() -> int:
     report.run("chart dashboard", check_dashboard)
     report.run("chart alert capacity codes", lambda c: check_capacity_codes(chart, c))
     report.run("chart README values table", check_readme)
+    report.run("webhook-config kube-scheduler-config.yaml", check_repo_scheduler_config)
     sets = [ValueSet("default", None)] + [ValueSet(p.name.removesuffix("-values.yaml").removesuffix(".yaml"), p)
                                           for p in sorted((CHART / "ci").glob("*.yaml"))]
     manifest_list: list[str] = []

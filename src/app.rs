@@ -393,6 +393,20 @@ async fn start_provisioning(
             };
             catalog.spawn_refresh(ec2.clone(), Duration::from_secs(3600), shutdown.clone());
             tracing::info!(cluster = %cluster, region = %region, "provisioning enabled: launching through EC2");
+            let missing: Vec<&str> = [
+                ("clusterEndpoint", provisioning.cluster_endpoint.is_none()),
+                ("clusterCaBundle", provisioning.cluster_ca_bundle.is_none()),
+                ("serviceCidr", provisioning.service_cidr.is_none()),
+            ]
+            .into_iter()
+            .filter_map(|(field, absent)| absent.then_some(field))
+            .collect();
+            if !missing.is_empty() {
+                tracing::warn!(
+                    missing = ?missing,
+                    "spec.provisioning lacks bootstrap fields: AL2023 nodes (nodeadm) cannot join without clusterEndpoint, clusterCaBundle and serviceCidr (AL2's bootstrap.sh looks them up with eks:DescribeCluster)"
+                );
+            }
             Some(Arc::new(Launcher::new(
                 ec2,
                 Unavailable::new(provisioning.unavailable_offering_ttl()),

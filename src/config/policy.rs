@@ -285,7 +285,7 @@ pub struct ProvisioningSpec {
     /// A NodeClaim whose Node has not registered after this long is terminated and deleted.
     #[serde(default = "default_registration_timeout")]
     pub registration_timeout: String,
-    /// Instances tagged for this cluster that no NodeClaim owns are terminated once this old.
+    /// Instances nodewright launched whose NodeClaim is gone are terminated once this old.
     #[serde(default = "default_orphan_grace_period")]
     pub orphan_grace_period: String,
     /// How long an offering that reported insufficient capacity is left out (Karpenter: 3m).

@@ -594,7 +594,9 @@ impl Run {
                     Kind::Warning,
                     "LaunchFailed",
                     "Launch",
-                    format!("EC2 said {code}: {e} (attempt {attempts} of {MAX_LAUNCH_ATTEMPTS})"),
+                    // Repeats become one event with a count (and the first note), so the note
+                    // carries no attempt number.
+                    format!("launch failed with {code}: {e}"),
                 );
                 if failed {
                     claim.status_mut().phase = Phase::Failed;
