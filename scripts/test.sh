@@ -48,10 +48,12 @@ step "cargo clippy --workspace --all-targets -- -D warnings" cargo clippy --work
 step "cargo test --workspace --all-targets --no-fail-fast" cargo test --workspace --all-targets --no-fail-fast
 step "cargo test --workspace --doc" cargo test --workspace --doc
 # The chart checks run the binary itself (its `plan` reads each rendered config, its `serve
-# --help` must know every flag the chart passes): build it (the test step already has, in the
-# same profile) and make its absence a failure rather than a skip.
+# --help` must know every flag the chart passes) and read what the integration tests saw it ask
+# of the API: make their absence a failure rather than a skip. `cargo build --workspace --tests` is a no-op
+# after the test step and leaves target/debug/nodewright as the tests built it (a plain `cargo
+# build` would unify features without the dev-dependencies and build the whole tree again).
 step "validate manifests and the Helm chart (scripts/check-manifests.sh)" \
-  env NODEWRIGHT_REQUIRE_BIN=1 bash -c 'cargo build --quiet --bin nodewright && scripts/check-manifests.sh'
+  env NODEWRIGHT_REQUIRE_BIN=1 bash -c 'cargo build --quiet --workspace --tests && scripts/check-manifests.sh'
 
 
 printf '\n==> summary\n'

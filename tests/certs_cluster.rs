@@ -38,7 +38,7 @@ impl Cluster {
         let dir = tempfile::tempdir().unwrap();
         let standin = StandIn::builder().serve("127.0.0.1:0").await.unwrap();
         let kubeconfig = dir.path().join("kubeconfig");
-        standin.kubeconfig(&kubeconfig).unwrap();
+        common::rbac::kubeconfig(&standin, &kubeconfig);
         let client = standin.client().await.unwrap();
         let ns: Namespace =
             serde_json::from_value(json!({"metadata": {"name": "nodewright"}})).unwrap();
@@ -127,6 +127,14 @@ impl Cluster {
                     .map(|w| text(w.client_config.ca_bundle)),
             )
             .collect()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            common::rbac::record(&self._standin, "certs_cluster");
+        }
     }
 }
 

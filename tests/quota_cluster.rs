@@ -29,6 +29,14 @@ struct Cluster {
     _dir: tempfile::TempDir,
 }
 
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            common::rbac::record(&self.standin, "quota_cluster");
+        }
+    }
+}
+
 fn config_text(failure_policy: &str) -> String {
     std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/steering.yaml"))
         .unwrap()
@@ -48,7 +56,7 @@ impl Cluster {
             .await
             .unwrap();
         let kubeconfig = dir.path().join("kubeconfig");
-        standin.kubeconfig(&kubeconfig).unwrap();
+        common::rbac::kubeconfig(&standin, &kubeconfig);
         let client = standin.client().await.unwrap();
         let namespaces: Api<Namespace> = Api::all(client.clone());
         for name in ["nodewright", NAMESPACE, "elsewhere"] {

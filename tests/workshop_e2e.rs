@@ -78,7 +78,7 @@ impl World {
         let dir = tempfile::tempdir().unwrap();
         let standin = StandIn::start("127.0.0.1:0").await.unwrap();
         let kubeconfig = dir.path().join("kubeconfig");
-        standin.kubeconfig(&kubeconfig).unwrap();
+        common::rbac::kubeconfig(&standin, &kubeconfig);
         let client = standin.client().await.unwrap();
         for name in ["nodewright", NAMESPACE] {
             let ns: Namespace =
@@ -269,6 +269,7 @@ impl World {
         drop(self.scheduler);
         drop(self.kubelets);
         drop(self.servers);
+        common::rbac::record(&self.standin, "workshop_e2e");
         self.standin.shutdown().await;
     }
 }

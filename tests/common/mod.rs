@@ -14,6 +14,7 @@ pub mod aws;
 pub mod ec2proxy;
 pub mod kubelet;
 pub mod moto;
+pub mod rbac;
 pub mod scheduler;
 
 /// Re-check the async condition `$cond` every 100 ms until it holds; fail after 15 s naming `$what`

@@ -72,6 +72,13 @@ async fn handle(State((app, control_port)): State<(Arc<App>, bool)>, req: Reques
         Ok(Query(p)) => p,
         Err(e) => return ApiError::bad_request(format!("invalid query: {e}")).into_response(),
     };
+    if let Some(access) = crate::access::attributes(&parts.method, &path, &params) {
+        let token = crate::access::token(&parts.headers);
+        app.access
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert((token, access));
+    }
     match route(&app, &parts, &path, &params, body).await {
         Ok(r) => r,
         Err(e) => e.into_response(),

@@ -18,6 +18,7 @@
 //! # }
 //! ```
 
+pub mod access;
 mod admission;
 mod api;
 mod faults;
@@ -49,6 +50,8 @@ pub(crate) struct App {
     bookmark_interval: Duration,
     pub(crate) watches_started: AtomicU64,
     pub(crate) watches_expired: AtomicU64,
+    /// Every resource request, by bearer token.
+    pub(crate) access: Mutex<std::collections::HashSet<(Option<String>, access::Access)>>,
 }
 
 /// Counters a test can check (did the client really re-watch, get a 410?).
@@ -127,6 +130,7 @@ impl StandIn {
             bookmark_interval: self.bookmark_interval,
             watches_started: AtomicU64::new(0),
             watches_expired: AtomicU64::new(0),
+            access: Mutex::new(std::collections::HashSet::new()),
         });
         let (shutdown, _) = watch::channel(false);
         let shutdown = Arc::new(shutdown);
@@ -180,6 +184,31 @@ impl Handle {
     /// Write [`Handle::kubeconfig_yaml`] to `path` (for `KUBECONFIG=path`).
     pub fn kubeconfig(&self, path: impl AsRef<Path>) -> std::io::Result<()> {
         std::fs::write(path, self.kubeconfig_yaml())
+    }
+
+    /// Write a kubeconfig whose bearer token is `token`, so that the requests of whoever uses it
+    /// can be told apart in [`Handle::access_by`].
+    pub fn kubeconfig_for(&self, path: impl AsRef<Path>, token: &str) -> std::io::Result<()> {
+        std::fs::write(
+            path,
+            self.kubeconfig_yaml().replace(
+                "token: kube-standin-dummy-token",
+                &format!("token: {token}"),
+            ),
+        )
+    }
+
+    /// The distinct requests sent with bearer token `token`, as RBAC's request attributes.
+    pub fn access_by(&self, token: &str) -> Vec<access::Access> {
+        let log = self.app.access.lock().unwrap_or_else(|e| e.into_inner());
+        let mut seen: Vec<access::Access> = log
+            .iter()
+            .filter(|(t, _)| t.as_deref() == Some(token))
+            .map(|(_, a)| a.clone())
+            .collect();
+        seen.sort();
+        seen.dedup();
+        seen
     }
 
     /// The fault knobs.
