@@ -76,10 +76,10 @@ pub fn spawn_self_managed(
 ) {
     tokio::spawn(async move {
         let secrets: Api<Secret> = Api::namespaced(client, &settings.namespace);
-        let mut serving: Option<String> = None;
+        let mut state = Applied::default();
         let mut failures = 0u32;
         loop {
-            match reconcile(&secrets, &settings, &sinks, &metrics, &mut serving).await {
+            match reconcile(&secrets, &settings, &sinks, &metrics, &mut state).await {
                 Ok(()) => {
                     if failures > 0 {
                         tracing::info!("self-managed certificates are in order again");
@@ -112,13 +112,24 @@ pub fn spawn_self_managed(
     });
 }
 
+/// What the loop has put in place so far, so that a round with nothing new does no more than
+/// read the Secrets.
+#[derive(Default)]
+struct Applied {
+    /// The serving certificate handed to the resolver.
+    serving: Option<String>,
+    /// The bundle last written into the webhook configurations (and trusted for client
+    /// certificates).
+    bundle: Option<String>,
+}
+
 /// One round: the CA, the bundle in the webhook configurations, the serving pair, the client pair.
 async fn reconcile(
     secrets: &Api<Secret>,
     settings: &SelfManagedSettings,
     sinks: &Sinks,
     metrics: &Metrics,
-    serving: &mut Option<String>,
+    applied: &mut Applied,
 ) -> Result<()> {
     let ca_secret = format!("{}{CA_SUFFIX}", settings.secret);
     let (ca, bundle) = ensure_ca(secrets, &ca_secret, settings.ca_validity, metrics).await?;
@@ -129,14 +140,19 @@ async fn reconcile(
         }
         changed
     });
-    if let Some(keeper) = &sinks.keeper {
-        keeper.sync(&bundle).await?;
+    if applied.bundle.as_deref() != Some(bundle.as_str()) {
+        // Before any pair from a new CA is issued (the keeper's watch repairs later drift).
+        if let Some(keeper) = &sinks.keeper {
+            keeper.sync(&bundle).await?;
+        }
+        if let Some(roots) = &sinks.client_roots {
+            roots
+                .set_pem(bundle.as_bytes())
+                .context("trusting the CA bundle for client certificates")?;
+        }
+        applied.bundle = Some(bundle.clone());
     }
-    if let Some(roots) = &sinks.client_roots {
-        roots
-            .set_pem(bundle.as_bytes())
-            .context("trusting the CA bundle for client certificates")?;
-    }
+    let serving = &mut applied.serving;
     let (cert, key) = ensure_leaf(
         secrets,
         &settings.secret,
