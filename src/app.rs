@@ -118,17 +118,17 @@ pub async fn serve(settings: ServeSettings, shutdown: CancellationToken) -> Resu
         ),
     };
     let (bundle_tx, bundle_rx) = tokio::sync::watch::channel(None::<String>);
-    let client_roots = match (&settings.extender_client_ca, &settings.tls) {
-        (Some(_), _)
-        | (
-            None,
+    // mTLS on the extender: client CAs from a file, or the self-managed CA when it issues
+    // kube-scheduler's client certificate.
+    let client_roots = (settings.extender_client_ca.is_some()
+        || matches!(
+            &settings.tls,
             TlsSource::Secret {
                 client_secret: Some(_),
                 ..
-            },
-        ) => Some(Arc::new(tls::ClientRoots::default())),
-        _ => None,
-    };
+            }
+        ))
+    .then(|| Arc::new(tls::ClientRoots::default()));
     if let Some(path) = &settings.extender_client_ca {
         let roots = client_roots.clone().expect("made above");
         let count = roots

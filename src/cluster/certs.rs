@@ -37,6 +37,8 @@ use crate::metrics::{CertificateKind, Metrics, ReloadKind, ReloadResult};
 pub const CLIENT_COMMON_NAME: &str = "nodewright-extender-client";
 const CA_SUFFIX: &str = "-ca";
 const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "nodewright");
+/// Read-decide-write rounds per Secret before giving up until the next check.
+const WRITE_ATTEMPTS: usize = 5;
 
 /// What the self-managed mode keeps.
 #[derive(Debug, Clone)]
@@ -194,7 +196,7 @@ async fn ensure_ca(
     validity: Duration,
     metrics: &Metrics,
 ) -> Result<(CaPair, String)> {
-    for _ in 0..5 {
+    for _ in 0..WRITE_ATTEMPTS {
         let now = jiff::Timestamp::now().as_second();
         let existing = secrets
             .get_opt(name)
@@ -204,16 +206,13 @@ async fn ensure_ca(
             let ca = new_ca(validity)?;
             let bundle = certs::ca_bundle(&ca.cert_pem, "", now);
             let secret = tls_secret(name, &ca.cert_pem, &ca.key_pem, &bundle, None);
-            match secrets.create(&PostParams::default(), &secret).await {
-                Ok(_) => {
-                    // Counted once written: a replica that lost the race issued nothing.
-                    metrics.certificate_issued(CertificateKind::Ca);
-                    tracing::info!(secret = name, "created the nodewright CA");
-                    return Ok((ca, bundle));
-                }
-                Err(e) if is_conflict(&e) => continue,
-                Err(e) => return Err(e).with_context(|| format!("creating Secret {name}")),
+            if !write_secret(secrets, name, &secret).await? {
+                continue;
             }
+            // Counted once written: a replica that lost the race issued nothing.
+            metrics.certificate_issued(CertificateKind::Ca);
+            tracing::info!(secret = name, "created the nodewright CA");
+            return Ok((ca, bundle));
         };
         let version = existing.metadata.resource_version.clone();
         let held = CaPair {
@@ -222,8 +221,7 @@ async fn ensure_ca(
         };
         let previous = data(&existing, "ca.crt").unwrap_or_default();
         let usable = certs::facts(&held.cert_pem).ok().filter(|f| {
-            f.is_ca
-                && certs::issue(&held, Leaf::Client("probe"), time::Duration::minutes(1)).is_ok()
+            f.is_ca && load_pem(held.cert_pem.as_bytes(), held.key_pem.as_bytes()).is_ok()
         });
         let (ca, bundle, why) = match usable {
             None => {
@@ -247,26 +245,19 @@ async fn ensure_ca(
             }
         };
         let secret = tls_secret(name, &ca.cert_pem, &ca.key_pem, &bundle, version);
-        match secrets.replace(name, &PostParams::default(), &secret).await {
-            Ok(_) => {
-                if why.is_some() {
-                    metrics.certificate_issued(CertificateKind::Ca);
-                }
-                match why {
-                    Some(why) => {
-                        tracing::warn!(secret = name, reason = why, "rotated the nodewright CA")
-                    }
-                    None => tracing::info!(secret = name, "dropped expired CAs from the CA bundle"),
-                }
-                return Ok((ca, bundle));
-            }
-            Err(e) if is_conflict(&e) => continue,
-            Err(e) => return Err(e).with_context(|| format!("updating Secret {name}")),
+        if !write_secret(secrets, name, &secret).await? {
+            continue;
         }
+        match why {
+            Some(why) => {
+                metrics.certificate_issued(CertificateKind::Ca);
+                tracing::warn!(secret = name, reason = why, "rotated the nodewright CA");
+            }
+            None => tracing::info!(secret = name, "dropped expired CAs from the CA bundle"),
+        }
+        return Ok((ca, bundle));
     }
-    Err(anyhow!(
-        "Secret {name} kept changing under concurrent writers; will retry"
-    ))
+    Err(contended(name))
 }
 
 /// Read a leaf Secret, issuing (or re-issuing) its certificate when it is missing, unusable, due,
@@ -284,7 +275,7 @@ async fn ensure_leaf(
         Leaf::Server(_) => CertificateKind::Serving,
         Leaf::Client(_) => CertificateKind::Client,
     };
-    for _ in 0..5 {
+    for _ in 0..WRITE_ATTEMPTS {
         let now = jiff::Timestamp::now().as_second();
         let existing = secrets
             .get_opt(name)
@@ -318,46 +309,55 @@ async fn ensure_leaf(
                 return Ok((cert, key));
             }
             (None, Some((cert, key, _))) => (cert, key),
-            (Some(_), _) | (None, None) => certs::issue(ca, leaf, chrono_duration(validity))?,
+            (Some(_), _) | (None, None) => certs::issue(ca, leaf, to_time(validity))?,
         };
         let version = existing
             .as_ref()
             .and_then(|s| s.metadata.resource_version.clone());
-        let secret = tls_secret(name, &cert, &key, bundle, version.clone());
-        let written = match version {
-            None => secrets.create(&PostParams::default(), &secret).await,
-            Some(_) => secrets.replace(name, &PostParams::default(), &secret).await,
-        };
-        match written {
-            Ok(_) => {
-                if reissue.is_some() {
-                    metrics.certificate_issued(kind);
-                }
-                match reissue {
-                    Some(reason) => tracing::info!(
-                        secret = name,
-                        kind = kind.as_str(),
-                        reason,
-                        "issued a certificate"
-                    ),
-                    None => tracing::info!(secret = name, "updated the CA bundle of the Secret"),
-                }
-                return Ok((cert, key));
-            }
-            Err(e) if is_conflict(&e) => continue,
-            Err(e) => return Err(e).with_context(|| format!("writing Secret {name}")),
+        let secret = tls_secret(name, &cert, &key, bundle, version);
+        if !write_secret(secrets, name, &secret).await? {
+            continue;
         }
+        match reissue {
+            Some(reason) => {
+                metrics.certificate_issued(kind);
+                tracing::info!(
+                    secret = name,
+                    kind = kind.as_str(),
+                    reason,
+                    "issued a certificate"
+                );
+            }
+            None => tracing::info!(secret = name, "updated the CA bundle of the Secret"),
+        }
+        return Ok((cert, key));
     }
-    Err(anyhow!(
-        "Secret {name} kept changing under concurrent writers; will retry"
-    ))
+    Err(contended(name))
+}
+
+/// Create (no resourceVersion) or replace (with the resourceVersion read) a Secret. `Ok(false)`:
+/// another replica wrote it first (409); read it again.
+async fn write_secret(secrets: &Api<Secret>, name: &str, secret: &Secret) -> Result<bool> {
+    let written = match secret.metadata.resource_version {
+        None => secrets.create(&PostParams::default(), secret).await,
+        Some(_) => secrets.replace(name, &PostParams::default(), secret).await,
+    };
+    match written {
+        Ok(_) => Ok(true),
+        Err(e) if is_conflict(&e) => Ok(false),
+        Err(e) => Err(e).with_context(|| format!("writing Secret {name}")),
+    }
+}
+
+fn contended(name: &str) -> anyhow::Error {
+    anyhow!("Secret {name} kept changing under concurrent writers; will retry")
 }
 
 fn new_ca(validity: Duration) -> Result<CaPair> {
-    certs::generate_ca(chrono_duration(validity))
+    certs::generate_ca(to_time(validity))
 }
 
-fn chrono_duration(d: Duration) -> time::Duration {
+fn to_time(d: Duration) -> time::Duration {
     time::Duration::try_from(d).unwrap_or(time::Duration::MAX)
 }
 

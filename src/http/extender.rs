@@ -87,11 +87,7 @@ pub async fn filter(
     body: Body,
 ) -> Response {
     let started = Instant::now();
-    let answer = match authorize(&state.extender, client.is_some()) {
-        Err(e) => Err(e),
-        Ok(()) => read_json_body(&headers, body, state.limits.max_body_bytes).await,
-    };
-    let answer = match answer {
+    let answer = match authorized_body(&state, client.is_some(), &headers, body).await {
         Ok(bytes) => answer_filter(&state.extender, &bytes),
         Err(e) => Err(e),
     };
@@ -108,16 +104,22 @@ pub async fn filter(
     response
 }
 
-/// With mTLS on, a call over a connection without a verified client certificate is refused.
-fn authorize(extender: &ExtenderState, verified_client: bool) -> Result<(), ApiError> {
-    if extender.client_certificate_required && !verified_client {
+/// The call's JSON body, once the caller is allowed: with mTLS on, a call over a connection without
+/// a verified client certificate is refused before its body is read.
+async fn authorized_body(
+    state: &AppState,
+    verified_client: bool,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Bytes, ApiError> {
+    if state.extender.client_certificate_required && !verified_client {
         return Err(ApiError {
             status: StatusCode::FORBIDDEN,
             reason: "Forbidden",
             message: "the scheduler extender requires a client certificate signed by the extender client CA (tlsConfig certFile/keyFile in the extender stanza)".into(),
         });
     }
-    Ok(())
+    read_json_body(headers, body, state.limits.max_body_bytes).await
 }
 
 fn answer_filter(extender: &ExtenderState, body: &Bytes) -> Result<Vec<u8>, ApiError> {
@@ -140,11 +142,7 @@ pub async fn prioritize(
     body: Body,
 ) -> Response {
     let started = Instant::now();
-    let answer = match authorize(&state.extender, client.is_some()) {
-        Err(e) => Err(e),
-        Ok(()) => read_json_body(&headers, body, state.limits.max_body_bytes).await,
-    };
-    let answer = match answer {
+    let answer = match authorized_body(&state, client.is_some(), &headers, body).await {
         Ok(bytes) => answer_prioritize(&state.extender, &bytes),
         Err(e) => Err(e),
     };

@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, anyhow, bail};
 use arc_swap::ArcSwapOption;
 use rustls::client::danger::HandshakeSignatureValid;
+use rustls::crypto::WebPkiSupportedAlgorithms;
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
@@ -86,9 +87,20 @@ impl ResolvesServerCert for CertResolver {
 /// swapped whole when they change. Handshakes ask for a certificate but do not demand one: the
 /// apiserver calls the admission webhooks without one, and the extender paths check for it
 /// (`VerifiedClient`). A certificate that is presented must verify, or the handshake fails.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ClientRoots {
     verifier: ArcSwapOption<Arc<dyn ClientCertVerifier>>,
+    /// ring's signature algorithms, copied once rather than per handshake.
+    algorithms: WebPkiSupportedAlgorithms,
+}
+
+impl Default for ClientRoots {
+    fn default() -> Self {
+        Self {
+            verifier: ArcSwapOption::empty(),
+            algorithms: rustls::crypto::ring::default_provider().signature_verification_algorithms,
+        }
+    }
 }
 
 impl ClientRoots {
@@ -154,12 +166,7 @@ impl ClientCertVerifier for ClientRoots {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &rustls::crypto::ring::default_provider().signature_verification_algorithms,
-        )
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
     }
 
     fn verify_tls13_signature(
@@ -168,18 +175,11 @@ impl ClientCertVerifier for ClientRoots {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &rustls::crypto::ring::default_provider().signature_verification_algorithms,
-        )
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        rustls::crypto::ring::default_provider()
-            .signature_verification_algorithms
-            .supported_schemes()
+        self.algorithms.supported_schemes()
     }
 }
 

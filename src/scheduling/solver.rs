@@ -199,6 +199,9 @@ pub struct Placement {
     pub node: String,
     #[serde(skip)]
     pub pod_index: usize,
+    /// Index of the node in [`Input::nodes`].
+    #[serde(skip)]
+    pub node_index: usize,
 }
 
 /// Plans `input`. Deterministic.
@@ -695,6 +698,7 @@ impl<'a> Solver<'a> {
             pod: self.input.pods[p].key.clone(),
             node: self.input.nodes[n].name.clone(),
             pod_index: p,
+            node_index: n,
         });
     }
 
@@ -853,12 +857,7 @@ impl<'a> Solver<'a> {
         let mut placed: Vec<(Result<usize, usize>, usize, usize, usize)> = Vec::new();
         for (i, placement) in self.placements.iter().enumerate() {
             let p = placement.pod_index;
-            let node = self
-                .input
-                .nodes
-                .iter()
-                .position(|n| n.name == placement.node);
-            let zone = node.and_then(|n| self.existing[n].zone);
+            let zone = self.existing[placement.node_index].zone;
             if let (Some(g), Some(z)) = (self.group_of(p), zone) {
                 placed.push((Err(i), p, g, z));
             }
@@ -904,7 +903,7 @@ impl<'a> Solver<'a> {
         if removed.is_empty() {
             return;
         }
-        let mut dropped_placements = Vec::new();
+        let mut dropped_placements = vec![false; self.placements.len()];
         for (at, p, g, reason) in removed {
             let req = self.input.pods[p].requests;
             match at {
@@ -921,21 +920,14 @@ impl<'a> Solver<'a> {
                     }
                 }
                 Err(i) => {
-                    let node = self
-                        .input
-                        .nodes
-                        .iter()
-                        .position(|n| n.name == self.placements[i].node);
-                    if let Some(n) = node {
-                        let state = &mut self.existing[n];
-                        state.free += req;
-                        for &c in &self.groups[g].h_inc {
-                            if let Some((_, v)) = state.counters.iter_mut().find(|(x, _)| *x == c) {
-                                *v -= 1;
-                            }
+                    let state = &mut self.existing[self.placements[i].node_index];
+                    state.free += req;
+                    for &c in &self.groups[g].h_inc {
+                        if let Some((_, v)) = state.counters.iter_mut().find(|(x, _)| *x == c) {
+                            *v -= 1;
                         }
                     }
-                    dropped_placements.push(i);
+                    dropped_placements[i] = true;
                 }
             }
             self.unschedulable(
@@ -945,7 +937,7 @@ impl<'a> Solver<'a> {
         }
         let mut i = 0;
         self.placements.retain(|_| {
-            let keep = !dropped_placements.contains(&i);
+            let keep = !dropped_placements[i];
             i += 1;
             keep
         });
