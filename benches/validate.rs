@@ -1,5 +1,6 @@
 //! `/validate` latency with the Kubernetes API round trip, on loopback: the release `nodewright serve`
-//! binary against the API stand-in, C concurrent clients each sending one AdmissionReview after another
+//! binary against the real kube-apiserver and etcd (tests/common/controlplane.rs, built by
+//! scripts/k8s-binaries.sh), C concurrent clients each sending one AdmissionReview after another
 //! for a few seconds, at C = 1, 16 and 64. Prints latency percentiles, throughput, and ledger writes per
 //! admitted pod (batching should bring it well under 1 at high concurrency).
 //!
@@ -14,6 +15,10 @@ use k8s_openapi::api::core::v1::Namespace;
 use kube::Api;
 use kube::api::PostParams;
 use serde_json::{Value, json};
+
+#[path = "../tests/common/controlplane.rs"]
+#[allow(dead_code)]
+mod controlplane;
 
 struct Killed(Child);
 
@@ -70,10 +75,9 @@ async fn main() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(default_seconds);
     let dir = tempfile::tempdir().unwrap();
-    let standin = kube_standin::StandIn::start("127.0.0.1:0").await.unwrap();
-    let kubeconfig = dir.path().join("kubeconfig");
-    standin.kubeconfig(&kubeconfig).unwrap();
-    let client = standin.client().await.unwrap();
+    let plane = controlplane::shared();
+    let kubeconfig = plane.admin_kubeconfig.clone();
+    let client = plane.client().await;
     let namespaces: Api<Namespace> = Api::all(client);
     let levels = [1usize, 16, 64];
     for name in
@@ -137,7 +141,7 @@ async fn main() {
     }
 
     println!(
-        "/validate with the API round trip (loopback, kube-standin), {seconds} s per level, 2 cores shared by all"
+        "/validate with the API round trip (loopback, the real kube-apiserver and etcd), {seconds} s per level, 2 cores shared by all"
     );
     println!(
         "{:>8} {:>10} {:>9} {:>9} {:>9} {:>9} {:>16}",

@@ -1092,45 +1092,6 @@ def check_set(report: Report, chart: "helm.Chart", vs: ValueSet, kube_version: s
 
 # --- checks done once -----------------------------------------------------------------------
 
-def check_observed_rbac(chart: "helm.Chart", c: Checks, observed: Path, require: bool) -> str:
-    """Every Kubernetes API request the integration tests saw nodewright make (its own token,
-    recorded by the stand-in: tests/common/rbac.rs) is allowed by the chart's controller
-    ClusterRole and Role, rendered with self-managed certificates, extender mTLS and the second
-    scheduler (the mode that needs the most); prints the grants no test exercised."""
-    files = sorted(observed.glob("*.jsonl")) if observed.is_dir() else []
-    if not files:
-        c.that(not require, f"no observed API requests in {observed} (the cargo test step writes them)")
-        return f"skipped: nothing observed in {observed}"
-    seen = set()
-    for f in files:
-        for line in f.read_text().splitlines():
-            a = json.loads(line)
-            seen.add((a["verb"], a["group"], a["resource"], a.get("namespace"), a.get("name")))
-    vs = ValueSet("observed-rbac", CHART / "ci" / "scheduler-mtls-values.yaml")
-    release, namespace = DEFAULT_RELEASE
-    r = Rendered(vs, chart.merge_values(vs.values), render(chart, vs.values, release, namespace, "v1.37.0"), "v1.37.0")
-    cluster = set().union(*(permissions(x) for x in r.all("ClusterRole", "controller")))
-    local = set().union(*(permissions(x) for x in r.all("Role", "controller")))
-
-    def grants(perms: set, verb: str, group: str, resource: str, name: str | None) -> list:
-        return [p for p in perms if p[0] == group and p[1] == resource and p[2] == verb and p[3] in (None, name)]
-
-    used = set()
-    denied = []
-    for verb, group, resource, ns, name in sorted(seen, key=str):
-        found = grants(cluster, verb, group, resource, name)
-        if ns == namespace:
-            found += grants(local, verb, group, resource, name)
-        if found:
-            used.update(found)
-        else:
-            denied.append(f"{verb} {group or 'core'}/{resource} ns={ns} name={name}")
-    c.that(not denied, "the chart's RBAC refuses requests nodewright makes: " + "; ".join(denied))
-    unused = sorted(f"{p[2]} {p[0] or 'core'}/{p[1]}{' ' + p[3] if p[3] else ''}" for p in (cluster | local) - used)
-    return (f"{len(seen)} distinct requests from {len(files)} tests all allowed"
-            + (f"; granted but not exercised by a test: {', '.join(unused)}" if unused else ""))
-
-
 def check_crd(c: Checks) -> str:
     ours = CHART / "crds" / "nodeclaims.nodewright.io.yaml"
     upstream = REPO / "webhook-config" / "crds" / "nodeclaims.nodewright.io.yaml"
@@ -1233,8 +1194,6 @@ def main() -> int:
                     help="check-manifests.sh's schemaless_kinds; must be the kinds checked structurally here")
     ap.add_argument("--nodewright", type=Path, default=REPO / "target" / "debug" / "nodewright",
                     help="binary for `nodewright plan` (skipped when missing)")
-    ap.add_argument("--rbac-observed", type=Path, default=REPO / "target" / "tmp" / "rbac-observed",
-                    help="API requests the integration tests saw nodewright make (tests/common/rbac.rs)")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     report = Report()
@@ -1261,8 +1220,6 @@ def main() -> int:
     report.run("chart alert capacity codes", lambda c: check_capacity_codes(chart, c))
     report.run("chart README values table", check_readme)
     report.run("webhook-config kube-scheduler-config.yaml", check_repo_scheduler_config)
-    report.run("chart RBAC allows what nodewright calls",
-               lambda c: check_observed_rbac(chart, c, args.rbac_observed, os.environ.get("NODEWRIGHT_REQUIRE_BIN") == "1"))
     sets = [ValueSet("default", None)] + [ValueSet(p.name.removesuffix("-values.yaml").removesuffix(".yaml"), p)
                                           for p in sorted((CHART / "ci").glob("*.yaml"))]
     manifest_list: list[str] = []

@@ -39,6 +39,10 @@ step() {
 }
 
 step "install test dependencies (scripts/setup-test-deps.sh)" scripts/setup-test-deps.sh
+# The real Kubernetes control plane the cluster tests run against (kube-apiserver, etcd,
+# kube-controller-manager, kube-scheduler, kwok), built from the Go module proxy on first use and
+# cached outside the clone by version; the tests call the same script and find it built.
+step "build the test control plane (scripts/k8s-binaries.sh)" scripts/k8s-binaries.sh
 step "cargo fmt --all -- --check" cargo fmt --all -- --check
 # clippy and the tests use the same dev profile (no --release), so proc-macros and build
 # scripts compiled for one serve the other and nothing is built in a second profile.

@@ -1,72 +1,61 @@
 //! Certificates managed by nodewright itself and its webhook configurations' caBundle, with real
-//! `nodewright serve` processes on the Kubernetes API stand-in: replicas sharing one CA from a
-//! Secret, the caBundle written and repaired, rotation of the serving certificate and of the CA
-//! without a restart, `--ca-bundle-file`, and mTLS on the scheduler extender paths.
+//! `nodewright serve` processes on the real control plane (tests/common/controlplane.rs), running
+//! under the chart's ServiceAccount and RBAC: replicas sharing one CA from a Secret, the caBundle
+//! written and repaired, rotation of the serving certificate and of the CA without a restart,
+//! `--ca-bundle-file`, and mTLS on the scheduler extender paths.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
 use k8s_openapi::api::admissionregistration::v1::{
     MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
 };
-use k8s_openapi::api::core::v1::{Namespace, Secret};
-use kube::api::{Patch, PatchParams, PostParams};
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Patch, PatchParams};
 use kube::{Api, Client};
-use kube_standin::{Handle, StandIn};
 use serde_json::json;
 
 #[macro_use]
 mod common;
+use common::controlplane::{self, Install};
 use common::{Server, metric_value};
 
-/// The name the apiserver uses for the chart's Service (`--service nodewright` in `nodewright`).
-const SERVICE_HOST: &str = "nodewright.nodewright.svc";
-const CONFIG: &str = "nodewright";
-
 struct Cluster {
-    _standin: Handle,
     client: Client,
-    kubeconfig: PathBuf,
+    install: Install,
     dir: tempfile::TempDir,
 }
 
 impl Cluster {
-    /// The stand-in with the nodewright namespace and the repository's webhook configurations
-    /// (caBundle empty), as `kubectl apply -k webhook-config` leaves them.
+    /// nodewright's namespace, ServiceAccount and RBAC as the chart makes them, and the
+    /// repository's webhook configurations (caBundle empty) under the chart's name for them, as
+    /// `kubectl apply -k webhook-config` leaves them. The control plane is shared by the tests of
+    /// this file, so each configuration also selects only namespaces labelled for this test
+    /// (none): no other test's pod goes to it.
     async fn start() -> Cluster {
+        let plane = controlplane::shared();
         let dir = tempfile::tempdir().unwrap();
-        let standin = StandIn::builder().serve("127.0.0.1:0").await.unwrap();
-        let kubeconfig = dir.path().join("kubeconfig");
-        common::rbac::kubeconfig(&standin, &kubeconfig);
-        let client = standin.client().await.unwrap();
-        let ns: Namespace =
-            serde_json::from_value(json!({"metadata": {"name": "nodewright"}})).unwrap();
-        Api::<Namespace>::all(client.clone())
-            .create(&PostParams::default(), &ns)
-            .await
-            .unwrap();
+        let client = plane.client().await;
+        let install = plane.install_nodewright().await;
         let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("webhook-config");
-        let mutating: MutatingWebhookConfiguration = serde_yaml::from_str(
-            &std::fs::read_to_string(repo.join("mutating-webhook.yaml")).unwrap(),
-        )
-        .unwrap();
-        let validating: ValidatingWebhookConfiguration = serde_yaml::from_str(
-            &std::fs::read_to_string(repo.join("validating-webhook.yaml")).unwrap(),
-        )
-        .unwrap();
-        Api::<MutatingWebhookConfiguration>::all(client.clone())
-            .create(&PostParams::default(), &mutating)
-            .await
-            .unwrap();
-        Api::<ValidatingWebhookConfiguration>::all(client.clone())
-            .create(&PostParams::default(), &validating)
-            .await
-            .unwrap();
+        for file in ["mutating-webhook.yaml", "validating-webhook.yaml"] {
+            let mut doc: serde_json::Value =
+                serde_yaml::from_str(&std::fs::read_to_string(repo.join(file)).unwrap()).unwrap();
+            doc["metadata"]["name"] = json!(install.webhook_name);
+            for hook in doc["webhooks"].as_array_mut().unwrap() {
+                hook["clientConfig"]["service"]["namespace"] = json!(install.namespace);
+                hook["clientConfig"]["service"]["name"] = json!(install.release);
+                hook["namespaceSelector"]["matchExpressions"]
+                    .as_array_mut()
+                    .unwrap()
+                    .push(json!({"key": "nodewright-test/release", "operator": "In", "values": [install.release]}));
+            }
+            controlplane::apply(&client, &doc).await;
+        }
         Cluster {
-            _standin: standin,
             client,
-            kubeconfig,
+            install,
             dir,
         }
     }
@@ -74,20 +63,33 @@ impl Cluster {
     fn serve(&self, extra: &[&str]) -> Server {
         let mut args = vec![
             "--namespace",
-            "nodewright",
+            &self.install.namespace,
             "--tls-secret",
-            "nodewright-tls",
+            &self.install.tls_secret,
             "--service",
-            "nodewright",
+            &self.install.release,
             "--webhook-configuration",
-            CONFIG,
+            &self.install.webhook_name,
         ];
         args.extend_from_slice(extra);
-        Server::start_with(&args, Some(&self.kubeconfig))
+        Server::start_with(&args, Some(&self.install.kubeconfig))
+    }
+
+    fn ca_secret(&self) -> String {
+        format!("{}-ca", self.install.tls_secret)
+    }
+
+    /// The name the apiserver uses for the chart's Service.
+    fn service_host(&self) -> String {
+        format!("{}.{}.svc", self.install.release, self.install.namespace)
+    }
+
+    fn service_names(&self) -> Vec<String> {
+        nodewright::certs::service_dns_names(&self.install.release, &self.install.namespace)
     }
 
     async fn secret(&self, name: &str) -> Option<Secret> {
-        Api::<Secret>::namespaced(self.client.clone(), "nodewright")
+        Api::<Secret>::namespaced(self.client.clone(), &self.install.namespace)
             .get_opt(name)
             .await
             .unwrap()
@@ -101,14 +103,19 @@ impl Cluster {
         String::from_utf8(secret.data.unwrap()[key].0.clone()).unwrap()
     }
 
+    /// True when every webhook of both configurations carries `bundle` as its caBundle.
+    async fn bundles_are(&self, bundle: &str) -> bool {
+        self.ca_bundles().await.iter().all(|b| b == bundle)
+    }
+
     /// The caBundle (decoded PEM) of every webhook of both configurations.
     async fn ca_bundles(&self) -> Vec<String> {
         let mutating = Api::<MutatingWebhookConfiguration>::all(self.client.clone())
-            .get(CONFIG)
+            .get(&self.install.webhook_name)
             .await
             .unwrap();
         let validating = Api::<ValidatingWebhookConfiguration>::all(self.client.clone())
-            .get(CONFIG)
+            .get(&self.install.webhook_name)
             .await
             .unwrap();
         let text = |b: Option<k8s_openapi::ByteString>| {
@@ -128,82 +135,64 @@ impl Cluster {
             )
             .collect()
     }
-}
 
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        if !std::thread::panicking() {
-            common::rbac::record(&self._standin, "certs_cluster");
+    /// An HTTPS client that trusts exactly `ca_pem` and reaches `server` by the Service's DNS name.
+    fn client_for(&self, server: &Server, ca_pem: &str, identity: Option<&str>) -> reqwest::Client {
+        let mut builder = reqwest::Client::builder()
+            .tls_built_in_root_certs(false)
+            .tls_info(true)
+            .resolve(&self.service_host(), ([127, 0, 0, 1], port(server)).into())
+            .timeout(Duration::from_secs(5));
+        for cert in reqwest::Certificate::from_pem_bundle(ca_pem.as_bytes()).unwrap() {
+            builder = builder.add_root_certificate(cert);
         }
+        if let Some(pem) = identity {
+            builder = builder.identity(reqwest::Identity::from_pem(pem.as_bytes()).unwrap());
+        }
+        builder.build().unwrap()
+    }
+
+    fn url(&self, server: &Server, path: &str) -> String {
+        format!("https://{}:{}{path}", self.service_host(), port(server))
+    }
+
+    /// POST `body` to `path`; the status, or the connection error.
+    async fn post(
+        &self,
+        client: &reqwest::Client,
+        server: &Server,
+        path: &str,
+        body: &str,
+    ) -> Result<u16, String> {
+        client
+            .post(self.url(server, path))
+            .header("content-type", "application/json")
+            .body(body.to_owned())
+            .send()
+            .await
+            .map(|r| r.status().as_u16())
+            .map_err(|e| format!("{e:?}"))
+    }
+
+    /// The DER of the leaf certificate `server` presents, verified against `ca_pem`.
+    async fn served_leaf(&self, server: &Server, ca_pem: &str) -> Result<Vec<u8>, String> {
+        let response = self
+            .client_for(server, ca_pem, None)
+            .get(self.url(server, "/nowhere"))
+            .send()
+            .await
+            .map_err(|e| format!("{e:?}"))?;
+        Ok(response
+            .extensions()
+            .get::<reqwest::tls::TlsInfo>()
+            .and_then(|i| i.peer_certificate())
+            .expect("TLS info")
+            .to_vec())
     }
 }
 
 fn port(server: &Server) -> u16 {
     server.https.rsplit(':').next().unwrap().parse().unwrap()
-}
-
-/// An HTTPS client that trusts exactly `ca_pem` and reaches `server` by the Service's DNS name.
-fn client_for(server: &Server, ca_pem: &str, identity: Option<&str>) -> reqwest::Client {
-    let mut builder = reqwest::Client::builder()
-        .tls_built_in_root_certs(false)
-        .tls_info(true)
-        .resolve(SERVICE_HOST, ([127, 0, 0, 1], port(server)).into())
-        .timeout(Duration::from_secs(5));
-    for cert in reqwest::Certificate::from_pem_bundle(ca_pem.as_bytes()).unwrap() {
-        builder = builder.add_root_certificate(cert);
-    }
-    if let Some(pem) = identity {
-        builder = builder.identity(reqwest::Identity::from_pem(pem.as_bytes()).unwrap());
-    }
-    builder.build().unwrap()
-}
-
-fn url(server: &Server, path: &str) -> String {
-    format!("https://{SERVICE_HOST}:{}{path}", port(server))
-}
-
-/// POST an empty-ish body to `path`; the status, or the connection error.
-async fn post(
-    client: &reqwest::Client,
-    server: &Server,
-    path: &str,
-    body: &str,
-) -> Result<u16, String> {
-    client
-        .post(url(server, path))
-        .header("content-type", "application/json")
-        .body(body.to_owned())
-        .send()
-        .await
-        .map(|r| r.status().as_u16())
-        .map_err(|e| format!("{e:?}"))
-}
-
-/// The DER of the leaf certificate `server` presents, verified against `ca_pem`.
-async fn served_leaf(server: &Server, ca_pem: &str) -> Result<Vec<u8>, String> {
-    let response = client_for(server, ca_pem, None)
-        .get(url(server, "/nowhere"))
-        .send()
-        .await
-        .map_err(|e| format!("{e:?}"))?;
-    Ok(response
-        .extensions()
-        .get::<reqwest::tls::TlsInfo>()
-        .and_then(|i| i.peer_certificate())
-        .expect("TLS info")
-        .to_vec())
-}
-
-async fn wait_for<F, Fut>(what: &str, within: Duration, logs: impl Fn() -> String, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + within;
-    while !check().await {
-        assert!(Instant::now() < deadline, "{what}: {}", logs());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 const FILTER_CALL: &str = r#"{"Pod":{"metadata":{"name":"p","namespace":"team-riker"},"spec":{"containers":[{"name":"c","image":"x"}]}},"Nodes":null,"NodeNames":["n1"]}"#;
@@ -217,33 +206,26 @@ async fn replicas_share_one_self_managed_ca_written_into_the_webhooks() {
         let b = s.spawn(|| cluster.serve(&[]));
         (a.join().unwrap(), b.join().unwrap())
     });
-    let ca = cluster.secret_text("nodewright-tls-ca", "tls.crt").await;
-    let bundle = cluster.secret_text("nodewright-tls-ca", "ca.crt").await;
+    let ca = cluster.secret_text(&cluster.ca_secret(), "tls.crt").await;
+    let bundle = cluster.secret_text(&cluster.ca_secret(), "ca.crt").await;
     assert_eq!(nodewright::certs::split_pem(&bundle), vec![ca.clone()]);
-    let pair = cluster.secret("nodewright-tls").await.unwrap();
+    let pair = cluster.secret(&cluster.install.tls_secret).await.unwrap();
     assert_eq!(pair.type_.as_deref(), Some("kubernetes.io/tls"));
-    let serving = cluster.secret_text("nodewright-tls", "tls.crt").await;
+    let serving = cluster
+        .secret_text(&cluster.install.tls_secret, "tls.crt")
+        .await;
     assert!(nodewright::certs::issued_by(&serving, &ca));
     let facts = nodewright::certs::facts(&serving).unwrap();
-    assert_eq!(
-        facts.names,
-        nodewright::certs::service_dns_names("nodewright", "nodewright")
-    );
+    assert_eq!(facts.names, cluster.service_names());
 
     // Both configurations, every webhook: the CA bundle.
-    wait_for(
-        "caBundle written",
-        Duration::from_secs(10),
-        || a.logs(),
-        || async { cluster.ca_bundles().await.iter().all(|b| *b == bundle) },
-    )
-    .await;
+    eventually!(a, "caBundle written", cluster.bundles_are(&bundle).await);
     assert_eq!(cluster.ca_bundles().await.len(), 2);
 
     // The apiserver's view: trusting the caBundle, both replicas serve the same certificate by
     // the Service's name, and answer the webhooks.
-    let leaf_a = served_leaf(&a, &bundle).await.unwrap();
-    let leaf_b = served_leaf(&b, &bundle).await.unwrap();
+    let leaf_a = cluster.served_leaf(&a, &bundle).await.unwrap();
+    let leaf_b = cluster.served_leaf(&b, &bundle).await.unwrap();
     assert_eq!(leaf_a, leaf_b);
     let review =
         std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(
@@ -251,13 +233,14 @@ async fn replicas_share_one_self_managed_ca_written_into_the_webhooks() {
         ))
         .unwrap();
     assert_eq!(
-        post(
-            &client_for(&a, &bundle, None),
-            &a,
-            "/mutate?timeout=10s",
-            &review
-        )
-        .await,
+        cluster
+            .post(
+                &cluster.client_for(&a, &bundle, None),
+                &a,
+                "/mutate?timeout=10s",
+                &review
+            )
+            .await,
         Ok(200)
     );
 
@@ -285,7 +268,7 @@ async fn replicas_share_one_self_managed_ca_written_into_the_webhooks() {
     // from the watch, well before the 30 s resync.
     Api::<MutatingWebhookConfiguration>::all(cluster.client.clone())
         .patch(
-            CONFIG,
+            &cluster.install.webhook_name,
             &PatchParams::default(),
             &Patch::Json::<()>(
                 serde_json::from_value(json!([
@@ -297,14 +280,10 @@ async fn replicas_share_one_self_managed_ca_written_into_the_webhooks() {
         .await
         .unwrap();
     let reset = Instant::now();
-    wait_for(
-        "caBundle repaired",
-        Duration::from_secs(10),
-        || a.logs(),
-        || async { cluster.ca_bundles().await.iter().all(|b| *b == bundle) },
-    )
-    .await;
-    assert!(reset.elapsed() < Duration::from_secs(10));
+    eventually!(a, "caBundle repaired", cluster.bundles_are(&bundle).await);
+    let repaired = reset.elapsed();
+    println!("caBundle reset repaired after {} ms", repaired.as_millis());
+    assert!(repaired < Duration::from_secs(10));
 
     // Logs stay structured through certificate work and watches.
     assert!(common::assert_structured_logs(&a.logs()) >= 5);
@@ -312,10 +291,10 @@ async fn replicas_share_one_self_managed_ca_written_into_the_webhooks() {
     drop(a);
     let c = cluster.serve(&[]);
     assert_eq!(
-        cluster.secret_text("nodewright-tls-ca", "tls.crt").await,
+        cluster.secret_text(&cluster.ca_secret(), "tls.crt").await,
         ca
     );
-    assert_eq!(served_leaf(&c, &bundle).await.unwrap(), leaf_b);
+    assert_eq!(cluster.served_leaf(&c, &bundle).await.unwrap(), leaf_b);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -323,8 +302,8 @@ async fn serving_certificate_and_ca_rotate_without_a_restart() {
     let cluster = Cluster::start().await;
     // Renewal when a third of the validity is left: the pair every ~4 s, the CA after ~16 s.
     let server = cluster.serve(&["--cert-validity", "6s", "--ca-validity", "24s"]);
-    let first_ca = cluster.secret_text("nodewright-tls-ca", "tls.crt").await;
-    let first_leaf = served_leaf(&server, &first_ca).await.unwrap();
+    let first_ca = cluster.secret_text(&cluster.ca_secret(), "tls.crt").await;
+    let first_leaf = cluster.served_leaf(&server, &first_ca).await.unwrap();
 
     // Whatever happens, a client trusting what the webhook configuration says is never refused.
     let mut seen_leaves = vec![first_leaf.clone()];
@@ -334,27 +313,32 @@ async fn serving_certificate_and_ca_rotate_without_a_restart() {
         // Read the caBundle after the handshake too: a rotation between reading it and
         // connecting is what an apiserver sees as an update of the configuration.
         let before = cluster.ca_bundles().await[0].clone();
-        let leaf = match served_leaf(&server, &before).await {
+        let leaf = match cluster.served_leaf(&server, &before).await {
             Ok(leaf) => leaf,
             Err(_) => {
                 let after = cluster.ca_bundles().await[0].clone();
-                served_leaf(&server, &after).await.unwrap_or_else(|e| {
-                    panic!(
-                        "handshake against the caBundle failed: {e}\n{}",
-                        server.logs()
-                    )
-                })
+                cluster
+                    .served_leaf(&server, &after)
+                    .await
+                    .unwrap_or_else(|e| {
+                        panic!(
+                            "handshake against the caBundle failed: {e}\n{}",
+                            server.logs()
+                        )
+                    })
             }
         };
         if !seen_leaves.contains(&leaf) {
             seen_leaves.push(leaf);
         }
-        let ca = cluster.secret_text("nodewright-tls-ca", "tls.crt").await;
+        let ca = cluster.secret_text(&cluster.ca_secret(), "tls.crt").await;
         if ca != first_ca && rotated_ca.is_none() {
             rotated_ca = Some(ca);
         }
         if let Some(new_ca) = &rotated_ca {
-            let serving = cluster.secret_text("nodewright-tls", "tls.crt").await;
+            let serving = cluster
+                .secret_text(&cluster.install.tls_secret, "tls.crt")
+                .await;
             if nodewright::certs::issued_by(&serving, new_ca) && seen_leaves.len() >= 3 {
                 break;
             }
@@ -369,17 +353,15 @@ async fn serving_certificate_and_ca_rotate_without_a_restart() {
         server.logs()
     );
     // Right after the CA rotation the bundle trusts both CAs, the new one first.
-    let bundle = cluster.secret_text("nodewright-tls-ca", "ca.crt").await;
+    let bundle = cluster.secret_text(&cluster.ca_secret(), "ca.crt").await;
     let cas = nodewright::certs::split_pem(&bundle);
     assert_eq!(cas.first(), Some(&new_ca));
     assert!(cas.contains(&first_ca), "old CA kept until it expires");
-    wait_for(
+    eventually!(
+        server,
         "bundle in the webhooks",
-        Duration::from_secs(10),
-        || server.logs(),
-        || async { cluster.ca_bundles().await.iter().all(|b| *b == bundle) },
-    )
-    .await;
+        cluster.bundles_are(&bundle).await
+    );
     let text = reqwest::get(format!("{}/metrics", server.ops))
         .await
         .unwrap()
@@ -399,38 +381,41 @@ async fn serving_certificate_and_ca_rotate_without_a_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn extender_requires_the_client_certificate_issued_for_kube_scheduler() {
     let cluster = Cluster::start().await;
-    let server = cluster.serve(&["--extender-client-secret", "nodewright-extender-client"]);
-    let bundle = cluster.secret_text("nodewright-tls-ca", "ca.crt").await;
-    wait_for(
-        "client Secret",
-        Duration::from_secs(10),
-        || server.logs(),
-        || async { cluster.secret("nodewright-extender-client").await.is_some() },
-    )
-    .await;
+    let server = cluster.serve(&["--extender-client-secret", &cluster.install.client_secret]);
+    let bundle = cluster.secret_text(&cluster.ca_secret(), "ca.crt").await;
+    eventually!(server, "client Secret", {
+        cluster
+            .secret(&cluster.install.client_secret)
+            .await
+            .is_some()
+    });
     let identity = format!(
         "{}{}",
         cluster
-            .secret_text("nodewright-extender-client", "tls.crt")
+            .secret_text(&cluster.install.client_secret, "tls.crt")
             .await,
         cluster
-            .secret_text("nodewright-extender-client", "tls.key")
+            .secret_text(&cluster.install.client_secret, "tls.key")
             .await
     );
     assert_eq!(
         cluster
-            .secret_text("nodewright-extender-client", "ca.crt")
+            .secret_text(&cluster.install.client_secret, "ca.crt")
             .await,
         bundle
     );
 
-    let anonymous = client_for(&server, &bundle, None);
+    let anonymous = cluster.client_for(&server, &bundle, None);
     assert_eq!(
-        post(&anonymous, &server, "/scheduler/filter", FILTER_CALL).await,
+        cluster
+            .post(&anonymous, &server, "/scheduler/filter", FILTER_CALL)
+            .await,
         Ok(403)
     );
     assert_eq!(
-        post(&anonymous, &server, "/scheduler/prioritize", FILTER_CALL).await,
+        cluster
+            .post(&anonymous, &server, "/scheduler/prioritize", FILTER_CALL)
+            .await,
         Ok(403)
     );
     // The admission paths ask for no certificate: the apiserver sends none.
@@ -439,15 +424,22 @@ async fn extender_requires_the_client_certificate_issued_for_kube_scheduler() {
             "tests/data/fixtures/admissionreview_v1_pod_create_kubectl__kubewarden_kwctl.json",
         ))
         .unwrap();
-    assert_eq!(post(&anonymous, &server, "/mutate", &review).await, Ok(200));
-
-    let scheduler = client_for(&server, &bundle, Some(&identity));
     assert_eq!(
-        post(&scheduler, &server, "/scheduler/filter", FILTER_CALL).await,
+        cluster.post(&anonymous, &server, "/mutate", &review).await,
+        Ok(200)
+    );
+
+    let scheduler = cluster.client_for(&server, &bundle, Some(&identity));
+    assert_eq!(
+        cluster
+            .post(&scheduler, &server, "/scheduler/filter", FILTER_CALL)
+            .await,
         Ok(200)
     );
     assert_eq!(
-        post(&scheduler, &server, "/scheduler/prioritize", FILTER_CALL).await,
+        cluster
+            .post(&scheduler, &server, "/scheduler/prioritize", FILTER_CALL)
+            .await,
         Ok(200)
     );
 
@@ -459,8 +451,10 @@ async fn extender_requires_the_client_certificate_issued_for_kube_scheduler() {
         time::Duration::days(1),
     )
     .unwrap();
-    let intruder = client_for(&server, &bundle, Some(&format!("{cert}{key}")));
-    let refused = post(&intruder, &server, "/scheduler/filter", FILTER_CALL).await;
+    let intruder = cluster.client_for(&server, &bundle, Some(&format!("{cert}{key}")));
+    let refused = cluster
+        .post(&intruder, &server, "/scheduler/filter", FILTER_CALL)
+        .await;
     assert!(refused.is_err(), "{refused:?}");
 }
 
@@ -468,19 +462,14 @@ async fn extender_requires_the_client_certificate_issued_for_kube_scheduler() {
 async fn provided_certificates_get_their_ca_file_written_into_the_webhooks() {
     let cluster = Cluster::start().await;
     let dir = cluster.dir.path();
-    let first = nodewright::certs::generate(
-        &nodewright::certs::service_dns_names("nodewright", "nodewright"),
-        time::Duration::days(1),
-    )
-    .unwrap();
+    let first =
+        nodewright::certs::generate(&cluster.service_names(), time::Duration::days(1)).unwrap();
+    nodewright::certs::write_bundle(dir, &first).unwrap();
     let (cert, key, ca) = (dir.join("tls.crt"), dir.join("tls.key"), dir.join("ca.crt"));
-    std::fs::write(&cert, &first.cert_pem).unwrap();
-    std::fs::write(&key, &first.key_pem).unwrap();
-    std::fs::write(&ca, &first.ca_pem).unwrap();
     let server = Server::start_with(
         &[
             "--namespace",
-            "nodewright",
+            &cluster.install.namespace,
             "--tls-cert",
             cert.to_str().unwrap(),
             "--tls-key",
@@ -488,52 +477,31 @@ async fn provided_certificates_get_their_ca_file_written_into_the_webhooks() {
             "--ca-bundle-file",
             ca.to_str().unwrap(),
             "--webhook-configuration",
-            CONFIG,
+            &cluster.install.webhook_name,
         ],
-        Some(&cluster.kubeconfig),
+        Some(&cluster.install.kubeconfig),
     );
-    wait_for(
+    eventually!(
+        server,
         "caBundle from the file",
-        Duration::from_secs(10),
-        || server.logs(),
-        || async {
-            cluster
-                .ca_bundles()
-                .await
-                .iter()
-                .all(|b| *b == first.ca_pem)
-        },
-    )
-    .await;
-    assert!(served_leaf(&server, &first.ca_pem).await.is_ok());
+        cluster.bundles_are(&first.ca_pem).await
+    );
+    assert!(cluster.served_leaf(&server, &first.ca_pem).await.is_ok());
 
     // cert-manager or an operator replaces the Secret: the new CA reaches the webhooks.
-    let second = nodewright::certs::generate(
-        &nodewright::certs::service_dns_names("nodewright", "nodewright"),
-        time::Duration::days(1),
-    )
-    .unwrap();
+    let second =
+        nodewright::certs::generate(&cluster.service_names(), time::Duration::days(1)).unwrap();
     let both = format!("{}{}", second.ca_pem, first.ca_pem);
     std::fs::write(&ca, &both).unwrap();
     std::fs::write(&key, &second.key_pem).unwrap();
     std::fs::write(&cert, &second.cert_pem).unwrap();
-    wait_for(
-        "caBundle updated",
-        Duration::from_secs(10),
-        || server.logs(),
-        || async { cluster.ca_bundles().await.iter().all(|b| *b == both) },
-    )
-    .await;
-    wait_for(
-        "new certificate served",
-        Duration::from_secs(10),
-        || server.logs(),
-        || async { served_leaf(&server, &second.ca_pem).await.is_ok() },
-    )
-    .await;
+    eventually!(server, "caBundle updated", cluster.bundles_are(&both).await);
+    eventually!(server, "new certificate served", {
+        cluster.served_leaf(&server, &second.ca_pem).await.is_ok()
+    });
     let encoded = base64::engine::general_purpose::STANDARD.encode(&both);
     let raw = Api::<MutatingWebhookConfiguration>::all(cluster.client.clone())
-        .get(CONFIG)
+        .get(&cluster.install.webhook_name)
         .await
         .unwrap();
     assert_eq!(
@@ -560,13 +528,12 @@ async fn extender_client_ca_file_is_enforced_and_reloaded_standalone() {
         .unwrap();
         format!("{cert}{key}")
     };
+    nodewright::certs::write_bundle(dir.path(), &serving).unwrap();
     let (cert, key, client_ca) = (
         dir.path().join("tls.crt"),
         dir.path().join("tls.key"),
         dir.path().join("client-ca.crt"),
     );
-    std::fs::write(&cert, &serving.cert_pem).unwrap();
-    std::fs::write(&key, &serving.key_pem).unwrap();
     std::fs::write(&client_ca, &ca_a.cert_pem).unwrap();
     let server = Server::start(&[
         "--tls-cert",
@@ -603,14 +570,10 @@ async fn extender_client_ca_file_is_enforced_and_reloaded_standalone() {
     assert!(call(Some(identity(&ca_b))).await.is_err());
     // The CA file is replaced (a Secret update): CA B's clients get in, CA A's no longer.
     std::fs::write(&client_ca, &ca_b.cert_pem).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while call(Some(identity(&ca_b))).await != Ok(200) {
-        assert!(
-            Instant::now() < deadline,
-            "client CA not reloaded: {}",
-            server.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    eventually!(
+        server,
+        "client CA reloaded",
+        call(Some(identity(&ca_b))).await == Ok(200)
+    );
     assert!(call(Some(identity(&ca_a))).await.is_err());
 }

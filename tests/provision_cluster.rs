@@ -1,43 +1,27 @@
-//! The provisioner's Kubernetes parts against the API stand-in: NodeClaims through the CRD
-//! (the shipped CRD manifest is installed, so a schema mismatch shows), and Lease election
+//! The provisioner's Kubernetes parts against the real control plane, as nodewright's
+//! ServiceAccount with the chart's RBAC: NodeClaims through the CRD (the shipped CRD manifest is
+//! installed, so a schema mismatch shows, and the apiserver validates it), and Lease election
 //! between replicas (one leader, failover after release and after expiry).
 
 use std::time::{Duration, Instant};
 
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::Api;
 use kube::api::PostParams;
-use kube_standin::StandIn;
 use nodewright::cluster::leader::{self, LeaseSettings};
 use nodewright::cluster::nodeclaims::{ClaimOffering, ClaimStore, NodeClaim, NodeClaimSpec, Phase};
 use tokio_util::sync::CancellationToken;
 
-async fn standin() -> (kube_standin::Handle, kube::Client) {
-    let standin = StandIn::start("127.0.0.1:0").await.unwrap();
-    let client = standin.client().await.unwrap();
-    let ns: k8s_openapi::api::core::v1::Namespace =
-        serde_json::from_value(serde_json::json!({"metadata": {"name": "nodewright"}})).unwrap();
-    Api::all(client.clone())
-        .create(&PostParams::default(), &ns)
-        .await
-        .unwrap();
-    (standin, client)
-}
+#[macro_use]
+mod common;
+use common::controlplane;
 
-async fn standin_with_crd() -> (kube_standin::Handle, kube::Client) {
-    let standin = StandIn::start("127.0.0.1:0").await.unwrap();
-    let client = standin.client().await.unwrap();
-    let text = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/webhook-config/crds/nodeclaims.nodewright.io.yaml"
-    ))
-    .unwrap();
-    let crd: CustomResourceDefinition = serde_yaml::from_str(&text).unwrap();
-    Api::<CustomResourceDefinition>::all(client.clone())
-        .create(&PostParams::default(), &crd)
-        .await
-        .unwrap();
-    (standin, client)
+/// nodewright's namespace and a client with its ServiceAccount's rights.
+async fn installed() -> (String, kube::Client) {
+    let plane = controlplane::shared();
+    plane.ensure_nodeclaim_crd().await;
+    let install = plane.install_nodewright().await;
+    let client = controlplane::client_from(&install.kubeconfig).await;
+    (install.namespace, client)
 }
 
 fn claim(name: &str) -> NodeClaim {
@@ -62,7 +46,7 @@ fn claim(name: &str) -> NodeClaim {
 
 #[tokio::test]
 async fn claims_round_trip_through_the_crd_with_status_subresource() {
-    let (standin, client) = standin_with_crd().await;
+    let (_, client) = installed().await;
     let store = ClaimStore::kube(client);
     assert!(store.is_durable());
     let created = store.create(&claim("default-abcde")).await.unwrap();
@@ -93,11 +77,10 @@ async fn claims_round_trip_through_the_crd_with_status_subresource() {
     store.delete("default-abcde").await.unwrap();
     store.delete("default-abcde").await.unwrap();
     assert!(store.list().await.unwrap().is_empty());
-    standin.shutdown().await;
 }
 
-fn settings(identity: &str) -> LeaseSettings {
-    let mut s = LeaseSettings::new("nodewright", identity);
+fn settings(namespace: &str, identity: &str) -> LeaseSettings {
+    let mut s = LeaseSettings::new(namespace, identity);
     s.lease_duration = Duration::from_secs(3);
     s.renew_every = Duration::from_millis(300);
     s
@@ -116,11 +99,11 @@ async fn wait_for(what: &str, within: Duration, mut cond: impl FnMut() -> bool) 
 
 #[tokio::test]
 async fn one_leader_and_failover_on_release() {
-    let (standin, client) = standin().await;
+    let (namespace, client) = installed().await;
     let stop_a = CancellationToken::new();
     let stop_b = CancellationToken::new();
-    let a = leader::spawn(client.clone(), settings("a"), stop_a.clone());
-    let b = leader::spawn(client.clone(), settings("b"), stop_b.clone());
+    let a = leader::spawn(client.clone(), settings(&namespace, "a"), stop_a.clone());
+    let b = leader::spawn(client.clone(), settings(&namespace, "b"), stop_b.clone());
     wait_for("a leader", Duration::from_secs(5), || {
         *a.borrow() || *b.borrow()
     })
@@ -140,21 +123,24 @@ async fn one_leader_and_failover_on_release() {
     assert!(released.elapsed() < Duration::from_secs(2));
     stop_a.cancel();
     stop_b.cancel();
-    standin.shutdown().await;
 }
 
 #[tokio::test]
 async fn a_silent_leader_is_replaced_after_the_lease_expires() {
-    let (standin, client) = standin().await;
+    let (namespace, client) = installed().await;
     // "ghost" took the lease and died without releasing it.
     let ghost_stop = CancellationToken::new();
-    let ghost = leader::spawn(client.clone(), settings("ghost"), ghost_stop.clone());
+    let ghost = leader::spawn(
+        client.clone(),
+        settings(&namespace, "ghost"),
+        ghost_stop.clone(),
+    );
     wait_for("ghost leads", Duration::from_secs(5), || *ghost.borrow()).await;
     // Abort its task by dropping the runtime handle's token without release: simulate with a
     // lease that is simply no longer renewed (stop renewing by cancelling after making the
     // lease look taken: the release on cancel is what we want to avoid, so hand-edit instead).
     let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
-        Api::namespaced(client.clone(), "nodewright");
+        Api::namespaced(client.clone(), &namespace);
     ghost_stop.cancel();
     tokio::time::sleep(Duration::from_millis(500)).await;
     let mut lease = leases.get("nodewright-provisioner").await.unwrap();
@@ -170,7 +156,7 @@ async fn a_silent_leader_is_replaced_after_the_lease_expires() {
 
     let stop = CancellationToken::new();
     let started = Instant::now();
-    let b = leader::spawn(client.clone(), settings("b"), stop.clone());
+    let b = leader::spawn(client.clone(), settings(&namespace, "b"), stop.clone());
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert!(!*b.borrow(), "the lease is still held by ghost");
     wait_for("takeover after expiry", Duration::from_secs(6), || {
@@ -186,5 +172,4 @@ async fn a_silent_leader_is_replaced_after_the_lease_expires() {
     assert_eq!(spec.holder_identity.as_deref(), Some("b"));
     assert!(spec.lease_transitions.unwrap_or(0) >= 1);
     stop.cancel();
-    standin.shutdown().await;
 }

@@ -1,72 +1,74 @@
-//! Quotas across replicas: three real `nodewright serve` processes share one Kubernetes API stand-in
-//! (through a kubeconfig) and sit behind one webhook URL (a round-robin proxy, as a Service would), and
-//! pods are created through the stand-in, which calls the validating webhook as kube-apiserver does.
+//! Quotas across replicas on the real control plane: three `nodewright serve` processes run under
+//! the ServiceAccount and RBAC the Helm chart gives them, sit behind one webhook URL (a
+//! round-robin TCP proxy, as a Service spreads connections), and pods are created through the real
+//! kube-apiserver, which calls the validating webhook. The ledger's compare-and-swap writes go to
+//! etcd through the real apiserver.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use kube::api::{DeleteParams, ListParams, PostParams};
 use kube::{Api, Client};
-use kube_standin::proxy::{ProxyHandle, RoundRobin};
-use kube_standin::{Handle, StandIn};
 use serde_json::{Value, json};
 
 #[macro_use]
 mod common;
+use common::controlplane::{self, Install};
+use common::tcpproxy::{ProxyHandle, RoundRobin};
 use common::{Server, metric_value};
 
-const NAMESPACE: &str = "team-riker";
 const LIMIT: usize = 10;
 
 struct Cluster {
-    standin: Handle,
     client: Client,
+    install: Install,
+    /// The quota'd namespace of this test (the config's `team-riker`).
+    namespace: String,
     replicas: Vec<Server>,
     proxy: ProxyHandle,
+    /// Between nodewright and kube-apiserver: shut down to make the API unreachable (a TCP fault
+    /// proxy in front of the real apiserver, not a stand-in).
+    api_proxy: Option<ProxyHandle>,
+    /// Where that proxy listens (nodewright's kubeconfig points there).
+    api_listen: std::net::SocketAddr,
+    /// The real apiserver.
+    api_addr: std::net::SocketAddr,
     ca: String,
     _dir: tempfile::TempDir,
 }
 
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        if !std::thread::panicking() {
-            common::rbac::record(&self.standin, "quota_cluster");
-        }
-    }
-}
-
-fn config_text(failure_policy: &str) -> String {
+fn config_text(failure_policy: &str, namespace: &str) -> String {
     std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/steering.yaml"))
         .unwrap()
         .replace(
             "  quotas:\n",
             &format!("  quotaFailurePolicy: {failure_policy}\n  quotas:\n"),
         )
+        .replace("team-riker", namespace)
 }
 
 impl Cluster {
     async fn start(replicas: usize, failure_policy: &str) -> Cluster {
+        let plane = controlplane::shared();
         let dir = tempfile::tempdir().unwrap();
-        // A new connection per webhook call, so that the proxy spreads calls over the replicas.
-        let standin = StandIn::builder()
-            .webhook_connection_reuse(false)
-            .serve("127.0.0.1:0")
-            .await
-            .unwrap();
+        let client = plane.client().await;
+        let install = plane.install_nodewright().await;
+        let namespace = plane.namespace("team-riker").await;
+
+        // nodewright reaches the apiserver through a TCP proxy the test can cut.
+        let api_addr: std::net::SocketAddr =
+            plane.server.trim_start_matches("https://").parse().unwrap();
+        let api_proxy = RoundRobin::start(vec![api_addr]).await.unwrap();
         let kubeconfig = dir.path().join("kubeconfig");
-        common::rbac::kubeconfig(&standin, &kubeconfig);
-        let client = standin.client().await.unwrap();
-        let namespaces: Api<Namespace> = Api::all(client.clone());
-        for name in ["nodewright", NAMESPACE, "elsewhere"] {
-            let ns: Namespace =
-                serde_json::from_value(json!({"metadata": {"name": name}})).unwrap();
-            namespaces
-                .create(&PostParams::default(), &ns)
-                .await
-                .unwrap();
-        }
+        std::fs::write(
+            &kubeconfig,
+            std::fs::read_to_string(&install.kubeconfig)
+                .unwrap()
+                .replace(&plane.server, &format!("https://{}", api_proxy.addr())),
+        )
+        .unwrap();
 
         let bundle =
             nodewright::certs::generate(&nodewright::certs::local_names(), time::Duration::days(1))
@@ -78,7 +80,7 @@ impl Cluster {
         );
         std::fs::write(&cert, &bundle.cert_pem).unwrap();
         std::fs::write(&key, &bundle.key_pem).unwrap();
-        std::fs::write(&config, config_text(failure_policy)).unwrap();
+        std::fs::write(&config, config_text(failure_policy, &namespace)).unwrap();
         let args = [
             "--config",
             config.to_str().unwrap(),
@@ -87,7 +89,7 @@ impl Cluster {
             "--tls-key",
             key.to_str().unwrap(),
             "--namespace",
-            "nodewright",
+            &install.namespace,
         ];
         let replicas: Vec<Server> = (0..replicas)
             .map(|_| Server::start_with(&args, Some(&kubeconfig)))
@@ -99,10 +101,14 @@ impl Cluster {
         let proxy = RoundRobin::start(backends).await.unwrap();
 
         let cluster = Cluster {
-            standin,
             client,
+            install,
+            namespace,
             replicas,
             proxy,
+            api_listen: api_proxy.addr(),
+            api_proxy: Some(api_proxy),
+            api_addr,
             ca: bundle.ca_pem,
             _dir: dir,
         };
@@ -111,36 +117,45 @@ impl Cluster {
         cluster
     }
 
+    /// The API becomes unreachable for nodewright: its proxy stops and cuts every connection.
+    async fn cut_api(&mut self) {
+        if let Some(proxy) = self.api_proxy.take() {
+            proxy.shutdown().await;
+        }
+    }
+
+    /// The API is reachable again, on the same address.
+    async fn restore_api(&mut self) {
+        if self.api_proxy.is_none() {
+            self.api_proxy = Some(
+                RoundRobin::start_on(self.api_listen, vec![self.api_addr])
+                    .await
+                    .unwrap(),
+            );
+        }
+    }
+
     async fn register_webhook(&self) {
+        // One configuration per test, for its own namespace only (the control plane is shared).
         let hook = json!({
             "apiVersion": "admissionregistration.k8s.io/v1",
             "kind": "ValidatingWebhookConfiguration",
-            "metadata": {"name": "nodewright"},
+            "metadata": {"name": format!("{}-quota", self.install.release)},
             "webhooks": [{
                 "name": "validate.nodewright.io",
                 "admissionReviewVersions": ["v1"],
                 "clientConfig": {
-                    "url": format!("https://localhost:{}/validate", self.proxy.addr().port()),
+                    "url": format!("https://127.0.0.1:{}/validate", self.proxy.addr().port()),
                     "caBundle": base64::engine::general_purpose::STANDARD.encode(&self.ca),
                 },
                 "rules": [{"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods"]}],
+                "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": self.namespace}},
                 "sideEffects": "NoneOnDryRun",
                 "failurePolicy": "Fail",
                 "timeoutSeconds": 10,
             }]
         });
-        let api: Api<kube::core::DynamicObject> = Api::all_with(
-            self.client.clone(),
-            &kube::core::ApiResource::erase::<
-                k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration,
-            >(&()),
-        );
-        api.create(
-            &PostParams::default(),
-            &serde_json::from_value(hook).unwrap(),
-        )
-        .await
-        .unwrap();
+        controlplane::apply(&self.client, &hook).await;
     }
 
     /// The replicas answer quota questions only once their pod watch has listed; a dry run tells.
@@ -152,7 +167,7 @@ impl Cluster {
                 ..PostParams::default()
             };
             let ready = futures::future::join_all((0..self.replicas.len() * 2).map(|i| {
-                let pods = self.pods(NAMESPACE);
+                let pods = self.pods(&self.namespace);
                 let dry = dry.clone();
                 async move { pods.create(&dry, &pod(&format!("probe-{i}"))).await.is_ok() }
             }))
@@ -176,7 +191,7 @@ impl Cluster {
     /// Create `n` pods at once; returns (created names, error messages).
     async fn burst(&self, prefix: &str, n: usize) -> (Vec<String>, Vec<String>) {
         let results = futures::future::join_all((0..n).map(|i| {
-            let pods = self.pods(NAMESPACE);
+            let pods = self.pods(&self.namespace);
             let name = format!("{prefix}-{i}");
             async move {
                 pods.create(&PostParams::default(), &pod(&name))
@@ -197,7 +212,7 @@ impl Cluster {
     }
 
     async fn stored(&self) -> usize {
-        self.pods(NAMESPACE)
+        self.pods(&self.namespace)
             .list(&ListParams::default())
             .await
             .unwrap()
@@ -238,21 +253,28 @@ async fn burst_of_300_creates_through_the_apiserver_admits_exactly_the_limit() {
     let denial = &errors[0];
     for part in [
         "denied the request",
-        "team-riker",
+        cluster.namespace.as_str(),
         "at most 10 pods",
         "nodewright.io/max-pods",
     ] {
         assert!(denial.contains(part), "{denial:?} lacks {part:?}");
     }
     // Every admitted pod holds a slot in the shared ledger.
-    let ledgers: Api<ConfigMap> = Api::namespaced(cluster.client.clone(), "nodewright");
-    let ledger = ledgers.get("nodewright-quota-team-riker").await.unwrap();
+    let ledgers: Api<ConfigMap> =
+        Api::namespaced(cluster.client.clone(), &cluster.install.namespace);
+    let ledger = ledgers
+        .get(&format!("nodewright-quota-{}", cluster.namespace))
+        .await
+        .unwrap();
     let entries: Value = serde_json::from_str(&ledger.data.unwrap()["ledger.json"]).unwrap();
     assert_eq!(entries["entries"].as_object().unwrap().len(), LIMIT);
-    // The calls were spread over all three replicas, as a Service spreads connections.
+    // kube-apiserver keeps its webhook connections open and multiplexes calls on them, so, as
+    // behind a Service, a few connections carry the burst and which replicas they reach is the
+    // proxy's round robin (the stand-in opened one connection per call). Contention between
+    // replicas for one ledger is what the next test forces.
     let connections = cluster.proxy.connections();
-    assert_eq!(connections.len(), 3, "{connections:?}");
-    assert!(connections.values().all(|n| *n >= 50), "{connections:?}");
+    println!("webhook connections per replica: {connections:?}");
+    assert!(!connections.is_empty());
     // Batching: at most one ledger write per admitted pod, whatever the number of requests.
     let writes = cluster
         .metric_sum("nodewright_quota_ledger_writes_total")
@@ -270,7 +292,8 @@ async fn burst_of_300_reviews_spread_over_three_replicas_admits_exactly_the_limi
     let answers = futures::future::join_all((0..300).map(|i| {
         let server = &cluster.replicas[i % 3];
         let ca = &cluster.ca;
-        async move { direct_review(server, ca, &format!("spread-{i}")).await }
+        let namespace = &cluster.namespace;
+        async move { direct_review(server, ca, namespace, &format!("spread-{i}")).await }
     }))
     .await;
     let allowed = answers
@@ -317,7 +340,7 @@ async fn deleted_pods_free_their_slots_and_dry_runs_never_count() {
     };
     for i in 0..(2 * LIMIT) {
         cluster
-            .pods(NAMESPACE)
+            .pods(&cluster.namespace)
             .create(&dry, &pod(&format!("dry-{i}")))
             .await
             .expect("dry runs fit");
@@ -326,7 +349,7 @@ async fn deleted_pods_free_their_slots_and_dry_runs_never_count() {
     assert_eq!(created.len(), LIMIT, "dry runs reserved nothing");
     assert!(
         cluster
-            .pods(NAMESPACE)
+            .pods(&cluster.namespace)
             .create(&dry, &pod("dry-over"))
             .await
             .is_err(),
@@ -335,7 +358,7 @@ async fn deleted_pods_free_their_slots_and_dry_runs_never_count() {
 
     for name in &created[..3] {
         cluster
-            .pods(NAMESPACE)
+            .pods(&cluster.namespace)
             .delete(name, &DeleteParams::default())
             .await
             .unwrap();
@@ -346,7 +369,7 @@ async fn deleted_pods_free_their_slots_and_dry_runs_never_count() {
     while admitted.len() < 3 {
         let name = format!("second-{}", admitted.len());
         if cluster
-            .pods(NAMESPACE)
+            .pods(&cluster.namespace)
             .create(&PostParams::default(), &pod(&name))
             .await
             .is_ok()
@@ -366,7 +389,7 @@ async fn deleted_pods_free_their_slots_and_dry_runs_never_count() {
 async fn killing_a_replica_mid_burst_admits_no_extra_pod() {
     let mut cluster = Cluster::start(3, "Fail").await;
     let burst = {
-        let pods = cluster.pods(NAMESPACE);
+        let pods = cluster.pods(&cluster.namespace);
         tokio::spawn(async move {
             futures::future::join_all((0..300).map(|i| {
                 let pods = pods.clone();
@@ -389,8 +412,12 @@ async fn killing_a_replica_mid_burst_admits_no_extra_pod() {
         "admitted {admitted}, stored {stored}"
     );
     // Reservations the dead replica wrote are still in the ledger: nothing admitted is lost.
-    let ledgers: Api<ConfigMap> = Api::namespaced(cluster.client.clone(), "nodewright");
-    let ledger = ledgers.get("nodewright-quota-team-riker").await.unwrap();
+    let ledgers: Api<ConfigMap> =
+        Api::namespaced(cluster.client.clone(), &cluster.install.namespace);
+    let ledger = ledgers
+        .get(&format!("nodewright-quota-{}", cluster.namespace))
+        .await
+        .unwrap();
     let entries: Value = serde_json::from_str(&ledger.data.unwrap()["ledger.json"]).unwrap();
     let reserved: Vec<&str> = entries["entries"]
         .as_object()
@@ -399,13 +426,13 @@ async fn killing_a_replica_mid_burst_admits_no_extra_pod() {
         .map(|e| e["pod"].as_str().unwrap())
         .collect();
     for p in cluster
-        .pods(NAMESPACE)
+        .pods(&cluster.namespace)
         .list(&ListParams::default())
         .await
         .unwrap()
         .items
     {
-        let name = format!("{NAMESPACE}/{}", p.metadata.name.unwrap());
+        let name = format!("{}/{}", cluster.namespace, p.metadata.name.unwrap());
         assert!(
             reserved.contains(&name.as_str()),
             "{name} stored without a reservation"
@@ -417,14 +444,14 @@ async fn killing_a_replica_mid_burst_admits_no_extra_pod() {
     assert!(cluster.stored().await <= LIMIT);
 }
 
-async fn direct_review(server: &Server, ca: &str, uid: &str) -> Value {
+async fn direct_review(server: &Server, ca: &str, namespace: &str, uid: &str) -> Value {
     let review = json!({
         "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
         "request": {
             "uid": format!("req-{uid}"),
             "kind": {"group": "", "version": "v1", "kind": "Pod"},
             "resource": {"group": "", "version": "v1", "resource": "pods"},
-            "namespace": NAMESPACE, "name": format!("pod-{uid}"), "operation": "CREATE",
+            "namespace": namespace, "name": format!("pod-{uid}"), "operation": "CREATE",
             "userInfo": {"username": "test"},
             "object": serde_json::to_value(pod(&format!("pod-{uid}"))).unwrap(),
             "oldObject": null, "dryRun": false
@@ -452,15 +479,23 @@ async fn api_unreachable_fails_closed_by_default_and_open_when_configured() {
         ("Fail", false, "error_denied"),
         ("Ignore", true, "error_allowed"),
     ] {
-        let cluster = Cluster::start(1, policy).await;
-        cluster.standin.faults().refuse_connections(true);
-        cluster.standin.faults().settled().await;
-        let answer = direct_review(&cluster.replicas[0], &cluster.ca, "while-down").await;
+        let mut cluster = Cluster::start(1, policy).await;
+        cluster.cut_api().await;
+        let answer = direct_review(
+            &cluster.replicas[0],
+            &cluster.ca,
+            &cluster.namespace,
+            "while-down",
+        )
+        .await;
         assert_eq!(answer["response"]["allowed"], allowed, "{policy}: {answer}");
         if !allowed {
             let message = answer["response"]["status"]["message"].as_str().unwrap();
             assert!(
-                message.contains("could not check the pod quota of namespace team-riker"),
+                message.contains(&format!(
+                    "could not check the pod quota of namespace {}",
+                    cluster.namespace
+                )),
                 "{message}"
             );
         }
@@ -469,7 +504,6 @@ async fn api_unreachable_fails_closed_by_default_and_open_when_configured() {
             cluster.metric_sum(&series).await >= 1.0,
             "{policy}: {series} not counted"
         );
-        cluster.standin.faults().refuse_connections(false);
-        cluster.standin.faults().settled().await;
+        cluster.restore_api().await;
     }
 }

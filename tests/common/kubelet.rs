@@ -58,6 +58,9 @@ pub struct KubeletConfig {
     /// Also run the pods bound to registered nodes (Pending → Running, terminating → gone).
     pub run_pods: bool,
     pub kubelet_version: String,
+    /// Annotate the Nodes `kwok.x-k8s.io/node: fake`, so that kwok (on the real control plane)
+    /// keeps them Ready with heartbeats and runs their pods, as kubelets would.
+    pub kwok: bool,
 }
 
 impl KubeletConfig {
@@ -70,6 +73,7 @@ impl KubeletConfig {
             paused: false,
             run_pods: false,
             kubelet_version: "v1.34.0".into(),
+            kwok: false,
         }
     }
 }
@@ -595,15 +599,19 @@ fn node_object(
     if !flags.taints.is_empty() {
         spec["taints"] = json!(flags.taints);
     }
+    let mut annotations = json!({
+        "node.alpha.kubernetes.io/ttl": "0",
+        "volumes.kubernetes.io/controller-managed-attach-detach": "true",
+    });
+    if config.kwok {
+        annotations["kwok.x-k8s.io/node"] = json!("fake");
+    }
     json!({
         "apiVersion": "v1", "kind": "Node",
         "metadata": {
             "name": name,
             "labels": labels,
-            "annotations": {
-                "node.alpha.kubernetes.io/ttl": "0",
-                "volumes.kubernetes.io/controller-managed-attach-detach": "true",
-            },
+            "annotations": annotations,
         },
         "spec": spec,
         "status": {

@@ -11,11 +11,11 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 pub mod aws;
+pub mod controlplane;
 pub mod ec2proxy;
 pub mod kubelet;
 pub mod moto;
-pub mod rbac;
-pub mod scheduler;
+pub mod tcpproxy;
 
 /// Re-check the async condition `$cond` every 100 ms until it holds; fail after 15 s naming `$what`
 /// and showing the server's log.

@@ -1,17 +1,15 @@
 //! A round-robin TCP proxy: one address in front of several backends, as a Service puts one
 //! name in front of several webhook replicas. Raw TCP is forwarded (TLS passes through), and
 //! each new connection goes to the next backend; a backend that refuses the connection is
-//! skipped for the next one.
+//! skipped for the next one. In front of the real kube-apiserver it is also a fault proxy: shut
+//! down, it cuts every open connection and refuses new ones (the API is unreachable), and a new
+//! one on the same address brings the API back.
 //!
-//! ```no_run
-//! # async fn demo(a: std::net::SocketAddr, b: std::net::SocketAddr) -> std::io::Result<()> {
-//! use kube_standin::proxy::RoundRobin;
+//! ```ignore
 //! let proxy = RoundRobin::start(vec![a, b]).await?;
 //! let url = format!("https://localhost:{}/validate", proxy.addr().port());
 //! proxy.set_backends(vec![a]); // b was killed: stop sending new connections to it
 //! proxy.shutdown().await;
-//! # Ok(())
-//! # }
 //! ```
 
 use std::collections::HashMap;
