@@ -48,7 +48,7 @@ RUN set -eux; \
 WORKDIR /src
 # What `cargo build --locked --bin nodewright` reads: the workspace manifest and lock file, the
 # sources (src/ embeds examples/workshop.yaml and src/cloud/data/*.csv), and the files the manifest
-# names or the workspace loads (benches/*.rs for [[bench]], tests/kube-standin as a member).
+# names (benches/*.rs for [[bench]]; tests/ for the test targets cargo discovers).
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
 COPY examples ./examples

@@ -3,7 +3,8 @@
 //! kwok Nodes, pods that tolerate everything are never bound to a node nodewright is draining
 //! (`karpenter.sh/disrupted`), which the in-tree plugins alone would allow (the draining node is
 //! the emptiest, so they would prefer it); kube-scheduler calls filter and prioritize for every
-//! pod.
+//! pod; and with mTLS required, kube-scheduler's client certificate (from the stanza) gets it
+//! through.
 //!
 //! Each test has its own scheduler name and node label, so the tests share the control plane
 //! without seeing each other's pods or nodes.
@@ -150,11 +151,13 @@ impl Setup {
 
     /// Wait until nodewright's node cache (from its watch) sees `node` as draining: its filter
     /// refuses it.
-    async fn until_seen_draining(&self, node: &str) {
-        let client = reqwest::Client::builder()
-            .add_root_certificate(reqwest::Certificate::from_pem(self.ca.as_bytes()).unwrap())
-            .build()
-            .unwrap();
+    async fn until_seen_draining(&self, node: &str, identity: Option<String>) {
+        let mut builder = reqwest::Client::builder()
+            .add_root_certificate(reqwest::Certificate::from_pem(self.ca.as_bytes()).unwrap());
+        if let Some(pem) = identity {
+            builder = builder.identity(reqwest::Identity::from_pem(pem.as_bytes()).unwrap());
+        }
+        let client = builder.build().unwrap();
         let call = json!({
             "Pod": {"metadata": {"name": "probe", "namespace": self.namespace},
                     "spec": {"containers": [{"name": "c", "image": "x"}]}},
@@ -183,11 +186,37 @@ fn scheduler_config(name: &str) -> String {
     )
 }
 
-async fn never_on_a_draining_node(node_cache_capable: bool) {
-    let s = setup(&[]).await;
+/// A client certificate for kube-scheduler (PEM pair) and the args that make nodewright require
+/// one from its CA on `/scheduler/*`, kept alive by the returned directory.
+fn mutual_tls() -> (tempfile::TempDir, String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = nodewright::certs::generate_ca(time::Duration::days(1)).unwrap();
+    let (cert, key) = nodewright::certs::issue(
+        &ca,
+        nodewright::certs::Leaf::Client("kube-scheduler"),
+        time::Duration::days(1),
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("client-ca.crt"), &ca.cert_pem).unwrap();
+    (dir, cert, key)
+}
+
+async fn never_on_a_draining_node(node_cache_capable: bool, mtls: bool) {
+    let (client_dir, client_cert, client_key) = mutual_tls();
+    let client_ca = client_dir.path().join("client-ca.crt");
+    let extra: Vec<&str> = if mtls {
+        vec!["--extender-client-ca", client_ca.to_str().unwrap()]
+    } else {
+        Vec::new()
+    };
+    let s = setup(&extra).await;
     let open = [s.node("open-a", false).await, s.node("open-b", false).await];
     let draining = s.node("draining", true).await;
-    s.until_seen_draining(&draining).await;
+    s.until_seen_draining(
+        &draining,
+        mtls.then(|| format!("{client_cert}{client_key}")),
+    )
+    .await;
 
     let plane = controlplane::shared();
     let scheduler_name = format!("scheduler-{}", s.namespace);
@@ -197,7 +226,7 @@ async fn never_on_a_draining_node(node_cache_capable: bool) {
             &ExtenderSetup {
                 https: &s.server.https,
                 ca_pem: &s.ca,
-                client: None,
+                client: mtls.then_some((client_cert.as_str(), client_key.as_str())),
                 node_cache_capable,
             },
             &scheduler_config(&scheduler_name),
@@ -240,16 +269,24 @@ async fn never_on_a_draining_node(node_cache_capable: bool) {
         "{priorities} prioritize calls\n{m}"
     );
     println!(
-        "nodeCacheCapable={node_cache_capable}: {pods} pods bound, {filters} filter and {priorities} prioritize calls"
+        "nodeCacheCapable={node_cache_capable} mTLS={mtls}: {pods} pods bound, {filters} filter and {priorities} prioritize calls"
     );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn node_names_mode_never_binds_to_a_draining_node() {
-    never_on_a_draining_node(true).await;
+    never_on_a_draining_node(true, false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_nodes_mode_never_binds_to_a_draining_node() {
-    never_on_a_draining_node(false).await;
+    never_on_a_draining_node(false, false).await;
+}
+
+/// nodewright requires a client certificate on `/scheduler/*` (`--extender-client-ca`); the real
+/// kube-scheduler presents the one its stanza names (`tlsConfig.certFile`/`keyFile`) and gets
+/// through: every call is answered, none refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kube_scheduler_with_its_client_certificate_gets_through_mutual_tls() {
+    never_on_a_draining_node(true, true).await;
 }

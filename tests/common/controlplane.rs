@@ -738,11 +738,15 @@ impl ControlPlane {
     pub async fn install_nodewright(&self) -> Install {
         let release = self.namespace("nodewright").await;
         let namespace = release.clone();
-        let output = Command::new("python3")
+        // The test virtualenv's Python has Helm's library (scripts/setup-test-deps.sh).
+        let venv = std::env::var_os("NODEWRIGHT_TEST_VENV")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv-test"));
+        let output = Command::new(venv.join("bin/python"))
             .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/chart-rbac.py"))
             .args([&release, &namespace])
             .output()
-            .expect("run scripts/chart-rbac.py (python3 with the test virtualenv on PATH)");
+            .expect("run scripts/chart-rbac.py with the test virtualenv's python (scripts/setup-test-deps.sh makes it)");
         assert!(
             output.status.success(),
             "scripts/chart-rbac.py: {}",
