@@ -48,12 +48,11 @@ step "cargo fmt --all -- --check" cargo fmt --all -- --check
 # scripts compiled for one serve the other and nothing is built in a second profile.
 step "cargo clippy --workspace --all-targets -- -D warnings" cargo clippy --workspace --all-targets -- -D warnings
 # --no-fail-fast: one failing test binary must not hide the results of the others.
-# --workspace: nodewright and the Kubernetes API stand-in (tests/kube-standin).
+# The cluster tests start the control plane built above (tests/common/controlplane.rs).
 step "cargo test --workspace --all-targets --no-fail-fast" cargo test --workspace --all-targets --no-fail-fast
 step "cargo test --workspace --doc" cargo test --workspace --doc
 # The chart checks run the binary itself (its `plan` reads each rendered config, its `serve
-# --help` must know every flag the chart passes) and read what the integration tests saw it ask
-# of the API: make their absence a failure rather than a skip. `cargo build --workspace --tests` is a no-op
+# --help` must know every flag the chart passes): make its absence a failure rather than a skip. `cargo build --workspace --tests` is a no-op
 # after the test step and leaves target/debug/nodewright as the tests built it (a plain `cargo
 # build` would unify features without the dev-dependencies and build the whole tree again).
 step "validate manifests and the Helm chart (scripts/check-manifests.sh)" \

@@ -1,4 +1,4 @@
-//! A kubelet (+ AWS cloud provider) stand-in: EC2 instances in moto "join" the kube-standin
+//! A kubelet (+ AWS cloud provider) stand-in: EC2 instances in moto "join" the test control plane
 //! cluster as Nodes.
 //!
 //! Every `poll_interval` (200 ms) it calls DescribeInstances and, for each `running` instance
