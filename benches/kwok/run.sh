@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Scale benchmark (not a test) of nodewright's scheduler extender behind the real kube-scheduler:
-# runs benches/kwok_scale.rs (read its header for the details), which starts the test control
+# runs benches/kwok_scale/main.rs (read its header for the details), which starts the test control
 # plane of tests/common/controlplane.rs (etcd, kube-apiserver, kube-controller-manager) plus kwok
 # on 127.0.0.1, creates NODES kwok Nodes, and then for each mode in MODES (names-only:
 # nodeCacheCapable true; full-nodes: false) a fresh nodewright, a fresh kube-scheduler with
