@@ -184,6 +184,15 @@ impl Cluster {
         }
     }
 
+    /// The quota ledger of this test's namespace, as nodewright stored it.
+    async fn ledger(&self) -> Value {
+        let ledger = Api::<ConfigMap>::namespaced(self.client.clone(), &self.install.namespace)
+            .get(&format!("nodewright-quota-{}", self.namespace))
+            .await
+            .unwrap();
+        serde_json::from_str(&ledger.data.unwrap()["ledger.json"]).unwrap()
+    }
+
     fn pods(&self, namespace: &str) -> Api<Pod> {
         Api::namespaced(self.client.clone(), namespace)
     }
@@ -260,13 +269,7 @@ async fn burst_of_300_creates_through_the_apiserver_admits_exactly_the_limit() {
         assert!(denial.contains(part), "{denial:?} lacks {part:?}");
     }
     // Every admitted pod holds a slot in the shared ledger.
-    let ledgers: Api<ConfigMap> =
-        Api::namespaced(cluster.client.clone(), &cluster.install.namespace);
-    let ledger = ledgers
-        .get(&format!("nodewright-quota-{}", cluster.namespace))
-        .await
-        .unwrap();
-    let entries: Value = serde_json::from_str(&ledger.data.unwrap()["ledger.json"]).unwrap();
+    let entries = cluster.ledger().await;
     assert_eq!(entries["entries"].as_object().unwrap().len(), LIMIT);
     // kube-apiserver keeps its webhook connections open and multiplexes calls on them, so, as
     // behind a Service, a few connections carry the burst and which replicas they reach is the
@@ -412,13 +415,7 @@ async fn killing_a_replica_mid_burst_admits_no_extra_pod() {
         "admitted {admitted}, stored {stored}"
     );
     // Reservations the dead replica wrote are still in the ledger: nothing admitted is lost.
-    let ledgers: Api<ConfigMap> =
-        Api::namespaced(cluster.client.clone(), &cluster.install.namespace);
-    let ledger = ledgers
-        .get(&format!("nodewright-quota-{}", cluster.namespace))
-        .await
-        .unwrap();
-    let entries: Value = serde_json::from_str(&ledger.data.unwrap()["ledger.json"]).unwrap();
+    let entries = cluster.ledger().await;
     let reserved: Vec<&str> = entries["entries"]
         .as_object()
         .unwrap()

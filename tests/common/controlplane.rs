@@ -334,26 +334,6 @@ fn wait_until(what: &str, within: Duration, log: &Path, mut ready: impl FnMut() 
     }
 }
 
-/// GET `url` with the admin client certificate; the status code, if any answer came.
-fn https_status(url: &str, ca: &str, client: &Pair) -> Option<u16> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let identity =
-            reqwest::Identity::from_pem(format!("{}{}", client.cert, client.key).as_bytes())
-                .ok()?;
-        let http = reqwest::Client::builder()
-            .add_root_certificate(reqwest::Certificate::from_pem(ca.as_bytes()).ok()?)
-            .identity(identity)
-            .timeout(Duration::from_secs(2))
-            .build()
-            .ok()?;
-        http.get(url).send().await.ok().map(|r| r.status().as_u16())
-    })
-}
-
 impl ControlPlane {
     fn start() -> ControlPlane {
         let started = Instant::now();
@@ -386,6 +366,22 @@ impl ControlPlane {
         let sa_key = write("sa.key", &sa.serialize_pem());
         let sa_public = write("sa.pub", &sa.public_key_pem());
         let admin = issue(&ca, "nodewright-test-admin", &["system:masters"], &[]);
+        // One runtime and one client each for all the polling below (this runs on a thread of
+        // its own, outside any test's runtime).
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let _in_runtime = rt.enter();
+        let http = reqwest::Client::builder()
+            .add_root_certificate(reqwest::Certificate::from_pem(ca.cert.as_bytes()).unwrap())
+            .identity(
+                reqwest::Identity::from_pem(format!("{}{}", admin.cert, admin.key).as_bytes())
+                    .unwrap(),
+            )
+            .timeout(Duration::from_secs(2))
+            .build()
+            .unwrap();
 
         // etcd: one member on loopback, no fsync (a test cluster; nothing to keep).
         let (etcd_client, etcd_peer) = (free_port(), free_port());
@@ -447,7 +443,10 @@ impl ControlPlane {
             "kube-apiserver",
             Duration::from_secs(120),
             &apiserver.log,
-            || https_status(&format!("{server}/readyz"), &ca.cert, &admin) == Some(200),
+            || {
+                let answer = rt.block_on(http.get(format!("{server}/readyz")).send());
+                answer.is_ok_and(|r| r.status().as_u16() == 200)
+            },
         );
         let admin_kubeconfig = dir.join("admin.kubeconfig");
         std::fs::write(
@@ -456,6 +455,7 @@ impl ControlPlane {
         )
         .unwrap();
         let admin_kubeconfig_text = admin_kubeconfig.to_string_lossy().into_owned();
+        let admin_client = rt.block_on(client_from(&admin_kubeconfig));
 
         let controller_manager = spawn(
             &keeper,
@@ -478,31 +478,27 @@ impl ControlPlane {
             ],
         );
         // Ready once it has made the `default` ServiceAccount of a namespace.
+        wait_until(
+            "kube-controller-manager",
+            Duration::from_secs(60),
+            &controller_manager.log,
+            || rt.block_on(has_default_account(&admin_client, "default")),
+        );
+        // Never stopped: they go with the test binary (PR_SET_PDEATHSIG).
+        std::mem::forget(etcd);
+        std::mem::forget(apiserver);
+        std::mem::forget(controller_manager);
         let plane = ControlPlane {
             dir,
             server,
             ca_pem: ca.cert.clone(),
             ca,
             admin_kubeconfig,
-            started_in: Duration::ZERO,
+            started_in: started.elapsed(),
             keeper,
         };
-        wait_until(
-            "kube-controller-manager",
-            Duration::from_secs(60),
-            &controller_manager.log,
-            || plane.blocking(|c| async move { has_default_account(&c, "default").await }),
-        );
-        std::mem::forget(etcd);
-        std::mem::forget(apiserver);
-        std::mem::forget(controller_manager);
-        let plane = ControlPlane {
-            started_in: started.elapsed(),
-            ..plane
-        };
         eprintln!(
-            "control plane (etcd, kube-apiserver, kube-controller-manager {}) ready in {} ms: {}",
-            env!("CARGO_PKG_NAME"),
+            "control plane (etcd, kube-apiserver, kube-controller-manager) ready in {} ms: {}",
             plane.started_in.as_millis(),
             plane.dir.display()
         );
@@ -512,20 +508,6 @@ impl ControlPlane {
             .open(plane.dir.join("startup-ms"))
             .and_then(|mut f| writeln!(f, "{}", plane.started_in.as_millis()));
         plane
-    }
-
-    /// Run `f` with an admin client on a runtime of its own (for the synchronous start-up).
-    fn blocking<F, Fut, T>(&self, f: F) -> T
-    where
-        F: FnOnce(Client) -> Fut,
-        Fut: std::future::Future<Output = T>,
-    {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let path = self.admin_kubeconfig.clone();
-        rt.block_on(async move { f(client_from(&path).await).await })
     }
 
     /// An admin (`system:masters`) client.
