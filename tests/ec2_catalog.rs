@@ -185,6 +185,79 @@ async fn live_catalog_from_moto_matches_the_published_facts_and_pages_every_call
     }
 }
 
+/// Karpenter's `karpenter.k8s.aws/*` labels and device resources, read from moto's
+/// DescribeInstanceTypes answer through the SDK, for types whose specifications AWS publishes.
+#[tokio::test]
+async fn live_catalog_carries_karpenters_labels_and_devices() {
+    use nodewright::model::catalog::KubeletSettings;
+    use nodewright::model::catalog::labels::*;
+    use nodewright::model::resources::{EFA, NEURON, NEURONCORE, NVIDIA_GPU};
+
+    let moto = Moto::start();
+    let catalog = load_catalog(&client_for(&moto.endpoint), REGION, &PricingSpec::default())
+        .await
+        .unwrap_or_else(|e| panic!("{e}\nmoto log:\n{}", moto.logs()));
+    let cases: &[(&str, &str, Option<&str>)] = &[
+        ("p4d.24xlarge", INSTANCE_GPU_NAME, Some("a100")),
+        ("p4d.24xlarge", INSTANCE_GPU_MANUFACTURER, Some("nvidia")),
+        ("p4d.24xlarge", INSTANCE_GPU_COUNT, Some("8")),
+        ("p4d.24xlarge", INSTANCE_GPU_MEMORY, Some("40960")),
+        ("p4d.24xlarge", INSTANCE_LOCAL_NVME, Some("8000")),
+        ("p4d.24xlarge", INSTANCE_NETWORK_BANDWIDTH, Some("400000")),
+        (
+            "inf2.xlarge",
+            INSTANCE_ACCELERATOR_NAME,
+            Some("inferentia2"),
+        ),
+        (
+            "inf2.xlarge",
+            INSTANCE_ACCELERATOR_MANUFACTURER,
+            Some("aws"),
+        ),
+        ("inf2.xlarge", INSTANCE_ACCELERATOR_COUNT, Some("1")),
+        ("inf2.xlarge", INSTANCE_CPU_MANUFACTURER, Some("amd")),
+        ("trn1.32xlarge", INSTANCE_ACCELERATOR_NAME, Some("trainium")),
+        ("m5.large", INSTANCE_NETWORK_BANDWIDTH, Some("750")),
+        ("m5.large", INSTANCE_EBS_BANDWIDTH, Some("4750")),
+        ("m5.large", INSTANCE_CPU_MANUFACTURER, Some("intel")),
+        (
+            "m5.large",
+            INSTANCE_CPU_SUSTAINED_CLOCK_SPEED_MHZ,
+            Some("3100"),
+        ),
+        (
+            "m5.large",
+            INSTANCE_ENCRYPTION_IN_TRANSIT_SUPPORTED,
+            Some("false"),
+        ),
+        ("m5.large", INSTANCE_HYPERVISOR, Some("nitro")),
+        ("m5.large", INSTANCE_GPU_NAME, None),
+        ("m5.metal", INSTANCE_HYPERVISOR, Some("")),
+        ("m7g.large", INSTANCE_CPU_MANUFACTURER, Some("aws")),
+        ("i3.large", INSTANCE_LOCAL_NVME, Some("475")),
+        ("c3.large", INSTANCE_LOCAL_NVME, None),
+    ];
+    for (name, key, value) in cases {
+        let it = catalog.get(name).unwrap_or_else(|| panic!("{name}"));
+        assert_eq!(it.label(key).as_deref(), *value, "{name} {key}");
+    }
+    let kubelet = KubeletSettings::default();
+    // (type, nvidia.com/gpu, aws.amazon.com/neuron, aws.amazon.com/neuroncore, vpc.amazonaws.com/efa)
+    for (name, gpus, neuron, cores, efa) in [
+        ("p4d.24xlarge", 8, 0, 0, 4),
+        ("inf2.xlarge", 0, 1, 2, 0),
+        ("trn1.32xlarge", 0, 16, 32, 8),
+        ("m5.large", 0, 0, 0, 0),
+    ] {
+        let a = catalog.get(name).unwrap().allocatable(&kubelet);
+        assert_eq!(
+            [a.0[NVIDIA_GPU], a.0[NEURON], a.0[NEURONCORE], a.0[EFA]],
+            [gpus, neuron, cores, efa],
+            "{name}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn failed_refresh_keeps_the_embedded_catalog_and_names_the_call() {
     let dead = format!("http://127.0.0.1:{}", free_port());

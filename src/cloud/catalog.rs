@@ -16,7 +16,10 @@
 use std::collections::{BTreeMap, HashMap};
 
 use crate::config::PricingSpec;
-use crate::model::catalog::{Arch, CapacityType, Catalog, CatalogSource, InstanceType, Offering};
+use crate::model::catalog::{
+    Arch, CapacityType, Catalog, CatalogSource, Device, HardwareFacts, InstanceType, Offering,
+    label_form,
+};
 use crate::model::resources::{AMD_GPU, NVIDIA_GPU};
 
 /// The region whose on-demand prices are embedded.
@@ -30,16 +33,16 @@ const OFFERINGS_US_EAST_1: &str = include_str!("data/ec2-offerings-us-east-1.csv
 const OFFERINGS_EU_WEST_1: &str = include_str!("data/ec2-offerings-eu-west-1.csv");
 
 /// Facts about one instance type, as DescribeInstanceTypes reports them.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct TypeFacts {
     pub name: String,
     pub vcpus: u32,
     pub memory_mib: u64,
     /// `ProcessorInfo.SupportedArchitectures`.
     pub architectures: Vec<String>,
+    /// GPUs of every model (`GpuInfo.Gpus[].Count`, summed).
     pub gpus: u32,
-    /// GPU manufacturer as EC2 reports it (`NVIDIA`, `AMD`), if known.
-    pub gpu_manufacturer: Option<String>,
+    /// `GpuInfo.TotalGpuMemoryInMiB`.
     pub gpu_memory_mib: u64,
     pub max_enis: u32,
     pub ipv4_per_eni: u32,
@@ -49,12 +52,105 @@ pub struct TypeFacts {
     /// `SupportedUsageClasses` contains `spot`.
     pub spot: bool,
     pub local_storage_gb: u64,
+    /// `ProcessorInfo.Manufacturer` (`Intel`, `AMD`, `AWS`).
+    pub cpu_manufacturer: Option<String>,
+    /// `ProcessorInfo.SustainedClockSpeedInGhz` × 1000, rounded.
+    pub cpu_clock_mhz: Option<u32>,
+    /// `EbsInfo.EbsOptimizedSupport` (`default`, `supported`, `unsupported`).
+    pub ebs_optimized_support: Option<String>,
+    /// `EbsInfo.EbsOptimizedInfo.MaximumBandwidthInMbps`.
+    pub ebs_max_bandwidth_mbps: Option<u32>,
+    /// `NetworkInfo.NetworkCards[].BaselineBandwidthInGbps` summed, × 1000, rounded.
+    pub network_baseline_mbps: Option<u32>,
+    /// `NetworkInfo.EncryptionInTransitSupported`.
+    pub encryption_in_transit: bool,
+    /// `GpuInfo.Gpus[]`.
+    pub gpu_devices: Vec<DeviceFacts>,
+    /// `InferenceAcceleratorInfo.Accelerators[]`.
+    pub inference_accelerators: Vec<DeviceFacts>,
+    /// `NeuronInfo.NeuronDevices[]` (no manufacturer).
+    pub neuron_devices: Vec<DeviceFacts>,
+    /// `InstanceStorageInfo.NvmeSupport` (`required`, `supported`, `unsupported`).
+    pub nvme_support: Option<String>,
+    /// `NetworkInfo.EfaInfo.MaximumEfaInterfaces`.
+    pub efa_interfaces: u32,
+}
+
+/// One GPU, accelerator or Neuron device model as DescribeInstanceTypes lists it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DeviceFacts {
+    pub name: String,
+    pub manufacturer: String,
+    pub count: u32,
+    /// Memory of one device.
+    pub memory_mib: u64,
+    /// Neuron cores of one device (`CoreInfo.Count`); 0 for other devices.
+    pub cores: u32,
 }
 
 impl TypeFacts {
     /// EKS VPC CNI max pods.
     pub fn max_pods_eni(&self) -> u32 {
         (self.max_enis * self.ipv4_per_eni.saturating_sub(1) + 2).max(1)
+    }
+
+    /// The resource slot the GPUs are advertised in: `nvidia.com/gpu` or `amd.com/gpu` by the
+    /// first model's manufacturer (none for other makers, e.g. Habana); without device details,
+    /// g4ad's are AMD and the rest NVIDIA.
+    fn gpu_slot(&self, family: &str) -> Option<usize> {
+        if self.gpus == 0 {
+            return None;
+        }
+        match self.gpu_devices.first().map(|d| d.manufacturer.as_str()) {
+            Some(m) if m.eq_ignore_ascii_case("nvidia") => Some(NVIDIA_GPU),
+            Some(m) if m.eq_ignore_ascii_case("amd") => Some(AMD_GPU),
+            Some(_) => None,
+            None if family.starts_with("g4ad") => Some(AMD_GPU),
+            None => Some(NVIDIA_GPU),
+        }
+    }
+
+    /// Labels and devices as Karpenter's AWS provider derives them (`computeRequirements`,
+    /// `computeCapacity` in its `instancetype/types.go`).
+    pub fn hardware(&self) -> HardwareFacts {
+        let device = |d: &DeviceFacts, manufacturer: &str| Device {
+            name: label_form(&d.name),
+            manufacturer: label_form(manufacturer),
+            count: d.count,
+            memory_mib: d.memory_mib,
+        };
+        let gpu = match self.gpu_devices.as_slice() {
+            [only] => Some(device(only, &only.manufacturer)),
+            _ => None,
+        };
+        // Neuron devices are AWS's; an inference accelerator is labelled only without them.
+        let accelerator = match (
+            self.neuron_devices.as_slice(),
+            self.inference_accelerators.as_slice(),
+        ) {
+            ([only], _) => Some(device(only, "aws")),
+            ([], [only]) => Some(device(only, &only.manufacturer)),
+            _ => None,
+        };
+        HardwareFacts {
+            cpu_manufacturer: self.cpu_manufacturer.as_deref().map(label_form),
+            cpu_clock_mhz: self.cpu_clock_mhz.unwrap_or(0),
+            ebs_bandwidth_mbps: self
+                .ebs_max_bandwidth_mbps
+                .filter(|_| self.ebs_optimized_support.as_deref() == Some("default")),
+            network_bandwidth_mbps: self.network_baseline_mbps,
+            encryption_in_transit: self.encryption_in_transit,
+            gpu,
+            accelerator,
+            local_nvme_gb: self
+                .nvme_support
+                .as_deref()
+                .filter(|s| *s != "unsupported")
+                .map(|_| self.local_storage_gb),
+            neuron_devices: self.neuron_devices.iter().map(|d| d.count).sum(),
+            neuron_cores: self.neuron_devices.first().map_or(0, |d| d.count * d.cores),
+            efa_interfaces: self.efa_interfaces,
+        }
     }
 }
 
@@ -154,12 +250,7 @@ impl CatalogBuilder {
                     },
                 };
             let (family, category, generation, size) = InstanceType::split_name(name);
-            let gpu_slot = (facts.gpus > 0).then(|| match facts.gpu_manufacturer.as_deref() {
-                Some(m) if m.eq_ignore_ascii_case("amd") => AMD_GPU,
-                Some(_) => NVIDIA_GPU,
-                None if family.starts_with("g4ad") => AMD_GPU,
-                None => NVIDIA_GPU,
-            });
+            let gpu_slot = facts.gpu_slot(&family);
             let mut offerings = Vec::new();
             for zone in zones {
                 let (price, estimated) = pricing.apply(
@@ -210,6 +301,7 @@ impl CatalogBuilder {
                 bare_metal: facts.bare_metal,
                 current_generation: facts.current_generation,
                 local_storage_gb: facts.local_storage_gb,
+                facts: facts.hardware(),
                 offerings,
             });
         }
@@ -233,29 +325,8 @@ pub fn embedded(region: &str, pricing: &PricingSpec) -> Result<Catalog, CatalogE
         }
     };
     let mut builder = CatalogBuilder::new().with_embedded_prices()?;
-    for (line, f) in csv_rows(TYPES_CSV, "ec2-instance-types.csv", 14)? {
-        let bad = |what: &str| CatalogError::Data {
-            file: "ec2-instance-types.csv",
-            line,
-            message: format!("bad {what}"),
-        };
-        let num = |i: usize, what: &str| f[i].parse::<u64>().map_err(|_| bad(what));
-        builder.add_type(TypeFacts {
-            name: f[0].to_owned(),
-            vcpus: num(1, "vcpus")? as u32,
-            memory_mib: num(2, "memory_mib")?,
-            architectures: f[3].split('|').map(str::to_owned).collect(),
-            gpus: num(4, "gpus")? as u32,
-            gpu_manufacturer: None,
-            gpu_memory_mib: num(5, "gpu_memory_mib")?,
-            max_enis: num(6, "max_enis")? as u32,
-            ipv4_per_eni: num(7, "ipv4_per_eni")? as u32,
-            hypervisor: f[9].to_owned(),
-            bare_metal: f[10] == "True",
-            current_generation: f[11] == "True",
-            spot: f[12].split('|').any(|c| c == "spot"),
-            local_storage_gb: num(13, "local_storage_gb")?,
-        });
+    for (line, fields) in csv_rows(TYPES_CSV, TYPES_FILE, TYPES_COLUMNS)? {
+        builder.add_type(type_row(line, &fields)?);
     }
     let file = if region == "us-east-1" {
         "ec2-offerings-us-east-1.csv"
@@ -266,6 +337,79 @@ pub fn embedded(region: &str, pricing: &PricingSpec) -> Result<Catalog, CatalogE
         builder.add_offering(f[0], f[1]);
     }
     Ok(builder.build(region, CatalogSource::Embedded, pricing))
+}
+
+const TYPES_FILE: &str = "ec2-instance-types.csv";
+const TYPES_COLUMNS: usize = 25;
+
+/// One row of the embedded instance-type table (columns: see scripts/gen-instance-types.py).
+fn type_row(line: usize, f: &[&str]) -> Result<TypeFacts, CatalogError> {
+    let bad = |i: usize, what: &str| CatalogError::Data {
+        file: TYPES_FILE,
+        line,
+        message: format!("bad {what} {:?}", f[i]),
+    };
+    let num = |i: usize, what: &str| f[i].parse::<u64>().map_err(|_| bad(i, what));
+    let count = |i: usize, what: &str| f[i].parse::<u32>().map_err(|_| bad(i, what));
+    let optional = |i: usize, what: &str| -> Result<Option<u32>, CatalogError> {
+        (!f[i].is_empty()).then(|| count(i, what)).transpose()
+    };
+    let text = |i: usize| (!f[i].is_empty()).then(|| f[i].to_owned());
+    let devices = |i: usize, what: &str| -> Result<Vec<DeviceFacts>, CatalogError> {
+        if f[i].is_empty() {
+            return Ok(Vec::new());
+        }
+        f[i].split('|')
+            .map(|d| parse_device(d).ok_or_else(|| bad(i, what)))
+            .collect()
+    };
+    Ok(TypeFacts {
+        name: f[0].to_owned(),
+        vcpus: count(1, "vcpus")?,
+        memory_mib: num(2, "memory_mib")?,
+        architectures: f[3].split('|').map(str::to_owned).collect(),
+        gpus: count(4, "gpus")?,
+        gpu_memory_mib: num(5, "gpu_memory_mib")?,
+        max_enis: count(6, "max_enis")?,
+        ipv4_per_eni: count(7, "ipv4_per_eni")?,
+        hypervisor: f[9].to_owned(),
+        bare_metal: f[10] == "True",
+        current_generation: f[11] == "True",
+        spot: f[12].split('|').any(|c| c == "spot"),
+        local_storage_gb: num(13, "local_storage_gb")?,
+        cpu_manufacturer: text(14),
+        cpu_clock_mhz: optional(15, "cpu_clock_mhz")?,
+        ebs_optimized_support: text(16),
+        ebs_max_bandwidth_mbps: optional(17, "ebs_max_bandwidth_mbps")?,
+        network_baseline_mbps: optional(18, "network_baseline_mbps")?,
+        encryption_in_transit: f[19] == "True",
+        gpu_devices: devices(20, "gpu_devices")?,
+        inference_accelerators: devices(21, "inference_accelerators")?,
+        neuron_devices: devices(22, "neuron_devices")?,
+        nvme_support: text(23),
+        efa_interfaces: optional(24, "efa_interfaces")?.unwrap_or(0),
+    })
+}
+
+/// `name:manufacturer:count:memory_mib[:cores]`, empty numbers as 0.
+fn parse_device(text: &str) -> Option<DeviceFacts> {
+    let fields: Vec<&str> = text.split(':').collect();
+    let number = |i: usize| -> Option<u64> {
+        match fields.get(i) {
+            None | Some(&"") => Some(0),
+            Some(n) => n.parse().ok(),
+        }
+    };
+    if !(4..=5).contains(&fields.len()) {
+        return None;
+    }
+    Some(DeviceFacts {
+        name: fields[0].to_owned(),
+        manufacturer: fields[1].to_owned(),
+        count: u32::try_from(number(2)?).ok()?,
+        memory_mib: number(3)?,
+        cores: u32::try_from(number(4)?).ok()?,
+    })
 }
 
 /// Data rows of a small CSV with `#` comments and one header line.
@@ -338,6 +482,198 @@ mod tests {
             "mac types cannot run EKS nodes"
         );
         assert_eq!(m5.allocatable(&KubeletSettings::default()).0[3], 29);
+    }
+
+    /// Karpenter's labels of well-known types, from AWS's published specifications: p4d.24xlarge
+    /// has 8 NVIDIA A100 of 40 GiB, 4 EFA, 4 × 100 Gbps, 8 × 1000 GB NVMe; inf2.xlarge one
+    /// Inferentia2 of 2 NeuronCores; trn1.32xlarge 16 Trainium (32 NeuronCores), 8 EFA,
+    /// 800 Gbps; m5.large 0.75 Gbps baseline and 4,750 Mbps EBS on a 3.1 GHz Intel; metal types
+    /// have no hypervisor; c3 has SSD instance storage that is not NVMe and no default EBS
+    /// optimization.
+    #[test]
+    fn embedded_types_carry_karpenters_labels() {
+        use crate::model::catalog::labels::*;
+        let catalog = embedded("us-east-1", &PricingSpec::default()).unwrap();
+        let cases: &[(&str, &str, Option<&str>)] = &[
+            ("p4d.24xlarge", INSTANCE_CATEGORY, Some("p")),
+            ("p4d.24xlarge", INSTANCE_GENERATION, Some("4")),
+            ("p4d.24xlarge", INSTANCE_GPU_NAME, Some("a100")),
+            ("p4d.24xlarge", INSTANCE_GPU_MANUFACTURER, Some("nvidia")),
+            ("p4d.24xlarge", INSTANCE_GPU_COUNT, Some("8")),
+            ("p4d.24xlarge", INSTANCE_GPU_MEMORY, Some("40960")),
+            ("p4d.24xlarge", INSTANCE_NETWORK_BANDWIDTH, Some("400000")),
+            ("p4d.24xlarge", INSTANCE_LOCAL_NVME, Some("8000")),
+            ("p4d.24xlarge", INSTANCE_CPU_MANUFACTURER, Some("intel")),
+            ("p4d.24xlarge", INSTANCE_ACCELERATOR_NAME, None),
+            ("p5.48xlarge", INSTANCE_GPU_NAME, Some("h100")),
+            ("p5.48xlarge", INSTANCE_GPU_MEMORY, Some("81920")),
+            ("g4dn.xlarge", INSTANCE_GPU_NAME, Some("t4")),
+            ("g4dn.xlarge", INSTANCE_GPU_COUNT, Some("1")),
+            ("g4dn.xlarge", INSTANCE_LOCAL_NVME, Some("125")),
+            (
+                "inf2.xlarge",
+                INSTANCE_ACCELERATOR_NAME,
+                Some("inferentia2"),
+            ),
+            (
+                "inf2.xlarge",
+                INSTANCE_ACCELERATOR_MANUFACTURER,
+                Some("aws"),
+            ),
+            ("inf2.xlarge", INSTANCE_ACCELERATOR_COUNT, Some("1")),
+            ("inf2.xlarge", INSTANCE_CPU_MANUFACTURER, Some("amd")),
+            ("inf2.xlarge", INSTANCE_NETWORK_BANDWIDTH, Some("2083")),
+            ("inf2.xlarge", INSTANCE_GPU_COUNT, None),
+            ("inf1.xlarge", INSTANCE_ACCELERATOR_NAME, Some("inferentia")),
+            ("trn1.32xlarge", INSTANCE_ACCELERATOR_NAME, Some("trainium")),
+            ("trn1.32xlarge", INSTANCE_ACCELERATOR_COUNT, Some("16")),
+            ("trn1.32xlarge", INSTANCE_NETWORK_BANDWIDTH, Some("800000")),
+            ("m5.large", INSTANCE_NETWORK_BANDWIDTH, Some("750")),
+            ("m5.large", INSTANCE_EBS_BANDWIDTH, Some("4750")),
+            (
+                "m5.large",
+                INSTANCE_CPU_SUSTAINED_CLOCK_SPEED_MHZ,
+                Some("3100"),
+            ),
+            ("m5.large", INSTANCE_HYPERVISOR, Some("nitro")),
+            (
+                "m5.large",
+                INSTANCE_ENCRYPTION_IN_TRANSIT_SUPPORTED,
+                Some("false"),
+            ),
+            ("m5.large", INSTANCE_CAPABILITY_FLEX, Some("false")),
+            ("m5.large", INSTANCE_LOCAL_NVME, None),
+            ("m5.metal", INSTANCE_HYPERVISOR, Some("")),
+            (
+                "m6i.large",
+                INSTANCE_ENCRYPTION_IN_TRANSIT_SUPPORTED,
+                Some("true"),
+            ),
+            ("a1.large", INSTANCE_CPU_MANUFACTURER, Some("aws")),
+            ("i3.large", INSTANCE_LOCAL_NVME, Some("475")),
+            ("i3.large", INSTANCE_HYPERVISOR, Some("xen")),
+            ("c3.large", INSTANCE_LOCAL_NVME, None),
+            ("c3.large", INSTANCE_EBS_BANDWIDTH, None),
+        ];
+        for (name, key, value) in cases {
+            let it = catalog.get(name).unwrap_or_else(|| panic!("{name}"));
+            assert_eq!(it.label(key).as_deref(), *value, "{name} {key}");
+        }
+    }
+
+    #[test]
+    fn embedded_types_provide_devices() {
+        use crate::model::resources::{EFA, NEURON, NEURONCORE};
+        let catalog = embedded("us-east-1", &PricingSpec::default()).unwrap();
+        let kubelet = KubeletSettings::default();
+        // (type, nvidia.com/gpu, amd.com/gpu, neuron, neuroncore, efa)
+        let cases = [
+            ("p4d.24xlarge", 8, 0, 0, 0, 4),
+            ("p5.48xlarge", 8, 0, 0, 0, 32),
+            ("inf2.xlarge", 0, 0, 1, 2, 0),
+            ("inf1.xlarge", 0, 0, 1, 4, 0),
+            ("trn1.32xlarge", 0, 0, 16, 32, 8),
+            ("c6in.32xlarge", 0, 0, 0, 0, 2),
+            ("m5.large", 0, 0, 0, 0, 0),
+        ];
+        for (name, nvidia, amd, neuron, cores, efa) in cases {
+            let a = catalog.get(name).unwrap().allocatable(&kubelet);
+            assert_eq!(
+                [
+                    a.0[NVIDIA_GPU],
+                    a.0[AMD_GPU],
+                    a.0[NEURON],
+                    a.0[NEURONCORE],
+                    a.0[EFA]
+                ],
+                [nvidia, amd, neuron, cores, efa],
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn hardware_follows_karpenters_device_rules() {
+        let device = |name: &str, manufacturer: &str, count, memory_mib, cores| DeviceFacts {
+            name: name.into(),
+            manufacturer: manufacturer.into(),
+            count,
+            memory_mib,
+            cores,
+        };
+        // dl2q.24xlarge: an inference accelerator without Neuron info.
+        let dl2q = TypeFacts {
+            inference_accelerators: vec![device("Qualcomm AI100", "Qualcomm", 8, 16000, 0)],
+            ..TypeFacts::default()
+        }
+        .hardware();
+        let accelerator = dl2q.accelerator.unwrap();
+        assert_eq!(
+            (accelerator.name.as_str(), accelerator.manufacturer.as_str()),
+            ("qualcomm-ai100", "qualcomm")
+        );
+        assert_eq!((accelerator.count, dl2q.neuron_devices), (8, 0));
+        // inf1: listed both ways; the Neuron device names it, AWS makes it, its cores count.
+        let inf1 = TypeFacts {
+            inference_accelerators: vec![device("Inferentia", "AWS", 4, 8192, 0)],
+            neuron_devices: vec![device("Inferentia", "", 4, 8192, 4)],
+            ..TypeFacts::default()
+        }
+        .hardware();
+        let accelerator = inf1.accelerator.unwrap();
+        assert_eq!(
+            (accelerator.name.as_str(), accelerator.manufacturer.as_str()),
+            ("inferentia", "aws")
+        );
+        assert_eq!((inf1.neuron_devices, inf1.neuron_cores), (4, 16));
+        // Two GPU models: no GPU labels (Karpenter labels only a single model).
+        let mixed = TypeFacts {
+            gpus: 3,
+            gpu_devices: vec![
+                device("T4", "NVIDIA", 1, 16384, 0),
+                device("A10G", "NVIDIA", 2, 22888, 0),
+            ],
+            ..TypeFacts::default()
+        };
+        assert_eq!(mixed.hardware().gpu, None);
+        assert_eq!(mixed.gpu_slot("g9"), Some(NVIDIA_GPU));
+        let slot = |manufacturer: &str, family: &str| {
+            TypeFacts {
+                gpus: 1,
+                gpu_devices: (!manufacturer.is_empty())
+                    .then(|| device("X", manufacturer, 1, 0, 0))
+                    .into_iter()
+                    .collect(),
+                ..TypeFacts::default()
+            }
+            .gpu_slot(family)
+        };
+        assert_eq!(slot("AMD", "g4ad"), Some(AMD_GPU));
+        assert_eq!(slot("Habana", "dl1"), None, "Gaudi is not nvidia.com/gpu");
+        assert_eq!(slot("", "g4ad"), Some(AMD_GPU));
+        assert_eq!(slot("", "p3"), Some(NVIDIA_GPU));
+    }
+
+    #[test]
+    fn embedded_rows_without_described_facts_carry_no_such_labels() {
+        let header = "instance_type,x\n";
+        let row = "z9.large,2,4096,x86_64,0,0,3,10,29,nitro,False,True,on-demand,0,,,,,,,,,,,";
+        let text = format!("{header}{row}");
+        let (line, fields) = csv_rows(&text, TYPES_FILE, TYPES_COLUMNS)
+            .unwrap()
+            .remove(0);
+        let facts = type_row(line, &fields).unwrap();
+        assert_eq!(facts.hardware(), HardwareFacts::default());
+        let bad = row.replace(",,,,,,,,,,,", ",,,,,,,A100:NVIDIA:eight:1,,,,");
+        let text = format!("{header}{bad}");
+        let (line, fields) = csv_rows(&text, TYPES_FILE, TYPES_COLUMNS)
+            .unwrap()
+            .remove(0);
+        let err = type_row(line, &fields).unwrap_err().to_string();
+        assert!(
+            err.contains("line 2") && err.contains("gpu_devices"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -28,7 +28,7 @@ use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::catalog::{CatalogBuilder, CatalogError, TypeFacts, embedded};
+use super::catalog::{CatalogBuilder, CatalogError, DeviceFacts, TypeFacts, embedded};
 use crate::config::PricingSpec;
 use crate::model::catalog::{Catalog, CatalogSource};
 
@@ -279,16 +279,61 @@ fn type_facts(info: &InstanceTypeInfo) -> Option<TypeFacts> {
                 })
                 .sum()
         });
+    let processor = info.processor_info();
+    let ebs = info.ebs_info();
+    let cards = network.map(|n| n.network_cards()).unwrap_or_default();
+    // Rounded to whole Mbps, as the embedded table (scripts/gen-instance-types.py) rounds them.
+    let network_baseline_mbps = (!cards.is_empty())
+        .then(|| {
+            cards
+                .iter()
+                .map(|c| c.baseline_bandwidth_in_gbps())
+                .sum::<Option<f64>>()
+        })
+        .flatten()
+        .and_then(|gbps| mbps(gbps * 1000.0));
+    let gpu_entries = gpu_devices
+        .iter()
+        .map(|d| DeviceFacts {
+            name: d.name().unwrap_or_default().to_owned(),
+            manufacturer: d.manufacturer().unwrap_or_default().to_owned(),
+            count: count(d.count()),
+            memory_mib: size(d.memory_info().and_then(|m| m.size_in_mib())),
+            cores: 0,
+        })
+        .collect();
+    let inference_accelerators = info
+        .inference_accelerator_info()
+        .map(|a| a.accelerators())
+        .unwrap_or_default()
+        .iter()
+        .map(|d| DeviceFacts {
+            name: d.name().unwrap_or_default().to_owned(),
+            manufacturer: d.manufacturer().unwrap_or_default().to_owned(),
+            count: count(d.count()),
+            memory_mib: size(d.memory_info().and_then(|m| m.size_in_mib())),
+            cores: 0,
+        })
+        .collect();
+    let neuron_devices = info
+        .neuron_info()
+        .map(|n| n.neuron_devices())
+        .unwrap_or_default()
+        .iter()
+        .map(|d| DeviceFacts {
+            name: d.name().unwrap_or_default().to_owned(),
+            manufacturer: String::new(),
+            count: count(d.count()),
+            memory_mib: size(d.memory_info().and_then(|m| m.size_in_mib())),
+            cores: count(d.core_info().and_then(|c| c.count())),
+        })
+        .collect();
     Some(TypeFacts {
         name: name.to_owned(),
         vcpus,
         memory_mib,
         architectures,
         gpus,
-        gpu_manufacturer: gpu_devices
-            .first()
-            .and_then(|d| d.manufacturer())
-            .map(str::to_owned),
         gpu_memory_mib,
         max_enis,
         ipv4_per_eni,
@@ -307,7 +352,51 @@ fn type_facts(info: &InstanceTypeInfo) -> Option<TypeFacts> {
             .and_then(|s| s.total_size_in_gb())
             .and_then(|s| u64::try_from(s).ok())
             .unwrap_or(0),
+        cpu_manufacturer: processor.and_then(|p| p.manufacturer()).map(str::to_owned),
+        cpu_clock_mhz: processor
+            .and_then(|p| p.sustained_clock_speed_in_ghz())
+            .and_then(|ghz| mbps(ghz * 1000.0)),
+        ebs_optimized_support: ebs
+            .and_then(|e| e.ebs_optimized_support())
+            .map(|s| s.as_str().to_owned()),
+        ebs_max_bandwidth_mbps: ebs
+            .and_then(|e| e.ebs_optimized_info())
+            .and_then(|o| o.maximum_bandwidth_in_mbps())
+            .and_then(|m| u32::try_from(m).ok()),
+        network_baseline_mbps,
+        encryption_in_transit: network
+            .and_then(|n| n.encryption_in_transit_supported())
+            .unwrap_or(false),
+        gpu_devices: gpu_entries,
+        inference_accelerators,
+        neuron_devices,
+        nvme_support: info
+            .instance_storage_info()
+            .and_then(|s| s.nvme_support())
+            .map(|s| s.as_str().to_owned()),
+        efa_interfaces: count(
+            network
+                .and_then(|n| n.efa_info())
+                .and_then(|e| e.maximum_efa_interfaces()),
+        ),
     })
+}
+
+/// A device count EC2 reports (negative or missing: none).
+fn count(value: Option<i32>) -> u32 {
+    value.and_then(|v| u32::try_from(v).ok()).unwrap_or(0)
+}
+
+/// A size in MiB EC2 reports (negative or missing: 0).
+fn size(value: Option<i32>) -> u64 {
+    value.and_then(|v| u64::try_from(v).ok()).unwrap_or(0)
+}
+
+/// A non-negative float rounded half away from zero to a whole number (MHz, Mbps).
+fn mbps(value: f64) -> Option<u32> {
+    let rounded = value.round();
+    (rounded.is_finite() && (0.0..=f64::from(u32::MAX)).contains(&rounded))
+        .then_some(rounded as u32)
 }
 
 /// The catalog the service schedules with: starts from the embedded snapshot of the region (or
@@ -401,8 +490,11 @@ mod tests {
     use aws_sdk_ec2::error::ErrorMetadata;
     use aws_sdk_ec2::operation::describe_instance_types::DescribeInstanceTypesError;
     use aws_sdk_ec2::types::{
-        ArchitectureType, GpuDeviceInfo, GpuDeviceMemoryInfo, GpuInfo, InstanceType,
-        InstanceTypeHypervisor, InstanceTypeInfo, MemoryInfo, NetworkInfo, ProcessorInfo, VCpuInfo,
+        ArchitectureType, EbsInfo, EbsOptimizedInfo, EbsOptimizedSupport, EfaInfo,
+        EphemeralNvmeSupport, GpuDeviceInfo, GpuDeviceMemoryInfo, GpuInfo, InstanceStorageInfo,
+        InstanceType, InstanceTypeHypervisor, InstanceTypeInfo, MemoryInfo, NetworkCardInfo,
+        NetworkInfo, NeuronDeviceCoreInfo, NeuronDeviceInfo, NeuronDeviceMemoryInfo, NeuronInfo,
+        ProcessorInfo, VCpuInfo,
     };
 
     use super::*;
@@ -452,7 +544,8 @@ mod tests {
         assert_eq!((facts.vcpus, facts.memory_mib), (64, 262_144));
         assert_eq!(facts.architectures, ["x86_64"]);
         assert_eq!((facts.gpus, facts.gpu_memory_mib), (4, 32_768));
-        assert_eq!(facts.gpu_manufacturer.as_deref(), Some("AMD"));
+        assert_eq!(facts.gpu_devices.len(), 2);
+        assert_eq!(facts.gpu_devices[0].manufacturer, "AMD");
         assert_eq!(facts.max_pods_eni(), 8 * 29 + 2);
         assert_eq!(facts.hypervisor, "nitro");
         assert!(facts.spot && facts.current_generation && !facts.bare_metal);
@@ -471,7 +564,114 @@ mod tests {
             .build();
         let facts = type_facts(&p4d).unwrap();
         assert_eq!((facts.gpus, facts.gpu_memory_mib), (8, 327_680));
-        assert_eq!(facts.gpu_manufacturer.as_deref(), Some("NVIDIA"));
+        assert_eq!(facts.gpu_devices[0].manufacturer, "NVIDIA");
+        assert_eq!(facts.gpu_devices[0].memory_mib, 40_960);
+    }
+
+    /// trn1.32xlarge as AWS documents it: 16 Trainium devices of 2 NeuronCores, 8 network cards
+    /// of 100 Gbps, up to 8 EFA interfaces, 4 × 1900 GB NVMe, Intel at 3.5 GHz, EBS-optimized by
+    /// default at 80 Gbps.
+    fn trn1() -> InstanceTypeInfo {
+        let card = |index| {
+            NetworkCardInfo::builder()
+                .network_card_index(index)
+                .baseline_bandwidth_in_gbps(100.0)
+                .build()
+        };
+        let mut network = NetworkInfo::builder()
+            .maximum_network_interfaces(40)
+            .ipv4_addresses_per_interface(50)
+            .encryption_in_transit_supported(true)
+            .efa_info(EfaInfo::builder().maximum_efa_interfaces(8).build());
+        for index in 0..8 {
+            network = network.network_cards(card(index));
+        }
+        g4ad()
+            .instance_type(InstanceType::from("trn1.32xlarge"))
+            .set_gpu_info(None)
+            .processor_info(
+                ProcessorInfo::builder()
+                    .supported_architectures(ArchitectureType::X8664)
+                    .manufacturer("Intel")
+                    .sustained_clock_speed_in_ghz(3.5)
+                    .build(),
+            )
+            .network_info(network.build())
+            .ebs_info(
+                EbsInfo::builder()
+                    .ebs_optimized_support(EbsOptimizedSupport::Default)
+                    .ebs_optimized_info(
+                        EbsOptimizedInfo::builder()
+                            .maximum_bandwidth_in_mbps(80_000)
+                            .build(),
+                    )
+                    .build(),
+            )
+            .instance_storage_info(
+                InstanceStorageInfo::builder()
+                    .total_size_in_gb(7600)
+                    .nvme_support(EphemeralNvmeSupport::Required)
+                    .build(),
+            )
+            .neuron_info(
+                NeuronInfo::builder()
+                    .neuron_devices(
+                        NeuronDeviceInfo::builder()
+                            .name("Trainium")
+                            .count(16)
+                            .core_info(NeuronDeviceCoreInfo::builder().count(2).build())
+                            .memory_info(
+                                NeuronDeviceMemoryInfo::builder()
+                                    .size_in_mib(32_768)
+                                    .build(),
+                            )
+                            .build(),
+                    )
+                    .build(),
+            )
+            .build()
+    }
+
+    #[test]
+    fn karpenters_labels_and_devices_come_from_the_described_fields() {
+        let facts = type_facts(&trn1()).unwrap();
+        assert_eq!(facts.cpu_manufacturer.as_deref(), Some("Intel"));
+        assert_eq!(facts.cpu_clock_mhz, Some(3500));
+        assert_eq!(facts.network_baseline_mbps, Some(800_000));
+        assert_eq!(facts.ebs_optimized_support.as_deref(), Some("default"));
+        assert_eq!(facts.nvme_support.as_deref(), Some("required"));
+        let hardware = facts.hardware();
+        assert_eq!(hardware.cpu_manufacturer.as_deref(), Some("intel"));
+        assert_eq!(hardware.ebs_bandwidth_mbps, Some(80_000));
+        assert_eq!(hardware.network_bandwidth_mbps, Some(800_000));
+        assert!(hardware.encryption_in_transit);
+        assert_eq!(hardware.local_nvme_gb, Some(7600));
+        assert_eq!(hardware.gpu, None);
+        let accelerator = hardware.accelerator.unwrap();
+        assert_eq!(
+            (accelerator.name.as_str(), accelerator.manufacturer.as_str()),
+            ("trainium", "aws")
+        );
+        assert_eq!(accelerator.count, 16);
+        assert_eq!(
+            (
+                hardware.neuron_devices,
+                hardware.neuron_cores,
+                hardware.efa_interfaces
+            ),
+            (16, 32, 8)
+        );
+    }
+
+    #[test]
+    fn ebs_bandwidth_only_for_types_optimized_by_default_and_nvme_only_when_supported() {
+        let info = trn1();
+        let mut facts = type_facts(&info).unwrap();
+        facts.ebs_optimized_support = Some("supported".into());
+        facts.nvme_support = Some("unsupported".into());
+        let hardware = facts.hardware();
+        assert_eq!(hardware.ebs_bandwidth_mbps, None);
+        assert_eq!(hardware.local_nvme_gb, None);
     }
 
     #[test]

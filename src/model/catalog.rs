@@ -28,7 +28,7 @@ use std::fmt;
 
 use serde::Serialize;
 
-use super::resources::{self, CPU, EPHEMERAL, MEMORY, PODS, Resources};
+use super::resources::{self, CPU, EFA, EPHEMERAL, MEMORY, NEURON, NEURONCORE, PODS, Resources};
 
 /// `karpenter.sh/capacity-type` values.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -126,11 +126,63 @@ pub struct InstanceType {
     pub gpu_memory_mib: u64,
     /// EKS VPC CNI max pods: ENIs × (IPv4 per ENI − 1) + 2.
     pub max_pods_eni: u32,
+    /// `nitro`, `xen`, or empty for bare metal.
     pub hypervisor: String,
     pub bare_metal: bool,
     pub current_generation: bool,
+    /// Instance storage of any kind, in GB.
     pub local_storage_gb: u64,
+    /// The labels and devices Karpenter derives from the rest of DescribeInstanceTypes.
+    pub facts: HardwareFacts,
     pub offerings: Vec<Offering>,
+}
+
+/// What Karpenter's AWS provider reads from DescribeInstanceTypes beyond names, vCPUs, memory and
+/// ENIs, already in the form its labels and resources use (see [`InstanceType::label`]).
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HardwareFacts {
+    /// `ProcessorInfo.Manufacturer` in label form (`intel`, `amd`, `aws`).
+    pub cpu_manufacturer: Option<String>,
+    /// `ProcessorInfo.SustainedClockSpeedInGhz` in MHz, rounded; 0 when EC2 reports none.
+    pub cpu_clock_mhz: u32,
+    /// `EbsOptimizedInfo.MaximumBandwidthInMbps`, for types EBS-optimized by default.
+    pub ebs_bandwidth_mbps: Option<u32>,
+    /// Baseline network bandwidth in Mbps, summed over the network cards.
+    pub network_bandwidth_mbps: Option<u32>,
+    /// `NetworkInfo.EncryptionInTransitSupported`.
+    pub encryption_in_transit: bool,
+    /// The GPU, when the type has exactly one GPU model (Karpenter labels no other).
+    pub gpu: Option<Device>,
+    /// The accelerator, when the type has exactly one model: its Neuron device (Inferentia 2,
+    /// Trainium), else its inference accelerator (Inferentia 1 without Neuron info, Qualcomm).
+    pub accelerator: Option<Device>,
+    /// Instance storage in GB when it is NVMe.
+    pub local_nvme_gb: Option<u64>,
+    /// `aws.amazon.com/neuron`: Neuron devices, all models.
+    pub neuron_devices: u32,
+    /// `aws.amazon.com/neuroncore`: devices × cores per device of the first Neuron model.
+    pub neuron_cores: u32,
+    /// `vpc.amazonaws.com/efa`: `NetworkInfo.EfaInfo.MaximumEfaInterfaces`.
+    pub efa_interfaces: u32,
+}
+
+/// One GPU or accelerator model of a type, named as Karpenter's labels name it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Device {
+    /// Lower case, spaces as dashes: `a100`, `rtx-pro-4500`, `inferentia2`.
+    pub name: String,
+    /// Lower case, spaces as dashes: `nvidia`, `aws`.
+    pub manufacturer: String,
+    pub count: u32,
+    /// Memory of one device in MiB (0 when EC2 reports none).
+    pub memory_mib: u64,
+}
+
+/// Karpenter's `lowerKabobCase`: lower case, spaces replaced by dashes.
+pub fn label_form(text: &str) -> String {
+    text.replace(' ', "-").to_lowercase()
 }
 
 /// Kubelet settings that change allocatable (the EC2NodeClass's `kubelet` block, parsed).
@@ -155,22 +207,19 @@ pub const VM_MEMORY_OVERHEAD: f64 = 0.075;
 pub const DEFAULT_ROOT_VOLUME: i64 = 20 * GIB;
 
 impl InstanceType {
-    /// Parses `family.size` into family, category, generation, size.
+    /// Parses `family.size` into family, category, generation, size. Category and generation
+    /// follow Karpenter's `(^[a-z]+)(\-[0-9]+tb)?([0-9]+).*\.` (so `u-6tb1.metal` is category
+    /// `u`, generation 1); a name that does not match gets an empty category and generation 0,
+    /// which carry no label.
     pub fn split_name(name: &str) -> (String, String, u32, String) {
         let (family, size) = name.split_once('.').unwrap_or((name, ""));
-        let category: String = family
-            .chars()
-            .take_while(|c| c.is_ascii_lowercase())
-            .collect();
-        let rest = &family[category.len()..];
-        let generation = rest
-            .trim_start_matches(|c: char| !c.is_ascii_digit())
-            .chars()
-            .take_while(char::is_ascii_digit)
-            .collect::<String>()
-            .parse()
-            .unwrap_or(0);
-        (family.to_owned(), category, generation, size.to_owned())
+        let (category, generation) = category_and_generation(name).unwrap_or_default();
+        (
+            family.to_owned(),
+            category.to_owned(),
+            generation,
+            size.to_owned(),
+        )
     }
 
     /// Pod slots of a node of this type.
@@ -194,6 +243,9 @@ impl InstanceType {
         if let Some(slot) = self.gpu_slot {
             r.0[slot] = i64::from(self.gpus);
         }
+        r.0[NEURON] = i64::from(self.facts.neuron_devices);
+        r.0[NEURONCORE] = i64::from(self.facts.neuron_cores);
+        r.0[EFA] = i64::from(self.facts.efa_interfaces);
         r
     }
 
@@ -224,24 +276,42 @@ impl InstanceType {
     }
 
     /// The value this type carries for a well-known node label, `None` if it has no such label
-    /// (or if the label depends on the offering: zone and capacity type).
+    /// (or if the label depends on the offering: zone and capacity type). Values are formatted as
+    /// Karpenter's AWS provider formats them: memory in MiB, bandwidths in Mbps, clock speed in
+    /// MHz, local NVMe in GB, names in lower case with dashes, booleans as `true`/`false`.
     pub fn label(&self, key: &str) -> Option<String> {
+        let facts = &self.facts;
         Some(match key {
             labels::INSTANCE_TYPE | labels::INSTANCE_TYPE_BETA => self.name.clone(),
             labels::ARCH | labels::ARCH_BETA => self.arch.as_str().to_owned(),
             labels::OS | labels::OS_BETA => "linux".to_owned(),
             labels::INSTANCE_FAMILY => self.family.clone(),
-            labels::INSTANCE_CATEGORY => self.category.clone(),
-            labels::INSTANCE_GENERATION => self.generation.to_string(),
+            labels::INSTANCE_CATEGORY if !self.category.is_empty() => self.category.clone(),
+            labels::INSTANCE_GENERATION if !self.category.is_empty() => self.generation.to_string(),
             labels::INSTANCE_SIZE => self.size.clone(),
             labels::INSTANCE_CPU => self.vcpus.to_string(),
+            labels::INSTANCE_CPU_MANUFACTURER => facts.cpu_manufacturer.clone()?,
+            labels::INSTANCE_CPU_SUSTAINED_CLOCK_SPEED_MHZ => facts.cpu_clock_mhz.to_string(),
             labels::INSTANCE_MEMORY => self.memory_mib.to_string(),
+            labels::INSTANCE_EBS_BANDWIDTH => facts.ebs_bandwidth_mbps?.to_string(),
+            labels::INSTANCE_NETWORK_BANDWIDTH => facts.network_bandwidth_mbps?.to_string(),
             labels::INSTANCE_HYPERVISOR => self.hypervisor.clone(),
-            labels::INSTANCE_GPU_COUNT if self.gpus > 0 => self.gpus.to_string(),
-            labels::INSTANCE_GPU_MEMORY if self.gpus > 0 => self.gpu_memory_mib.to_string(),
-            labels::INSTANCE_LOCAL_NVME if self.local_storage_gb > 0 => {
-                self.local_storage_gb.to_string()
+            labels::INSTANCE_ENCRYPTION_IN_TRANSIT_SUPPORTED => {
+                facts.encryption_in_transit.to_string()
             }
+            labels::INSTANCE_GPU_NAME => facts.gpu.as_ref()?.name.clone(),
+            labels::INSTANCE_GPU_MANUFACTURER => facts.gpu.as_ref()?.manufacturer.clone(),
+            labels::INSTANCE_GPU_COUNT => facts.gpu.as_ref()?.count.to_string(),
+            labels::INSTANCE_GPU_MEMORY => facts.gpu.as_ref()?.memory_mib.to_string(),
+            labels::INSTANCE_ACCELERATOR_NAME => facts.accelerator.as_ref()?.name.clone(),
+            labels::INSTANCE_ACCELERATOR_MANUFACTURER => {
+                facts.accelerator.as_ref()?.manufacturer.clone()
+            }
+            labels::INSTANCE_ACCELERATOR_COUNT => facts.accelerator.as_ref()?.count.to_string(),
+            labels::INSTANCE_LOCAL_NVME => facts.local_nvme_gb?.to_string(),
+            labels::INSTANCE_CAPABILITY_FLEX => self.family.contains("-flex").to_string(),
+            // Karpenter offers both tenancies; nodewright launches default tenancy only.
+            labels::INSTANCE_TENANCY => "default".to_owned(),
             _ => return None,
         })
     }
@@ -263,6 +333,57 @@ impl InstanceType {
     }
 }
 
+/// Karpenter's instance category and generation (see [`InstanceType::split_name`]).
+fn category_and_generation(name: &str) -> Option<(&str, u32)> {
+    let digits = |text: &str| text.bytes().take_while(u8::is_ascii_digit).count();
+    let category_len = name.bytes().take_while(u8::is_ascii_lowercase).count();
+    if category_len == 0 {
+        return None;
+    }
+    let rest = &name[category_len..];
+    // An optional `-<n>tb` (u-6tb1), taken only when the generation's digits follow it.
+    let after_tb = rest
+        .strip_prefix('-')
+        .and_then(|r| (digits(r) > 0).then(|| &r[digits(r)..]))
+        .and_then(|r| r.strip_prefix("tb"))
+        .filter(|r| digits(r) > 0);
+    let rest = after_tb.unwrap_or(rest);
+    let len = digits(rest);
+    if len == 0 || !rest[len..].contains('.') {
+        return None;
+    }
+    Some((&name[..category_len], rest[..len].parse().ok()?))
+}
+
+#[cfg(test)]
+impl InstanceType {
+    /// A type for tests: labels from the name, 2 vCPUs, 8 GiB, amd64 on Nitro, no devices and no
+    /// offerings.
+    pub(crate) fn example(name: &str) -> InstanceType {
+        let (family, category, generation, size) = InstanceType::split_name(name);
+        InstanceType {
+            name: name.to_owned(),
+            family,
+            category,
+            generation,
+            size,
+            vcpus: 2,
+            memory_mib: 8192,
+            arch: Arch::Amd64,
+            gpus: 0,
+            gpu_slot: None,
+            gpu_memory_mib: 0,
+            max_pods_eni: 29,
+            hypervisor: "nitro".into(),
+            bare_metal: false,
+            current_generation: true,
+            local_storage_gb: 0,
+            facts: HardwareFacts::default(),
+            offerings: vec![],
+        }
+    }
+}
+
 /// EKS AMI kube-reserved CPU in millicores.
 pub fn eks_cpu_reserved_millis(vcpus: u32) -> i64 {
     // (cores from, cores to, thousandths of a core reserved per core in the range × 10)
@@ -277,59 +398,7 @@ pub fn eks_cpu_reserved_millis(vcpus: u32) -> i64 {
     (reserved_tenths + 9) / 10
 }
 
-/// Well-known node label keys (Karpenter's, plus Kubernetes' own).
-pub mod labels {
-    pub const NODEPOOL: &str = "karpenter.sh/nodepool";
-    pub const CAPACITY_TYPE: &str = "karpenter.sh/capacity-type";
-    pub const ZONE: &str = "topology.kubernetes.io/zone";
-    pub const ZONE_BETA: &str = "failure-domain.beta.kubernetes.io/zone";
-    pub const REGION: &str = "topology.kubernetes.io/region";
-    pub const HOSTNAME: &str = "kubernetes.io/hostname";
-    pub const INSTANCE_TYPE: &str = "node.kubernetes.io/instance-type";
-    pub const INSTANCE_TYPE_BETA: &str = "beta.kubernetes.io/instance-type";
-    pub const ARCH: &str = "kubernetes.io/arch";
-    pub const ARCH_BETA: &str = "beta.kubernetes.io/arch";
-    pub const OS: &str = "kubernetes.io/os";
-    pub const OS_BETA: &str = "beta.kubernetes.io/os";
-    pub const INSTANCE_FAMILY: &str = "karpenter.k8s.aws/instance-family";
-    pub const INSTANCE_CATEGORY: &str = "karpenter.k8s.aws/instance-category";
-    pub const INSTANCE_GENERATION: &str = "karpenter.k8s.aws/instance-generation";
-    pub const INSTANCE_SIZE: &str = "karpenter.k8s.aws/instance-size";
-    pub const INSTANCE_CPU: &str = "karpenter.k8s.aws/instance-cpu";
-    pub const INSTANCE_MEMORY: &str = "karpenter.k8s.aws/instance-memory";
-    pub const INSTANCE_HYPERVISOR: &str = "karpenter.k8s.aws/instance-hypervisor";
-    pub const INSTANCE_GPU_COUNT: &str = "karpenter.k8s.aws/instance-gpu-count";
-    pub const INSTANCE_GPU_MEMORY: &str = "karpenter.k8s.aws/instance-gpu-memory";
-    pub const INSTANCE_LOCAL_NVME: &str = "karpenter.k8s.aws/instance-local-nvme";
-
-    /// Keys whose value comes from the instance type (not the pool's template or the offering).
-    pub fn is_instance_label(key: &str) -> bool {
-        matches!(
-            key,
-            INSTANCE_TYPE
-                | INSTANCE_TYPE_BETA
-                | ARCH
-                | ARCH_BETA
-                | OS
-                | OS_BETA
-                | INSTANCE_FAMILY
-                | INSTANCE_CATEGORY
-                | INSTANCE_GENERATION
-                | INSTANCE_SIZE
-                | INSTANCE_CPU
-                | INSTANCE_MEMORY
-                | INSTANCE_HYPERVISOR
-                | INSTANCE_GPU_COUNT
-                | INSTANCE_GPU_MEMORY
-                | INSTANCE_LOCAL_NVME
-        )
-    }
-
-    /// Keys whose value comes from the offering.
-    pub fn is_offering_label(key: &str) -> bool {
-        matches!(key, ZONE | ZONE_BETA | CAPACITY_TYPE)
-    }
-}
+pub use super::labels;
 
 /// Where a catalog came from.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -403,40 +472,62 @@ mod tests {
 
     fn m5_large() -> InstanceType {
         InstanceType {
-            name: "m5.large".into(),
-            family: "m5".into(),
-            category: "m".into(),
-            generation: 5,
-            size: "large".into(),
-            vcpus: 2,
-            memory_mib: 8192,
-            arch: Arch::Amd64,
-            gpus: 0,
-            gpu_slot: None,
-            gpu_memory_mib: 0,
             max_pods_eni: 29,
-            hypervisor: "nitro".into(),
-            bare_metal: false,
-            current_generation: true,
-            local_storage_gb: 0,
-            offerings: vec![],
+            facts: HardwareFacts {
+                cpu_manufacturer: Some("intel".into()),
+                cpu_clock_mhz: 3100,
+                ebs_bandwidth_mbps: Some(4750),
+                network_bandwidth_mbps: Some(750),
+                ..HardwareFacts::default()
+            },
+            ..InstanceType::example("m5.large")
         }
     }
 
     #[test]
     fn names_split_into_karpenter_labels() {
+        let cases = [
+            ("m5dn.24xlarge", "m5dn", "m", 5, "24xlarge"),
+            ("c7gn.large", "c7gn", "c", 7, "large"),
+            ("c7i-flex.large", "c7i-flex", "c", 7, "large"),
+            ("trn1n.32xlarge", "trn1n", "trn", 1, "32xlarge"),
+            ("p4de.24xlarge", "p4de", "p", 4, "24xlarge"),
+            ("x2iezn.12xlarge", "x2iezn", "x", 2, "12xlarge"),
+            ("hpc7g.16xlarge", "hpc7g", "hpc", 7, "16xlarge"),
+            // Karpenter's scheme skips the memory size of the u- types: generation 1, not 6.
+            ("u-6tb1.metal", "u-6tb1", "u", 1, "metal"),
+            ("u-3tb1.56xlarge", "u-3tb1", "u", 1, "56xlarge"),
+            ("u7i-12tb.224xlarge", "u7i-12tb", "u", 7, "224xlarge"),
+            // No digits after the letters: no category or generation label.
+            ("mac-m4.metal", "mac-m4", "", 0, "metal"),
+            ("m5", "m5", "", 0, ""),
+        ];
+        for (name, family, category, generation, size) in cases {
+            assert_eq!(
+                InstanceType::split_name(name),
+                (family.into(), category.into(), generation, size.into()),
+                "{name}"
+            );
+        }
+        let mac = InstanceType::example("mac-m4.metal");
+        assert_eq!(mac.label(labels::INSTANCE_CATEGORY), None);
+        assert_eq!(mac.label(labels::INSTANCE_GENERATION), None);
         assert_eq!(
-            InstanceType::split_name("m5dn.24xlarge"),
-            ("m5dn".into(), "m".into(), 5, "24xlarge".into())
+            mac.label(labels::INSTANCE_FAMILY).as_deref(),
+            Some("mac-m4")
         );
+        let flex = InstanceType::example("c7i-flex.large");
         assert_eq!(
-            InstanceType::split_name("u-6tb1.metal"),
-            ("u-6tb1".into(), "u".into(), 6, "metal".into())
+            flex.label(labels::INSTANCE_CAPABILITY_FLEX).as_deref(),
+            Some("true")
         );
-        assert_eq!(
-            InstanceType::split_name("c7gn.large"),
-            ("c7gn".into(), "c".into(), 7, "large".into())
-        );
+    }
+
+    #[test]
+    fn label_form_is_karpenters_lower_kebab_case() {
+        assert_eq!(label_form("RTX PRO Server 6000"), "rtx-pro-server-6000");
+        assert_eq!(label_form("NVIDIA"), "nvidia");
+        assert_eq!(label_form("Inferentia2"), "inferentia2");
     }
 
     #[test]
@@ -471,11 +562,99 @@ mod tests {
     #[test]
     fn labels_come_from_the_type() {
         let it = m5_large();
-        assert_eq!(it.label(labels::INSTANCE_CATEGORY).as_deref(), Some("m"));
-        assert_eq!(it.label(labels::INSTANCE_GENERATION).as_deref(), Some("5"));
-        assert_eq!(it.label(labels::INSTANCE_MEMORY).as_deref(), Some("8192"));
-        assert_eq!(it.label(labels::ARCH).as_deref(), Some("amd64"));
-        assert_eq!(it.label(labels::INSTANCE_GPU_COUNT), None);
-        assert_eq!(it.label("example.com/team"), None);
+        let cases: &[(&str, Option<&str>)] = &[
+            (labels::INSTANCE_TYPE, Some("m5.large")),
+            (labels::INSTANCE_TYPE_BETA, Some("m5.large")),
+            (labels::ARCH, Some("amd64")),
+            (labels::OS, Some("linux")),
+            (labels::INSTANCE_CATEGORY, Some("m")),
+            (labels::INSTANCE_FAMILY, Some("m5")),
+            (labels::INSTANCE_GENERATION, Some("5")),
+            (labels::INSTANCE_SIZE, Some("large")),
+            (labels::INSTANCE_CPU, Some("2")),
+            (labels::INSTANCE_MEMORY, Some("8192")),
+            (labels::INSTANCE_CPU_MANUFACTURER, Some("intel")),
+            (labels::INSTANCE_CPU_SUSTAINED_CLOCK_SPEED_MHZ, Some("3100")),
+            (labels::INSTANCE_EBS_BANDWIDTH, Some("4750")),
+            (labels::INSTANCE_NETWORK_BANDWIDTH, Some("750")),
+            (labels::INSTANCE_HYPERVISOR, Some("nitro")),
+            (
+                labels::INSTANCE_ENCRYPTION_IN_TRANSIT_SUPPORTED,
+                Some("false"),
+            ),
+            (labels::INSTANCE_CAPABILITY_FLEX, Some("false")),
+            (labels::INSTANCE_TENANCY, Some("default")),
+            (labels::INSTANCE_GPU_NAME, None),
+            (labels::INSTANCE_GPU_COUNT, None),
+            (labels::INSTANCE_GPU_MEMORY, None),
+            (labels::INSTANCE_ACCELERATOR_NAME, None),
+            (labels::INSTANCE_LOCAL_NVME, None),
+            (labels::CAPACITY_RESERVATION_ID, None),
+            (labels::PLACEMENT_GROUP_ID, None),
+            (labels::ZONE, None),
+            ("example.com/team", None),
+        ];
+        for (key, value) in cases {
+            assert_eq!(it.label(key).as_deref(), *value, "{key}");
+        }
+    }
+
+    #[test]
+    fn device_labels_and_capacity_come_from_the_facts() {
+        let gpu = Device {
+            name: "a100".into(),
+            manufacturer: "nvidia".into(),
+            count: 8,
+            memory_mib: 40960,
+        };
+        let it = InstanceType {
+            gpus: 8,
+            gpu_slot: Some(resources::NVIDIA_GPU),
+            gpu_memory_mib: 8 * 40960,
+            facts: HardwareFacts {
+                gpu: Some(gpu),
+                accelerator: Some(Device {
+                    name: "trainium".into(),
+                    manufacturer: "aws".into(),
+                    count: 16,
+                    memory_mib: 32768,
+                }),
+                local_nvme_gb: Some(8000),
+                neuron_devices: 16,
+                neuron_cores: 32,
+                efa_interfaces: 4,
+                ..HardwareFacts::default()
+            },
+            ..InstanceType::example("x9.metal")
+        };
+        let cases: &[(&str, Option<&str>)] = &[
+            (labels::INSTANCE_GPU_NAME, Some("a100")),
+            (labels::INSTANCE_GPU_MANUFACTURER, Some("nvidia")),
+            (labels::INSTANCE_GPU_COUNT, Some("8")),
+            // One GPU's memory, not the total.
+            (labels::INSTANCE_GPU_MEMORY, Some("40960")),
+            (labels::INSTANCE_ACCELERATOR_NAME, Some("trainium")),
+            (labels::INSTANCE_ACCELERATOR_MANUFACTURER, Some("aws")),
+            (labels::INSTANCE_ACCELERATOR_COUNT, Some("16")),
+            (labels::INSTANCE_LOCAL_NVME, Some("8000")),
+            (labels::INSTANCE_CPU_MANUFACTURER, None),
+            (labels::INSTANCE_CPU_SUSTAINED_CLOCK_SPEED_MHZ, Some("0")),
+            (labels::INSTANCE_EBS_BANDWIDTH, None),
+            (labels::INSTANCE_NETWORK_BANDWIDTH, None),
+        ];
+        for (key, value) in cases {
+            assert_eq!(it.label(key).as_deref(), *value, "{key}");
+        }
+        let capacity = it.capacity(&KubeletSettings::default());
+        assert_eq!(capacity.0[resources::NVIDIA_GPU], 8);
+        assert_eq!(capacity.0[resources::AMD_GPU], 0);
+        assert_eq!(capacity.0[NEURON], 16);
+        assert_eq!(capacity.0[NEURONCORE], 32);
+        assert_eq!(capacity.0[EFA], 4);
+        // Devices are not reserved for the system.
+        assert_eq!(
+            it.allocatable(&KubeletSettings::default()).0[NEURONCORE],
+            32
+        );
     }
 }

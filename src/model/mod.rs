@@ -2,6 +2,7 @@
 //! the instance catalog.
 
 pub mod catalog;
+pub mod labels;
 pub mod requirements;
 pub mod resources;
 pub mod taints;

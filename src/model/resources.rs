@@ -10,13 +10,13 @@ use std::ops::{Add, AddAssign, Sub, SubAssign};
 use serde::Serialize;
 
 /// The resources a node has and a pod requests, in fixed slots so the packer works on arrays.
-/// Extended resources other than the GPU kinds below cannot be provided by new nodes; pods that
+/// Extended resources other than the device kinds below cannot be provided by new nodes; pods that
 /// request them are reported unschedulable with the resource's name.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 pub struct Resources(pub [i64; DIMS]);
 
 /// Number of resource dimensions.
-pub const DIMS: usize = 6;
+pub const DIMS: usize = 9;
 /// Slot of `cpu`, in millicores.
 pub const CPU: usize = 0;
 /// Slot of `memory`, in bytes.
@@ -29,6 +29,12 @@ pub const PODS: usize = 3;
 pub const NVIDIA_GPU: usize = 4;
 /// Slot of `amd.com/gpu`.
 pub const AMD_GPU: usize = 5;
+/// Slot of `aws.amazon.com/neuron` (Inferentia and Trainium devices).
+pub const NEURON: usize = 6;
+/// Slot of `aws.amazon.com/neuroncore` (the cores of those devices).
+pub const NEURONCORE: usize = 7;
+/// Slot of `vpc.amazonaws.com/efa` (Elastic Fabric Adapter interfaces).
+pub const EFA: usize = 8;
 
 /// Resource names in slot order, as Kubernetes spells them.
 pub const NAMES: [&str; DIMS] = [
@@ -38,12 +44,24 @@ pub const NAMES: [&str; DIMS] = [
     "pods",
     "nvidia.com/gpu",
     "amd.com/gpu",
+    "aws.amazon.com/neuron",
+    "aws.amazon.com/neuroncore",
+    "vpc.amazonaws.com/efa",
 ];
 
-/// Resources that cannot be requested or provided by instances and are ignored when packing
-/// (hugepages are zero on new nodes; we report them like other unknown extended resources).
-fn slot_of(name: &str) -> Option<usize> {
+/// The slot of a resource name (`cpu`, `nvidia.com/gpu`, `vpc.amazonaws.com/efa`, ...), `None`
+/// for resources nodewright does not track (hugepages, other extended resources).
+pub fn slot_of(name: &str) -> Option<usize> {
     NAMES.iter().position(|n| *n == name)
+}
+
+/// A quantity in `slot`'s units: millicores for cpu, whole units (bytes, counts) otherwise.
+pub fn parse_slot_quantity(slot: usize, quantity: &str) -> Option<i64> {
+    if slot == CPU {
+        parse_quantity_millis(quantity)
+    } else {
+        parse_quantity(quantity)
+    }
 }
 
 impl Resources {
@@ -114,12 +132,7 @@ impl Resources {
         let Some(slot) = slot_of(name) else {
             return Err(ResourceError::Unsupported(name.to_owned()));
         };
-        let value = if slot == CPU {
-            parse_quantity_millis(quantity)
-        } else {
-            parse_quantity(quantity)
-        }
-        .ok_or_else(|| ResourceError::Invalid {
+        let value = parse_slot_quantity(slot, quantity).ok_or_else(|| ResourceError::Invalid {
             name: name.to_owned(),
             quantity: quantity.to_owned(),
         })?;
@@ -324,12 +337,48 @@ mod tests {
         r.add_named("cpu", "250m").unwrap();
         r.add_named("memory", "1Gi").unwrap();
         r.add_named("nvidia.com/gpu", "1").unwrap();
-        assert_eq!(r.0, [250, 1 << 30, 0, 0, 1, 0]);
+        r.add_named("aws.amazon.com/neuron", "1").unwrap();
+        r.add_named("aws.amazon.com/neuroncore", "2").unwrap();
+        r.add_named("vpc.amazonaws.com/efa", "4").unwrap();
+        r.add_named("amd.com/gpu", "0").unwrap();
+        assert_eq!(r.0, [250, 1 << 30, 0, 0, 1, 0, 1, 2, 4]);
         assert_eq!(
             r.add_named("example.com/fpga", "1"),
             Err(ResourceError::Unsupported("example.com/fpga".into()))
         );
         assert!(r.add_named("cpu", "x").is_err());
-        assert_eq!(r.describe(), "cpu 250m, memory 1Gi, nvidia.com/gpu 1");
+        assert_eq!(
+            r.describe(),
+            "cpu 250m, memory 1Gi, nvidia.com/gpu 1, aws.amazon.com/neuron 1, \
+             aws.amazon.com/neuroncore 2, vpc.amazonaws.com/efa 4"
+        );
+        assert!(
+            r.add_named("habana.ai/gaudi", "1").is_err(),
+            "no instance nodewright launches advertises it"
+        );
+    }
+
+    #[test]
+    fn resource_names_map_to_slots() {
+        let cases = [
+            ("cpu", Some(CPU)),
+            ("memory", Some(MEMORY)),
+            ("ephemeral-storage", Some(EPHEMERAL)),
+            ("pods", Some(PODS)),
+            ("nvidia.com/gpu", Some(NVIDIA_GPU)),
+            ("amd.com/gpu", Some(AMD_GPU)),
+            ("aws.amazon.com/neuron", Some(NEURON)),
+            ("aws.amazon.com/neuroncore", Some(NEURONCORE)),
+            ("vpc.amazonaws.com/efa", Some(EFA)),
+            ("hugepages-2Mi", None),
+            ("example.com/fpga", None),
+        ];
+        for (name, slot) in cases {
+            assert_eq!(slot_of(name), slot, "{name}");
+        }
+        assert_eq!(parse_slot_quantity(CPU, "1500m"), Some(1500));
+        assert_eq!(parse_slot_quantity(MEMORY, "1Gi"), Some(1 << 30));
+        assert_eq!(parse_slot_quantity(EFA, "8"), Some(8));
+        assert_eq!(parse_slot_quantity(NEURONCORE, "x"), None);
     }
 }
