@@ -46,7 +46,8 @@ pub const CAPACITY_RESERVATION_INTERRUPTIBLE: &str =
     "karpenter.k8s.aws/capacity-reservation-interruptible";
 pub const PLACEMENT_GROUP_ID: &str = "karpenter.k8s.aws/placement-group-id";
 pub const PLACEMENT_GROUP_PARTITION: &str = "karpenter.k8s.aws/placement-group-partition";
-/// The node's EC2NodeClass (its NodePool's `nodeClassRef.name`).
+/// The node's EC2NodeClass (its NodePool's `nodeClassRef.name`). Karpenter sets it on nodes; its
+/// CRD lets a NodePool require it, but its runtime validation refuses it (it is not well known).
 pub const EC2_NODE_CLASS: &str = "karpenter.k8s.aws/ec2nodeclass";
 
 /// Karpenter's own domain; a NodePool requirement may use only [`CAPACITY_TYPE`] in it.
@@ -54,10 +55,10 @@ pub const KARPENTER_DOMAIN: &str = "karpenter.sh";
 /// Karpenter's AWS provider's domain; a NodePool requirement may use only [`KARPENTER_AWS_KEYS`].
 pub const KARPENTER_AWS_DOMAIN: &str = "karpenter.k8s.aws";
 
-/// The `karpenter.k8s.aws/*` keys a NodePool requirement may use (Karpenter v1.14.1's NodePool
-/// CRD): what the AWS provider publishes on instance types, plus the node's EC2NodeClass,
-/// capacity reservation and placement group.
-pub const KARPENTER_AWS_KEYS: [&str; 28] = [
+/// The `karpenter.k8s.aws/*` keys a NodePool requirement may use (Karpenter v1.14.1's well-known
+/// labels, which both its NodePool CRD and its runtime validation accept): what the AWS provider
+/// publishes on instance types, plus capacity reservations and placement groups.
+pub const KARPENTER_AWS_KEYS: [&str; 27] = [
     INSTANCE_CATEGORY,
     INSTANCE_FAMILY,
     INSTANCE_GENERATION,
@@ -85,7 +86,6 @@ pub const KARPENTER_AWS_KEYS: [&str; 28] = [
     CAPACITY_RESERVATION_INTERRUPTIBLE,
     PLACEMENT_GROUP_ID,
     PLACEMENT_GROUP_PARTITION,
-    EC2_NODE_CLASS,
 ];
 
 /// Keys whose value comes from the instance type (not the pool's template or the offering).
@@ -137,8 +137,9 @@ pub fn is_offering_label(key: &str) -> bool {
 
 /// Why Karpenter's NodePool CRD refuses `key` in a requirement, or `None` if it allows it:
 /// `kubernetes.io/hostname`, `karpenter.sh/*` other than the capacity type, and
-/// `karpenter.k8s.aws/*` other than [`KARPENTER_AWS_KEYS`] (a domain counts when it ends with
-/// the restricted one, as the CRD's rule has it).
+/// `karpenter.k8s.aws/*` other than [`KARPENTER_AWS_KEYS`] (so [`EC2_NODE_CLASS`] too, as
+/// Karpenter's runtime validation has it; a domain counts when it ends with the restricted one,
+/// as the CRD's rule has it).
 pub fn restricted_requirement_key(key: &str) -> Option<String> {
     let domain = key.split('/').next().unwrap_or(key);
     if key == HOSTNAME {
@@ -181,7 +182,6 @@ mod tests {
             "karpenter.k8s.aws/instance-family",
             "karpenter.k8s.aws/instance-network-bandwidth",
             "karpenter.k8s.aws/instance-capability-flex",
-            "karpenter.k8s.aws/ec2nodeclass",
             "karpenter.k8s.aws/placement-group-partition",
             "topology.kubernetes.io/zone",
             "node.kubernetes.io/instance-type",
@@ -219,14 +219,11 @@ mod tests {
     }
 
     #[test]
-    fn every_published_aws_key_that_a_type_decides_is_an_instance_label() {
+    fn every_aws_key_a_pool_may_require_is_decided_by_the_instance_type() {
         for key in KARPENTER_AWS_KEYS {
-            assert_eq!(
-                is_instance_label(key),
-                key != EC2_NODE_CLASS,
-                "{key}: only the EC2NodeClass label comes from the pool"
-            );
+            assert!(is_instance_label(key), "{key}");
         }
+        assert!(!is_instance_label(EC2_NODE_CLASS));
         assert!(is_offering_label(ZONE) && !is_instance_label(ZONE));
     }
 }
