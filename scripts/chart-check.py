@@ -345,6 +345,7 @@ def expected_rbac(r: Rendered) -> tuple[set, set]:
     add(cluster, "", "pods", ["list", "watch"])
     add(cluster, "", "nodes", ["list", "watch", "patch"])
     add(cluster, "", "namespaces", ["list", "watch"])
+    add(cluster, "apps", "daemonsets", ["list", "watch"])
     add(cluster, "nodewright.io", "nodeclaims", ["list", "create", "delete"])
     add(cluster, "nodewright.io", "nodeclaims/status", ["patch"])
     add(cluster, "events.k8s.io", "events", ["create", "patch"])

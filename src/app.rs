@@ -435,6 +435,10 @@ async fn start_provisioning(
             std::process::id()
         )
     });
+    let daemonsets = match &client {
+        Some(client) => cluster::daemonsets::DaemonSets::watch(client.clone(), shutdown.clone()),
+        None => Default::default(),
+    };
     let (claims, leader) = match &client {
         Some(client) => {
             state.spawn(client.clone(), events_tx.clone(), shutdown.clone());
@@ -468,6 +472,7 @@ async fn start_provisioning(
         metrics: crate::metrics::ProvisionMetrics::new(metrics),
         leader,
         events,
+        daemonsets,
     };
     tokio::spawn(async move {
         // Keep a sender alive so the event stream only ends with the process.

@@ -1,6 +1,7 @@
 //! Kubernetes adapters: the client (kubeconfig / in-cluster chain) and watch caches.
 
 pub mod certs;
+pub mod daemonsets;
 pub mod events;
 pub mod leader;
 pub mod ledger;

@@ -187,7 +187,10 @@ impl ClusterState {
                 self.unbind(&key);
                 Some(ClusterEvent::PodSettled(key))
             }
-            _ if is_unschedulable(&pod) => Some(ClusterEvent::Unschedulable(Arc::new(pod))),
+            // A DaemonSet pod belongs to its node; new capacity counts it as overhead instead.
+            _ if is_unschedulable(&pod) && !is_daemon_pod(&pod) => {
+                Some(ClusterEvent::Unschedulable(Arc::new(pod)))
+            }
             _ => None,
         }
     }
@@ -291,6 +294,15 @@ pub fn is_unschedulable(pod: &Pod) -> bool {
                     && c.reason.as_deref() == Some("Unschedulable")
             })
         })
+}
+
+/// Is the pod owned by a DaemonSet?
+pub fn is_daemon_pod(pod: &Pod) -> bool {
+    pod.metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .any(|o| o.kind == "DaemonSet" && o.controller == Some(true))
 }
 
 /// The facts the extender needs from a Node object.

@@ -25,6 +25,7 @@ use serde_json::{Map, Value, json};
 
 use crate::policy::mutate::{Decision, Operation, PodAdmission, Steering};
 use crate::policy::pod::PodView;
+use crate::scheduling::pools::{DAEMON_HOST_NETWORK_TOLERATION, DAEMON_TOLERATIONS};
 
 /// A workload asking for more pods than this is refused rather than expanded (memory).
 pub const MAX_PODS_PER_WORKLOAD: u64 = 100_000;
@@ -46,19 +47,6 @@ const JOB_UID: &str = "batch.kubernetes.io/controller-uid";
 const JOB_UID_LEGACY: &str = "controller-uid";
 const JOB_INDEX: &str = "batch.kubernetes.io/job-completion-index";
 const NAMESPACE_NAME: &str = "kubernetes.io/metadata.name";
-
-/// Tolerations the DaemonSet controller adds to every daemon pod (`util.AddOrUpdateDaemonPodTolerations`).
-const DAEMON_TOLERATIONS: [(&str, &str); 6] = [
-    ("node.kubernetes.io/not-ready", "NoExecute"),
-    ("node.kubernetes.io/unreachable", "NoExecute"),
-    ("node.kubernetes.io/disk-pressure", "NoSchedule"),
-    ("node.kubernetes.io/memory-pressure", "NoSchedule"),
-    ("node.kubernetes.io/pid-pressure", "NoSchedule"),
-    ("node.kubernetes.io/unschedulable", "NoSchedule"),
-];
-/// Added as well for daemon pods on the host network.
-const DAEMON_HOST_NETWORK_TOLERATION: (&str, &str) =
-    ("node.kubernetes.io/network-unavailable", "NoSchedule");
 
 /// The pods a set of manifests asks for, as the cluster would admit them.
 #[derive(Debug, Clone, Default)]

@@ -5,128 +5,13 @@
 
 pub mod manifests;
 
-use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use k8s_openapi::api::core::v1::Pod;
+use crate::model::Resources;
+use crate::model::resources::MEMORY;
+use crate::scheduling::solver::Plan;
 
-use crate::config::{Config, EC2NodeClass, NodePool};
-use crate::model::catalog::{KubeletSettings, labels, reservation_slot};
-use crate::model::resources::{MEMORY, parse_quantity, parse_quantity_millis};
-use crate::model::{Operator, Requirement, Resources};
-use crate::scheduling::pod::PendingPod;
-use crate::scheduling::solver::{Limits, Plan, Pool, untolerated};
-
-/// The solver's view of every NodePool in `config`. DaemonSet pods that would run on a pool's
-/// nodes add their requests to its per-node overhead.
-pub fn pools_from_config(config: &Config, daemonsets: &[Pod]) -> Vec<Pool> {
-    let daemons: Vec<PendingPod> = daemonsets.iter().map(PendingPod::from_pod).collect();
-    config
-        .node_pools
-        .values()
-        .map(|pool| pool_from(pool, config.node_class_of(pool), &daemons))
-        .collect()
-}
-
-fn pool_from(pool: &NodePool, class: Option<&EC2NodeClass>, daemons: &[PendingPod]) -> Pool {
-    let spec = &pool.spec;
-    let template_labels = pool.template_labels().cloned().unwrap_or_default();
-    let mut limits = Limits::default();
-    for (name, q) in &spec.limits {
-        match name.as_str() {
-            "cpu" => limits.cpu_millis = parse_quantity_millis(&q.0),
-            "memory" => limits.memory_bytes = parse_quantity(&q.0),
-            "nodes" => limits.nodes = parse_quantity(&q.0),
-            _ => {}
-        }
-    }
-    let mut out = Pool {
-        name: pool.name().to_owned(),
-        weight: spec.weight.unwrap_or(0),
-        requirements: spec.template.spec.requirements.clone(),
-        labels: template_labels,
-        taints: spec.template.spec.taints.clone(),
-        kubelet: class.map(kubelet_settings).unwrap_or_default(),
-        daemon_overhead: Resources::ZERO,
-        limits,
-        in_use: Default::default(),
-    };
-    // Node labels every node of the pool has, for DaemonSet node selectors.
-    let mut node_labels: BTreeMap<String, String> = out.labels.clone();
-    node_labels.insert(labels::NODEPOOL.to_owned(), out.name.clone());
-    node_labels.insert(labels::OS.to_owned(), "linux".to_owned());
-    for r in &out.requirements {
-        if r.operator == Operator::In && r.values.len() == 1 {
-            node_labels.insert(r.key.clone(), r.values[0].clone());
-        }
-    }
-    for d in daemons {
-        if d.invalid.is_some() || untolerated(&out.taints, &d.constraints).is_some() {
-            continue;
-        }
-        let ok = |r: &Requirement| {
-            // Labels decided per instance (type, zone, capacity type) could go either way: count
-            // the DaemonSet unless the pool's own labels rule it out.
-            match node_labels.get(&r.key) {
-                Some(v) => r.allows(Some(v)),
-                None => {
-                    labels::is_instance_label(&r.key)
-                        || labels::is_offering_label(&r.key)
-                        || r.allows(None)
-                }
-            }
-        };
-        let c = &d.constraints;
-        let runs = c.node_selector.iter().all(ok)
-            && (c.node_affinity.is_empty() || c.node_affinity.iter().any(|t| t.iter().all(ok)));
-        if runs {
-            let mut r = d.requests;
-            r.0[crate::model::resources::PODS] = 1;
-            out.daemon_overhead += r;
-        }
-    }
-    out
-}
-
-/// Allocatable-relevant settings of an EC2NodeClass.
-pub fn kubelet_settings(class: &EC2NodeClass) -> KubeletSettings {
-    let mut k = KubeletSettings::default();
-    if let Some(kubelet) = &class.spec.kubelet {
-        k.max_pods = kubelet.max_pods.and_then(|v| u32::try_from(v).ok());
-        k.pods_per_core = kubelet.pods_per_core.and_then(|v| u32::try_from(v).ok());
-        let read =
-            |map: &BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>| {
-                map.iter()
-                    .filter_map(|(name, q)| {
-                        let slot = reservation_slot(name)?;
-                        let v = if slot == crate::model::resources::CPU {
-                            parse_quantity_millis(&q.0)
-                        } else {
-                            parse_quantity(&q.0)
-                        }?;
-                        Some((slot, v))
-                    })
-                    .collect()
-            };
-        k.kube_reserved = read(&kubelet.kube_reserved);
-        k.system_reserved = read(&kubelet.system_reserved);
-        k.eviction_memory = kubelet
-            .eviction_hard
-            .get("memory.available")
-            .and_then(|v| parse_quantity(v));
-    }
-    let root = class
-        .spec
-        .block_device_mappings
-        .iter()
-        .find(|m| m.root_volume)
-        .or(class.spec.block_device_mappings.first());
-    k.root_volume_bytes = root
-        .and_then(|m| m.ebs.as_ref())
-        .and_then(|e| e.volume_size.as_ref())
-        .and_then(|q| parse_quantity(&q.0));
-    k
-}
+pub use crate::scheduling::pools::{kubelet_settings, pools_from_config};
 
 /// The plan as JSON for programs (the documented contract).
 pub fn to_json(plan: &Plan) -> String {

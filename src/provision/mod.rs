@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 use crate::cloud::launch::{
     ClusterInfo, LaunchError, LaunchOffering, LaunchRequest, Launched, Launcher,
 };
+use crate::cluster::daemonsets::DaemonSets;
 use crate::cluster::events::{EventSink, Kind};
 use crate::cluster::nodeclaims::{
     CLAIM_TAG, ClaimOffering, ClaimStore, NodeClaim, NodeClaimSpec, Phase, time_now,
@@ -68,6 +69,8 @@ pub struct Provisioner {
     pub leader: watch::Receiver<bool>,
     /// Kubernetes Events about pods and claims.
     pub events: EventSink,
+    /// The cluster's DaemonSets, for the per-node overhead of new nodes (empty when standalone).
+    pub daemonsets: Arc<DaemonSets>,
 }
 
 /// Per-pod bookkeeping.
@@ -1085,7 +1088,8 @@ impl Run {
     /// Pools for the planner, with what existing pool nodes and claims in flight count against
     /// their limits.
     fn pools(&self, config: &Config, catalog: &Catalog, nodes: &[ExistingNode]) -> Vec<Pool> {
-        let mut pools = crate::plan::pools_from_config(config, &[]);
+        let daemonsets = self.p.daemonsets.pods();
+        let mut pools = crate::scheduling::pools::pools_from_config(config, &daemonsets);
         for pool in &mut pools {
             let mut usage = Usage::default();
             for n in nodes {

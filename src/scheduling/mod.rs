@@ -4,6 +4,7 @@ pub mod batcher;
 pub mod extender;
 pub mod lp;
 pub mod pod;
+pub mod pools;
 pub mod solver;
 pub mod view;
 
