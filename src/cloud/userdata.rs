@@ -16,6 +16,10 @@
 //!
 //! Bottlerocket and Windows are not supported yet.
 //!
+//! The taints are the NodePool's `taints` and `startupTaints` together
+//! ([`registration_taints`]): the kubelet registers the node with both, so nothing lands on it
+//! before the daemon that owns a startup taint has removed it.
+//!
 //! # Contract with kubelet stand-ins
 //! The generated text (AL2023 and AL2) always contains `--node-labels=<k=v,…>` and, when there
 //! are taints, `--register-with-taints=<key=value:Effect,…>`, each a single token ended by
@@ -104,6 +108,22 @@ pub fn taints_value(taints: &[Taint]) -> String {
         .map(ToString::to_string)
         .collect::<Vec<_>>()
         .join(",")
+}
+
+/// The taints a node registers with: every taint of `lists`, in order, without a second taint
+/// of the same key and effect (the kubelet refuses to register with such a pair, whatever the
+/// values), so a startup taint that repeats one of the pool's taints is passed once.
+pub fn registration_taints(lists: &[&[Taint]]) -> Vec<Taint> {
+    let mut out: Vec<Taint> = Vec::new();
+    for taint in lists.iter().copied().flatten() {
+        if !out
+            .iter()
+            .any(|t| t.key == taint.key && t.effect == taint.effect)
+        {
+            out.push(taint.clone());
+        }
+    }
+    out
 }
 
 /// The labels and taints the kubelet is told to register with, read back from user data text:
@@ -624,6 +644,104 @@ mod tests {
             kubelet: None,
             custom: None,
         }
+    }
+
+    fn taint(key: &str, value: Option<&str>, effect: TaintEffect) -> Taint {
+        Taint {
+            key: key.into(),
+            value: value.map(Into::into),
+            effect,
+        }
+    }
+
+    #[test]
+    fn registration_taints_keep_one_taint_per_key_and_effect() {
+        use TaintEffect::*;
+        let pool = taint("dedicated", Some("web"), NoSchedule);
+        let startup = taint("example.com/agent-not-ready", None, NoExecute);
+        let unregistered = taint("nodewright.io/unregistered", None, NoExecute);
+        // (case, the lists, the taints registered)
+        type Case = (&'static str, Vec<Vec<Taint>>, Vec<Taint>);
+        let cases: Vec<Case> = vec![
+            ("none", vec![vec![], vec![]], vec![]),
+            (
+                "pool, startup, unregistered in order",
+                vec![
+                    vec![pool.clone()],
+                    vec![startup.clone()],
+                    vec![unregistered.clone()],
+                ],
+                vec![pool.clone(), startup.clone(), unregistered.clone()],
+            ),
+            (
+                "a startup taint repeating a pool taint's key and effect",
+                vec![
+                    vec![pool.clone()],
+                    vec![taint("dedicated", Some("other"), NoSchedule)],
+                ],
+                vec![pool.clone()],
+            ),
+            (
+                "same key, another effect",
+                vec![
+                    vec![pool.clone()],
+                    vec![taint("dedicated", None, NoExecute)],
+                ],
+                vec![pool.clone(), taint("dedicated", None, NoExecute)],
+            ),
+        ];
+        for (name, lists, expected) in cases {
+            let lists: Vec<&[Taint]> = lists.iter().map(Vec::as_slice).collect();
+            assert_eq!(registration_taints(&lists), expected, "{name}");
+        }
+    }
+
+    #[test]
+    fn startup_taints_are_registered_by_every_generated_family() {
+        let labels = labels();
+        let startup = [taint(
+            "example.com/agent-not-ready",
+            None,
+            TaintEffect::NoExecute,
+        )];
+        let taints = registration_taints(&[&taints(), &startup]);
+        // (family, text that must be there, or None when the family leaves taints to the user)
+        let cases = [
+            (
+                AmiFamily::AL2023,
+                Some(
+                    "--register-with-taints=nodewright.io/pool=default:NoSchedule,dedicated:NoExecute,example.com/agent-not-ready:NoExecute",
+                ),
+            ),
+            (
+                AmiFamily::AL2,
+                Some(
+                    "--register-with-taints=nodewright.io/pool=default:NoSchedule,dedicated:NoExecute,example.com/agent-not-ready:NoExecute --max-pods=110",
+                ),
+            ),
+            (AmiFamily::Custom, None),
+        ];
+        for (family, expected) in cases {
+            let text = render(&input(family, &labels, &taints)).unwrap();
+            match expected {
+                Some(flag) => {
+                    assert!(text.contains(flag), "{family:?}: {text}");
+                    assert_eq!(parse_node_args(&text).1, taints, "{family:?}");
+                }
+                None => assert!(!text.contains("agent-not-ready"), "{family:?}: {text}"),
+            }
+        }
+        // nodeadm's own list as well, beside the flag.
+        let text = render(&input(AmiFamily::AL2023, &labels, &taints)).unwrap();
+        let yaml = text
+            .split("Content-Type: application/node.eks.aws\n\n")
+            .nth(1)
+            .and_then(|rest| rest.split("\n--//").next())
+            .unwrap();
+        let doc: serde_yaml::Value = serde_yaml::from_str(yaml).unwrap();
+        let listed = &doc["spec"]["kubelet"]["config"]["registerWithTaints"][2];
+        assert_eq!(listed["key"], "example.com/agent-not-ready", "{text}");
+        assert_eq!(listed["effect"], "NoExecute", "{text}");
     }
 
     #[test]

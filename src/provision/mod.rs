@@ -20,6 +20,8 @@ use kube::{Api, Client};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
+mod startup;
+
 use crate::cloud::launch::{
     ClusterInfo, LaunchError, LaunchOffering, LaunchRequest, Launched, Launcher,
 };
@@ -93,6 +95,8 @@ struct Run {
     first_seen: HashMap<String, Instant>,
     last_orphan_scan: Option<Instant>,
     leading: bool,
+    /// Which nodes are past their startup taints.
+    startup: startup::Initialization,
 }
 
 impl Provisioner {
@@ -117,6 +121,7 @@ impl Provisioner {
             first_seen: HashMap::new(),
             last_orphan_scan: None,
             leading: false,
+            startup: startup::Initialization::default(),
         };
         if !run.p.claims.is_durable() {
             tracing::warn!(
@@ -217,6 +222,7 @@ impl Run {
                 self.update_gauges();
             }
             ClusterEvent::NodeApplied(node) => {
+                self.startup.observe(&node, &self.p.config.load());
                 if let Some(id) = instance_id(&node) {
                     self.nodes_by_instance.insert(id, node.clone());
                 }
@@ -225,6 +231,7 @@ impl Run {
                 }
             }
             ClusterEvent::NodeDeleted(name) => {
+                self.startup.forget(&name);
                 self.nodes_by_instance
                     .retain(|_, n| n.metadata.name.as_deref() != Some(name.as_str()));
                 if self.leading {
@@ -308,7 +315,8 @@ impl Run {
             }
         }
         let pending: Vec<PendingPod> = pods.iter().map(|p| PendingPod::from_pod(p)).collect();
-        let nodes = self.p.state.existing_nodes();
+        let mut nodes = self.p.state.existing_nodes();
+        self.startup.relax(&mut nodes, &config);
         let pools = self.pools(&config, &catalog, &nodes);
         let plan = solve(&Input {
             pods: &pending,
@@ -1283,17 +1291,15 @@ fn launch_request(
         cluster: cluster.clone(),
         offerings,
         labels,
-        taints: claim
-            .spec
-            .taints
-            .iter()
-            .cloned()
-            .chain(std::iter::once(Taint {
+        taints: crate::cloud::userdata::registration_taints(&[
+            &claim.spec.taints,
+            &pool.spec.template.spec.startup_taints,
+            &[Taint {
                 key: UNREGISTERED_TAINT.to_owned(),
                 value: None,
                 effect: crate::model::taints::TaintEffect::NoExecute,
-            }))
-            .collect(),
+            }],
+        ]),
         max_pods: class
             .spec
             .kubelet
