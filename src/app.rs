@@ -74,16 +74,25 @@ pub struct ServeSettings {
     pub extender_client_ca: Option<PathBuf>,
 }
 
-/// Load the config named by `path`, or the embedded example.
+/// Load the config named by `path`, or the embedded example, and log its warnings.
 pub fn load_config(path: Option<&PathBuf>) -> Result<Config> {
-    match path {
-        Some(path) => Ok(Config::load(path)?),
+    let config = match path {
+        Some(path) => Config::load(path)?,
         None => {
             tracing::info!(
                 "no --config given: using the embedded example config (examples/workshop.yaml)"
             );
-            Ok(crate::config::embedded_example())
+            crate::config::embedded_example()
         }
+    };
+    log_config_warnings(&config);
+    Ok(config)
+}
+
+/// Log each warning of a freshly loaded config once (fields pruned, fields not acted on).
+pub fn log_config_warnings(config: &Config) {
+    for warning in &config.warnings {
+        tracing::warn!(reason = warning.reason.as_str(), "{warning}");
     }
 }
 
@@ -529,6 +538,7 @@ fn spawn_config_reloader(
         while changes.recv().await.is_some() {
             match Config::load(&path) {
                 Ok(config) => {
+                    log_config_warnings(&config);
                     decisions.store(&config, own_namespace.as_deref());
                     metrics.reload(ReloadKind::Config, ReloadResult::Success);
                     tracing::info!(config = %path.display(), rules = config.policy.rules.len(), "config reloaded");

@@ -317,6 +317,7 @@ fn plan(args: PlanArgs) -> anyhow::Result<()> {
         Some(path) => nodewright::config::Config::load(path)?,
         None => nodewright::config::embedded_example(),
     };
+    app::log_config_warnings(&config);
     let steering = nodewright::policy::mutate::Steering::new(&config, None);
     let objects = plan::manifests::read_paths(&args.manifests)?;
     let read = started.elapsed();

@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use nodewright::config::{
-    Config, ConfigError, ConsolidationPolicy, DurationOrNever, ErrorCategory, WhenUnsatisfiable,
+    Config, ConfigError, ConsolidationPolicy, DurationOrNever, ErrorCategory, WarningReason,
+    WhenUnsatisfiable,
 };
 use nodewright::model::{Operator, Requirement, Taint, TaintEffect};
 
@@ -49,7 +50,6 @@ const CASES: &[Expected] = {
     const DEFAULT: Option<&str> = Some("default");
     &[
         // Deserialization: unknown fields, wrong values and types, missing fields.
-        case("unknown-field.yaml", Schema, 2, CLASS, DEFAULT, Some("spec.kubelet.maxPod"), 34, 5, "unknown field `maxPod`, expected one of"),
         case("wrong-enum.yaml", Schema, 2, POOL, DEFAULT, Some("spec.template.spec.taints[0].effect"), 36, 19, "unknown variant `NoSchedul`, expected one of `NoSchedule`, `PreferNoSchedule`, `NoExecute`"),
         case("wrong-type.yaml", Schema, 1, POOL, DEFAULT, Some("spec.weight"), 17, 11, "invalid type: string \"heavy\", expected i32"),
         case("missing-name.yaml", Schema, 2, CLASS, None, Some("metadata"), 20, 3, "missing field `name`"),
@@ -123,6 +123,38 @@ fn each_mistake_is_reported_where_it_is() {
         );
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// An unknown field of a Karpenter document is pruned by the apiserver: it loads, with a warning
+/// at the field's key.
+#[test]
+fn unknown_karpenter_fields_load_with_a_warning_where_they_are() {
+    let config = Config::load(&data("unknown-field.yaml")).unwrap();
+    let [warning] = config.warnings.as_slice() else {
+        panic!("one warning expected: {:?}", config.warnings);
+    };
+    assert_eq!(
+        (
+            warning.reason,
+            warning.document,
+            warning.path.as_str(),
+            warning.line,
+            warning.column
+        ),
+        (
+            WarningReason::Pruned,
+            2,
+            "spec.kubelet.maxPod",
+            Some(34),
+            Some(5)
+        )
+    );
+    assert!(
+        warning
+            .message
+            .starts_with("not a field of Karpenter's v1 EC2NodeClass"),
+        "{warning}"
+    );
 }
 
 #[test]

@@ -152,6 +152,97 @@ impl Serialize for DurationOrNever {
     }
 }
 
+/// Whether `text` matches Karpenter's CRD pattern `^([0-9]+(s|m|h))+$` (with `units` for `smh`):
+/// whole numbers only, no `ms`, no fractions; stricter than Go's own durations.
+pub(crate) fn is_crd_duration(text: &str, units: &[char]) -> bool {
+    let mut rest = text;
+    while !rest.is_empty() {
+        let (digits, after) = split_digits(rest);
+        let mut chars = after.chars();
+        match chars.next() {
+            Some(unit) if !digits.is_empty() && units.contains(&unit) => rest = chars.as_str(),
+            _ => return false,
+        }
+    }
+    !text.is_empty()
+}
+
+/// A budget's `duration`: `Nh`, `Nm` or `NhMm`, optionally followed by `0s` (CRD pattern
+/// `^((([0-9]+(h|m))|([0-9]+h[0-9]+m))(0s)?)$`).
+pub(crate) fn is_budget_duration(text: &str) -> bool {
+    let text = text.strip_suffix("0s").unwrap_or(text);
+    let (hours, after) = split_digits(text);
+    match after.strip_prefix('h') {
+        Some("") => !hours.is_empty(),
+        Some(minutes) => {
+            let (digits, unit) = split_digits(minutes);
+            !hours.is_empty() && !digits.is_empty() && unit == "m"
+        }
+        None => !hours.is_empty() && after == "m",
+    }
+}
+
+/// Serde helpers for Karpenter's duration fields, each checking the field's CRD pattern.
+pub(crate) mod crd {
+    use serde::{Deserialize, Deserializer, de::Error};
+
+    use super::{DurationOrNever, GoDuration, is_budget_duration, is_crd_duration};
+
+    const SMH: &[char] = &['s', 'm', 'h'];
+
+    fn text<'de, D: Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
+        String::deserialize(deserializer)
+    }
+
+    /// `expireAfter`, `consolidateAfter`: `^(([0-9]+(s|m|h))+|Never)$`.
+    pub(crate) fn duration_or_never<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Option<DurationOrNever>, D::Error> {
+        let text = text(deserializer)?;
+        if text == "Never" {
+            return Ok(Some(DurationOrNever::Never));
+        }
+        if !is_crd_duration(&text, SMH) {
+            return Err(D::Error::custom(format!(
+                "invalid duration {text:?}: Karpenter takes whole numbers of s, m and h (e.g. 720h, 1h30m) or Never"
+            )));
+        }
+        super::parse_go_duration(&text)
+            .map(|d| Some(DurationOrNever::After(d)))
+            .map_err(D::Error::custom)
+    }
+
+    /// `terminationGracePeriod`: `^([0-9]+(s|m|h))+$`.
+    pub(crate) fn duration<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Option<GoDuration>, D::Error> {
+        let text = text(deserializer)?;
+        if !is_crd_duration(&text, SMH) {
+            return Err(D::Error::custom(format!(
+                "invalid duration {text:?}: Karpenter takes whole numbers of s, m and h (e.g. 48h, 1h30m)"
+            )));
+        }
+        super::parse_go_duration(&text)
+            .map(|d| Some(GoDuration(d)))
+            .map_err(D::Error::custom)
+    }
+
+    /// A budget's `duration`: hours and minutes only.
+    pub(crate) fn budget_duration<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Option<GoDuration>, D::Error> {
+        let text = text(deserializer)?;
+        if !is_budget_duration(&text) {
+            return Err(D::Error::custom(format!(
+                "invalid budget duration {text:?}: Karpenter takes hours and minutes only (e.g. 8h, 30m, 1h30m)"
+            )));
+        }
+        super::parse_go_duration(&text)
+            .map(|d| Some(GoDuration(d)))
+            .map_err(D::Error::custom)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -240,5 +331,24 @@ mod tests {
             err.to_string().contains("invalid duration \"never\""),
             "{err}"
         );
+    }
+
+    #[test]
+    fn karpenter_crd_duration_patterns() {
+        const SMH: &[char] = &['s', 'm', 'h'];
+        for text in ["720h", "1h30m", "30s", "0s", "1h1m1s", "10m0s"] {
+            assert!(is_crd_duration(text, SMH), "{text}");
+        }
+        for text in ["", "1.5h", "500ms", "1d", "h", "Never", "-1h", "1h "] {
+            assert!(!is_crd_duration(text, SMH), "{text:?}");
+        }
+        for text in ["8h", "30m", "1h30m", "10m0s", "1h0s", "1h30m0s"] {
+            assert!(is_budget_duration(text), "{text}");
+        }
+        for text in [
+            "", "30s", "2m30s", "1h30", "m", "h30m", "1.5h", "0s", "1m1h",
+        ] {
+            assert!(!is_budget_duration(text), "{text:?}");
+        }
     }
 }

@@ -87,30 +87,57 @@ impl std::ops::Deref for ConfigError {
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let e = &self.0;
-        write!(f, "{}", e.file)?;
-        let mut separator = ": ";
-        if let Some(document) = e.document {
-            write!(f, "{separator}document {document}")?;
-            match (&e.kind, &e.name) {
-                (Some(kind), Some(name)) => write!(f, " ({kind} {name:?})")?,
-                (Some(kind), None) => write!(f, " ({kind})")?,
-                (None, Some(name)) => write!(f, " ({name:?})")?,
-                (None, None) => {}
-            }
-            separator = ", ";
-        }
-        if let Some(line) = e.line {
-            write!(f, "{separator}line {line}")?;
-            if let Some(column) = e.column {
-                write!(f, " column {column}")?;
-            }
-        }
-        f.write_str(": ")?;
-        if let Some(path) = e.path.as_deref().filter(|p| !p.is_empty()) {
-            write!(f, "{path}: ")?;
-        }
-        f.write_str(&e.message)
+        write_located(
+            f,
+            &e.file,
+            e.document,
+            e.kind.as_deref(),
+            e.name.as_deref(),
+            e.line,
+            e.column,
+            e.path.as_deref(),
+            &e.message,
+        )
     }
+}
+
+/// `file: document N (Kind "name"), line L column C: path: message`, leaving out unknown parts;
+/// shared by errors and warnings so both read the same.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn write_located(
+    f: &mut fmt::Formatter<'_>,
+    file: &str,
+    document: Option<usize>,
+    kind: Option<&str>,
+    name: Option<&str>,
+    line: Option<usize>,
+    column: Option<usize>,
+    path: Option<&str>,
+    message: &str,
+) -> fmt::Result {
+    write!(f, "{file}")?;
+    let mut separator = ": ";
+    if let Some(document) = document {
+        write!(f, "{separator}document {document}")?;
+        match (kind, name) {
+            (Some(kind), Some(name)) => write!(f, " ({kind} {name:?})")?,
+            (Some(kind), None) => write!(f, " ({kind})")?,
+            (None, Some(name)) => write!(f, " ({name:?})")?,
+            (None, None) => {}
+        }
+        separator = ", ";
+    }
+    if let Some(line) = line {
+        write!(f, "{separator}line {line}")?;
+        if let Some(column) = column {
+            write!(f, " column {column}")?;
+        }
+    }
+    f.write_str(": ")?;
+    if let Some(path) = path.filter(|p| !p.is_empty()) {
+        write!(f, "{path}: ")?;
+    }
+    f.write_str(message)
 }
 
 impl std::error::Error for ConfigError {}

@@ -32,3 +32,17 @@ pub(crate) struct Manifest<S> {
     #[serde(default, rename = "status")]
     _status: Option<IgnoredAny>,
 }
+
+/// A Karpenter document: unlike [`Manifest`], unknown top-level fields are left to the caller, who
+/// reports them as pruned (see `validate::pruned`).
+#[derive(Deserialize)]
+pub(crate) struct KarpenterManifest<S> {
+    #[serde(rename = "apiVersion")]
+    _api_version: IgnoredAny,
+    #[serde(rename = "kind")]
+    _kind: IgnoredAny,
+    pub metadata: ObjectMeta,
+    pub spec: S,
+    #[serde(default, rename = "status")]
+    _status: Option<IgnoredAny>,
+}

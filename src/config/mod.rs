@@ -5,6 +5,10 @@
 //! the line: deserialization errors through `serde_path_to_error` and serde_yaml's own positions,
 //! checks made after deserializing (validation) through a position index of the text built with
 //! yaml-rust2's event parser.
+//!
+//! Karpenter documents load as the apiserver would take them: a field Karpenter's v1 CRD does not
+//! have is pruned there, so here it is ignored with a [`ConfigWarning`]; so are valid fields
+//! nodewright does not act on yet. nodewright's own Policy document refuses unknown fields.
 
 mod duration;
 mod error;
@@ -13,6 +17,7 @@ mod nodeclass;
 mod nodepool;
 pub mod policy;
 mod validate;
+mod warning;
 mod yaml;
 
 use std::collections::BTreeMap;
@@ -26,8 +31,10 @@ pub use meta::ObjectMeta;
 pub use nodeclass::*;
 pub use nodepool::*;
 pub use policy::*;
+pub use warning::{ConfigWarning, WarningReason};
 
-use meta::Manifest;
+use meta::{KarpenterManifest, Manifest};
+use validate::Severity;
 use yaml::{Document, FieldPath, Head};
 
 /// `apiVersion` of NodePool documents.
@@ -46,8 +53,9 @@ pub fn embedded_example() -> Config {
         .expect("the embedded example config is valid")
 }
 
-/// A whole, validated config file.
-#[derive(Clone, Debug, Default, PartialEq)]
+/// A whole, validated config file. Two configs are equal when their settings are: the warnings,
+/// which name the file they came from, are not compared.
+#[derive(Clone, Debug, Default)]
 pub struct Config {
     /// NodePools by `metadata.name`.
     pub node_pools: BTreeMap<String, NodePool>,
@@ -57,6 +65,18 @@ pub struct Config {
     pub policy: PolicySpec,
     /// The Policy document's `metadata.name`, if there is one.
     pub policy_name: Option<String>,
+    /// What loads but does not take effect (pruned fields, fields not acted on), in file order:
+    /// for the caller to log once per load.
+    pub warnings: Vec<ConfigWarning>,
+}
+
+impl PartialEq for Config {
+    fn eq(&self, other: &Self) -> bool {
+        self.node_pools == other.node_pools
+            && self.node_classes == other.node_classes
+            && self.policy == other.policy
+            && self.policy_name == other.policy_name
+    }
 }
 
 /// The document types nodewright reads.
@@ -132,8 +152,8 @@ impl Config {
             };
             match document_type {
                 DocumentType::NodePool => {
-                    let manifest: Manifest<NodePoolSpec> =
-                        located.deserialize(document, deserializer)?;
+                    let manifest: KarpenterManifest<NodePoolSpec> =
+                        located.deserialize_pruned(document, deserializer, &mut parsed.pruned)?;
                     let pool = NodePool {
                         metadata: manifest.metadata,
                         spec: manifest.spec,
@@ -141,8 +161,8 @@ impl Config {
                     parsed.node_pools.push((document.index, pool));
                 }
                 DocumentType::EC2NodeClass => {
-                    let manifest: Manifest<EC2NodeClassSpec> =
-                        located.deserialize(document, deserializer)?;
+                    let manifest: KarpenterManifest<EC2NodeClassSpec> =
+                        located.deserialize_pruned(document, deserializer, &mut parsed.pruned)?;
                     let class = EC2NodeClass {
                         metadata: manifest.metadata,
                         spec: manifest.spec,
@@ -168,10 +188,27 @@ impl Config {
             }
         }
 
-        if let Some(issue) = validate::validate(&parsed).into_iter().min_by_key(|issue| {
+        let mut warnings = Vec::new();
+        let mut first_error: Option<(validate::Issue, Option<(usize, usize)>)> = None;
+        for issue in validate::validate(&parsed) {
             let document = &documents[issue.document - 1];
-            (issue.document, document.locate(&issue.path))
-        }) {
+            let position = document.locate(&issue.path);
+            match issue.severity {
+                Severity::Error => {
+                    let key = (issue.document, position);
+                    if first_error
+                        .as_ref()
+                        .is_none_or(|(first, at)| key < (first.document, *at))
+                    {
+                        first_error = Some((issue, position));
+                    }
+                }
+                Severity::Warning(reason) => {
+                    warnings.push(located.warning(document, reason, &issue.path, issue.message));
+                }
+            }
+        }
+        if let Some((issue, _)) = first_error {
             let document = &documents[issue.document - 1];
             return Err(located.error(
                 document,
@@ -180,7 +217,20 @@ impl Config {
                 issue.message,
             ));
         }
-        Ok(parsed.into_config())
+        for (index, path) in std::mem::take(&mut parsed.pruned) {
+            let document = &documents[index - 1];
+            let kind = document.head().kind.unwrap_or_default();
+            let message = validate::pruned::message(&kind, &path);
+            let mut warning = located.warning(document, WarningReason::Pruned, &path, message);
+            if let Some((line, column)) = document.locate_key(&path) {
+                (warning.line, warning.column) = (Some(line), Some(column));
+            }
+            warnings.push(warning);
+        }
+        warnings.sort_by_key(|w| (w.document, w.line, w.column));
+        let mut config = parsed.into_config();
+        config.warnings = warnings;
+        Ok(config)
     }
 
     /// The NodePool named `name`.
@@ -201,6 +251,8 @@ pub(crate) struct Parsed {
     pub node_pools: Vec<(usize, NodePool)>,
     pub node_classes: Vec<(usize, EC2NodeClass)>,
     pub policy: Option<(usize, Manifest<PolicySpec>)>,
+    /// Fields of Karpenter documents no type took, by document: pruned by the apiserver.
+    pub pruned: Vec<(usize, FieldPath)>,
 }
 
 impl Parsed {
@@ -223,6 +275,7 @@ impl Parsed {
                 .collect(),
             policy,
             policy_name,
+            warnings: Vec::new(),
         }
     }
 }
@@ -262,6 +315,50 @@ impl Located<'_> {
             column: position.map(|(_, column)| column),
             ..ErrorDetails::new(self.source, category, message)
         }
+    }
+
+    fn warning(
+        &self,
+        document: &Document,
+        reason: WarningReason,
+        path: &FieldPath,
+        message: String,
+    ) -> ConfigWarning {
+        let details = self.details(document, ErrorCategory::Invalid, path, message);
+        ConfigWarning {
+            reason,
+            file: details.file,
+            document: document.index,
+            kind: details.kind,
+            name: details.name,
+            path: details.path.unwrap_or_default(),
+            line: details.line,
+            column: details.column,
+            message: details.message,
+        }
+    }
+
+    /// [`Located::deserialize`] for a Karpenter document: keys no field takes are collected in
+    /// `pruned` instead of refused.
+    fn deserialize_pruned<T: DeserializeOwned>(
+        &self,
+        document: &Document,
+        deserializer: serde_yaml::Deserializer<'_>,
+        pruned: &mut Vec<(usize, FieldPath)>,
+    ) -> Result<T, ConfigError> {
+        let mut ignored = Vec::new();
+        let mut record = |path: serde_ignored::Path<'_>| {
+            let path = FieldPath::from_ignored(&path);
+            if !validate::pruned::is_silent(&path) {
+                ignored.push(path);
+            }
+        };
+        let value = self.deserialize(
+            document,
+            serde_ignored::Deserializer::new(deserializer, &mut record),
+        )?;
+        pruned.extend(ignored.into_iter().map(|path| (document.index, path)));
+        Ok(value)
     }
 
     fn document_type(&self, document: &Document, head: &Head) -> Result<DocumentType, ConfigError> {
@@ -322,11 +419,14 @@ impl Located<'_> {
         )
     }
 
-    fn deserialize<T: DeserializeOwned>(
+    fn deserialize<'de, T: DeserializeOwned, D>(
         &self,
         document: &Document,
-        deserializer: serde_yaml::Deserializer<'_>,
-    ) -> Result<T, ConfigError> {
+        deserializer: D,
+    ) -> Result<T, ConfigError>
+    where
+        D: serde::Deserializer<'de, Error = serde_yaml::Error>,
+    {
         serde_path_to_error::deserialize(deserializer).map_err(|err| {
             let path = FieldPath::from_serde(err.path());
             let inner = err.into_inner();
@@ -378,6 +478,9 @@ fn known_types() -> String {
 }
 
 #[cfg(test)]
+mod karpenter_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -405,7 +508,7 @@ mod tests {
                 "alias: al2023@latest",
                 "alias: al2023@latest\n      id: ami-123",
                 "spec.amiSelectorTerms[0].alias",
-                "an alias term must be the only",
+                "'alias' is mutually exclusive",
             ),
             (
                 "alias: al2023@latest",
@@ -447,7 +550,7 @@ mod tests {
                 "values: [\"4\"]",
                 "values: [four]",
                 "spec.template.spec.requirements[4].values[0]",
-                "operator Gt needs an integer value",
+                "operator Gt needs a non-negative integer value",
             ),
             (
                 "- key: nodewright.io/pool",

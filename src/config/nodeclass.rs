@@ -1,5 +1,8 @@
 //! Karpenter v1 `EC2NodeClass` (`karpenter.k8s.aws/v1`): how a pool's nodes are launched on EC2
-//! (AMI, subnets, security groups, IAM role, disks, kubelet settings).
+//! (AMI, subnets, security groups, IAM role, disks, kubelet settings, network interfaces).
+//!
+//! Unknown fields are not refused here: the apiserver prunes what Karpenter's CRD does not have,
+//! so the parser reports them as warnings (see `config::pruned`).
 
 use std::collections::BTreeMap;
 
@@ -26,7 +29,7 @@ impl EC2NodeClass {
 pub type Tags = BTreeMap<String, String>;
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct EC2NodeClassSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kubelet: Option<KubeletConfiguration>,
@@ -72,6 +75,71 @@ pub struct EC2NodeClassSpec {
     /// Reserved for AWS Outposts / ODCR launch context.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub context: Option<String>,
+    /// Network interfaces of the instance (EFA and multi-card layouts); empty: EC2's default.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub network_interfaces: Vec<NetworkInterface>,
+    /// IPv4 prefixes (/28) assigned to the primary interface.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip_prefix_count: Option<i32>,
+    /// Idle connection-tracking timeouts of the interfaces.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connection_tracking: Option<ConnectionTracking>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_options: Option<CpuOptions>,
+    /// The placement group nodes are launched into, by name or id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placement_group_selector: Option<PlacementGroupSelector>,
+}
+
+/// One network interface of the instance.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NetworkInterface {
+    pub network_card_index: i32,
+    pub device_index: i32,
+    pub interface_type: InterfaceType,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum InterfaceType {
+    #[serde(rename = "interface")]
+    Interface,
+    /// An EFA device with no IP address.
+    #[serde(rename = "efa-only")]
+    EfaOnly,
+}
+
+/// Idle timeouts in seconds; unset ones keep EC2's defaults.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConnectionTracking {
+    /// 60..=432000.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp_established_timeout: Option<i32>,
+    /// 60..=180.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub udp_stream_timeout: Option<i32>,
+    /// 30..=60.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub udp_timeout: Option<i32>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CpuOptions {
+    /// Karpenter keeps only instance types that support nested virtualization when enabled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nested_virtualization: Option<EnabledOrDisabled>,
+}
+
+/// A placement group by `name` or `id` (exactly one).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PlacementGroupSelector {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -81,6 +149,7 @@ pub enum AmiFamily {
     Bottlerocket,
     Windows2019,
     Windows2022,
+    Windows2025,
     Custom,
 }
 
@@ -94,6 +163,7 @@ impl AmiFamily {
             "bottlerocket" => Some(Self::Bottlerocket),
             "windows2019" => Some(Self::Windows2019),
             "windows2022" => Some(Self::Windows2022),
+            "windows2025" => Some(Self::Windows2025),
             _ => None,
         }
     }
@@ -102,7 +172,7 @@ impl AmiFamily {
 /// One way to select AMIs: an `alias` (`family@version`) alone, an `id` alone, or a combination of
 /// `name`, `owner`, `tags` and `ssmParameter`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct AmiSelectorTerm {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub alias: Option<String>,
@@ -119,7 +189,7 @@ pub struct AmiSelectorTerm {
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct SubnetSelectorTerm {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
@@ -128,7 +198,7 @@ pub struct SubnetSelectorTerm {
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct SecurityGroupSelectorTerm {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
@@ -140,7 +210,7 @@ pub struct SecurityGroupSelectorTerm {
 
 /// Selects On-Demand Capacity Reservations the pool may launch into.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct CapacityReservationSelectorTerm {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
@@ -148,11 +218,21 @@ pub struct CapacityReservationSelectorTerm {
     pub owner_id: Option<String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub tags: Tags,
+    /// `open` reservations take any matching launch; `targeted` ones only launches naming them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_match_criteria: Option<InstanceMatchCriteria>,
 }
 
-/// Kubelet settings of the pool's nodes (a subset of `KubeletConfiguration`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InstanceMatchCriteria {
+    Open,
+    Targeted,
+}
+
+/// Kubelet settings of the pool's nodes: the part of `KubeletConfiguration` Karpenter's CRD has.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct KubeletConfiguration {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pods_per_core: Option<i32>,
@@ -197,7 +277,7 @@ pub struct KubeletConfiguration {
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct BlockDeviceMapping {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device_name: Option<String>,
@@ -210,7 +290,7 @@ pub struct BlockDeviceMapping {
 
 /// An EBS volume.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct BlockDevice {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delete_on_termination: Option<bool>,
@@ -259,7 +339,7 @@ pub enum InstanceStorePolicy {
 
 /// Instance metadata service (IMDS) options.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct MetadataOptions {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http_endpoint: Option<EnabledOrDisabled>,

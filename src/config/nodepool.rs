@@ -1,14 +1,17 @@
 //! Karpenter v1 `NodePool` (`karpenter.sh/v1`): the nodes a pool may launch and how they are tainted,
 //! labelled, limited and disrupted.
+//!
+//! Unknown fields are not refused here: the apiserver prunes what Karpenter's CRD does not have,
+//! so the parser reports them as warnings (see `config::pruned`).
 
 use std::collections::BTreeMap;
 
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use serde::{Deserialize, Serialize};
 
-use super::duration::{DurationOrNever, GoDuration};
+use super::duration::{DurationOrNever, GoDuration, crd};
 use super::meta::ObjectMeta;
-use crate::model::{Requirement, Taint};
+use crate::model::{Operator, Requirement, Taint, TaintEffect};
 
 /// A Karpenter v1 NodePool.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -30,10 +33,12 @@ impl NodePool {
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct NodePoolSpec {
     pub template: NodeClaimTemplate,
-    #[serde(default)]
+    /// The CRD's default when `disruption` is absent is `consolidateAfter: 0s`; when it is written,
+    /// `consolidateAfter` is required.
+    #[serde(default = "Disruption::crd_default")]
     pub disruption: Disruption,
     /// Upper bounds on the resources of all nodes of the pool together, e.g. `cpu: 1000`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -41,10 +46,14 @@ pub struct NodePoolSpec {
     /// Priority among pools that fit a pod: higher first (1..=100).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub weight: Option<i32>,
+    /// Static capacity (alpha in Karpenter): keep exactly this many nodes instead of following
+    /// pod demand. Only `limits.nodes` and no `weight` may go with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<i64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct NodeClaimTemplate {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metadata: Option<TemplateMetadata>,
@@ -53,7 +62,7 @@ pub struct NodeClaimTemplate {
 
 /// Labels and annotations put on every node of the pool.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct TemplateMetadata {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
@@ -62,30 +71,97 @@ pub struct TemplateMetadata {
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct NodeClaimTemplateSpec {
     /// The EC2NodeClass holding the AWS settings of the pool's nodes.
     pub node_class_ref: NodeClassRef,
     /// Taints on every node; pods need tolerations for them.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "taints",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub taints: Vec<Taint>,
     /// Taints that a node daemon removes once the node is ready; pods need no toleration for them.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "taints",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub startup_taints: Vec<Taint>,
-    /// Which instance types, zones, capacity types, ... nodes may have; all must hold.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    /// Which instance types, zones, capacity types, ... nodes may have; all must hold. Required by
+    /// the CRD (it may be empty).
+    #[serde(deserialize_with = "requirements")]
     pub requirements: Vec<Requirement>,
     /// Node lifetime after which it is replaced (Karpenter's default: 720h); `Never` keeps nodes.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "crd::duration_or_never",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub expire_after: Option<DurationOrNever>,
     /// How long a draining node waits for its pods before it is terminated anyway.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "crd::duration",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub termination_grace_period: Option<GoDuration>,
+}
+
+/// The wire form of a requirement. The model's [`Requirement`] refuses unknown fields; in a NodePool
+/// they are pruned (and warned about) like any other.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RequirementFields {
+    key: String,
+    operator: Operator,
+    #[serde(default)]
+    values: Vec<String>,
+    #[serde(default)]
+    min_values: Option<i32>,
+}
+
+fn requirements<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Requirement>, D::Error> {
+    let fields = Vec::<RequirementFields>::deserialize(d)?;
+    Ok(fields
+        .into_iter()
+        .map(|r| Requirement {
+            key: r.key,
+            operator: r.operator,
+            values: r.values,
+            min_values: r.min_values,
+        })
+        .collect())
+}
+
+/// The wire form of a taint (core v1 `Taint`); `timeAdded` means nothing in a template.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct TaintFields {
+    key: String,
+    #[serde(default)]
+    value: Option<String>,
+    effect: TaintEffect,
+    #[serde(default, rename = "timeAdded")]
+    _time_added: Option<String>,
+}
+
+fn taints<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Taint>, D::Error> {
+    let fields = Vec::<TaintFields>::deserialize(d)?;
+    Ok(fields
+        .into_iter()
+        .map(|t| Taint {
+            key: t.key,
+            value: t.value,
+            effect: t.effect,
+        })
+        .collect())
 }
 
 /// Reference to the node class (`group: karpenter.k8s.aws`, `kind: EC2NodeClass`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct NodeClassRef {
     pub group: String,
     pub kind: String,
@@ -94,16 +170,31 @@ pub struct NodeClassRef {
 
 /// When Karpenter may remove or replace the pool's nodes.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct Disruption {
     #[serde(default)]
     pub consolidation_policy: ConsolidationPolicy,
     /// How long a node must be consolidatable before it is consolidated; `Never` disables it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Required by the CRD when `disruption` is written.
+    #[serde(
+        default,
+        deserialize_with = "crd::duration_or_never",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub consolidate_after: Option<DurationOrNever>,
     /// Limits on how many nodes may be disrupted at once; empty means Karpenter's default (10%).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub budgets: Vec<Budget>,
+}
+
+impl Disruption {
+    /// What the apiserver fills in when a NodePool has no `disruption`.
+    pub fn crd_default() -> Self {
+        Self {
+            consolidate_after: Some(DurationOrNever::After(std::time::Duration::ZERO)),
+            ..Self::default()
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -111,18 +202,24 @@ pub enum ConsolidationPolicy {
     WhenEmpty,
     #[default]
     WhenEmptyOrUnderutilized,
+    /// Consolidates only when the saving outweighs the disruption (new in Karpenter v1.14).
+    Balanced,
 }
 
 /// A disruption budget: at most `nodes` (a count or a percentage) during the `schedule` window.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct Budget {
     #[serde(default = "default_budget_nodes")]
     pub nodes: String,
     /// Cron schedule at which the budget window opens; needs `duration`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schedule: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "crd::budget_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub duration: Option<GoDuration>,
     /// Disruption reasons the budget applies to; empty means all.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -133,7 +230,7 @@ fn default_budget_nodes() -> String {
     "10%".to_owned()
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum DisruptionReason {
     Underutilized,
     Empty,

@@ -55,6 +55,58 @@ impl FieldPath {
     }
 }
 
+impl FieldPath {
+    /// The path serde_ignored reports for a key no field took.
+    pub(crate) fn from_ignored(path: &serde_ignored::Path<'_>) -> Self {
+        use serde_ignored::Path as P;
+        let mut segments = Vec::new();
+        let mut at = path;
+        loop {
+            at = match at {
+                P::Root => break,
+                P::Seq { parent, index } => {
+                    segments.push(Segment::Index(*index));
+                    parent
+                }
+                P::Map { parent, key } => {
+                    segments.push(Segment::Key(key.clone()));
+                    parent
+                }
+                P::Some { parent } | P::NewtypeStruct { parent } | P::NewtypeVariant { parent } => {
+                    parent
+                }
+            };
+        }
+        segments.reverse();
+        Self(segments)
+    }
+
+    /// The keys of the path with every index written `[]`: `spec.amiSelectorTerms[].foo`, for
+    /// matching paths whatever their indices.
+    pub(crate) fn pattern(&self) -> String {
+        let mut out = String::new();
+        for segment in &self.0 {
+            match segment {
+                Segment::Key(key) if out.is_empty() => out.push_str(key),
+                Segment::Key(key) => {
+                    out.push('.');
+                    out.push_str(key);
+                }
+                Segment::Index(_) => out.push_str("[]"),
+            }
+        }
+        out
+    }
+
+    /// The first key, if the path starts with one.
+    pub(crate) fn first_key(&self) -> Option<&str> {
+        match self.0.first() {
+            Some(Segment::Key(key)) => Some(key),
+            _ => None,
+        }
+    }
+}
+
 impl fmt::Display for FieldPath {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for (i, segment) in self.0.iter().enumerate() {
@@ -167,6 +219,34 @@ impl Document {
         self.resolve(path)
             .filter(|(_, exact)| *exact)
             .map(|(position, _)| position)
+    }
+
+    /// Where the key of the field at `path` is written (for a field that is ignored, the key is
+    /// what the reader must find); the value's position for an index.
+    pub(crate) fn locate_key(&self, path: &FieldPath) -> Option<(usize, usize)> {
+        let Some((Segment::Key(key), parent)) = path.0.split_last() else {
+            return self.locate(path);
+        };
+        let parent = FieldPath(parent.to_vec());
+        match self.resolve_node(&parent).and_then(|node| node.entry(key)) {
+            Some((key_node, _)) => Some((key_node.line, key_node.column)),
+            None => self.locate(path),
+        }
+    }
+
+    /// The node at `path`, if the whole path exists.
+    fn resolve_node(&self, path: &FieldPath) -> Option<&Node> {
+        let mut node = self.root.as_ref()?;
+        for segment in &path.0 {
+            node = match segment {
+                Segment::Key(key) => node.get(key)?,
+                Segment::Index(index) => match &node.value {
+                    Value::Sequence(items) => items.get(*index)?,
+                    _ => return None,
+                },
+            };
+        }
+        Some(node)
     }
 
     /// The position of the deepest node along `path`, and whether that is the whole path.
@@ -373,6 +453,15 @@ spec:
             Some((11, 19))
         );
         assert_eq!(documents[0].locate_exactly(&taint.key("value")), None);
+        // A key's own position, for fields reported as ignored.
+        assert_eq!(
+            documents[0].locate_key(&taint.key("effect")),
+            Some((11, 11))
+        );
+        assert_eq!(
+            documents[0].locate_key(&FieldPath::of("spec.template")),
+            Some((7, 3))
+        );
     }
 
     #[test]
