@@ -316,6 +316,15 @@ impl InstanceType {
         })
     }
 
+    /// The `karpenter.k8s.aws/*` labels this type carries, as Karpenter puts them on the Node it
+    /// launches (the kubelet sets the instance type, arch and OS labels itself).
+    pub fn aws_labels(&self) -> Vec<(&'static str, String)> {
+        labels::KARPENTER_AWS_KEYS
+            .iter()
+            .filter_map(|key| Some((*key, self.label(key)?)))
+            .collect()
+    }
+
     /// The cheapest available offering accepted by `accept`.
     pub fn cheapest_offering(
         &self,
@@ -597,6 +606,32 @@ mod tests {
         for (key, value) in cases {
             assert_eq!(it.label(key).as_deref(), *value, "{key}");
         }
+    }
+
+    #[test]
+    fn a_node_gets_every_aws_label_its_type_carries() {
+        let got = m5_large().aws_labels();
+        let keys: Vec<&str> = got.iter().map(|(k, _)| *k).collect();
+        assert_eq!(
+            keys,
+            [
+                labels::INSTANCE_CATEGORY,
+                labels::INSTANCE_FAMILY,
+                labels::INSTANCE_GENERATION,
+                labels::INSTANCE_SIZE,
+                labels::INSTANCE_CPU,
+                labels::INSTANCE_CPU_MANUFACTURER,
+                labels::INSTANCE_CPU_SUSTAINED_CLOCK_SPEED_MHZ,
+                labels::INSTANCE_MEMORY,
+                labels::INSTANCE_EBS_BANDWIDTH,
+                labels::INSTANCE_NETWORK_BANDWIDTH,
+                labels::INSTANCE_HYPERVISOR,
+                labels::INSTANCE_ENCRYPTION_IN_TRANSIT_SUPPORTED,
+                labels::INSTANCE_CAPABILITY_FLEX,
+                labels::INSTANCE_TENANCY,
+            ]
+        );
+        assert!(got.contains(&(labels::INSTANCE_NETWORK_BANDWIDTH, "750".to_owned())));
     }
 
     #[test]
