@@ -19,6 +19,7 @@ Added columns (lists are `|`-separated, a device is `name:manufacturer:count:mem
   ebs_optimized_support   EbsInfo.EbsOptimizedSupport
   ebs_max_bandwidth_mbps  EbsInfo.EbsOptimizedInfo.MaximumBandwidthInMbps
   network_baseline_mbps   sum of NetworkInfo.NetworkCards[].BaselineBandwidthInGbps x 1000, rounded
+  network_performance     NetworkInfo.NetworkPerformance ("Up to 10 Gigabit", "Moderate")
   encryption_in_transit   NetworkInfo.EncryptionInTransitSupported (True/False)
   gpu_devices             GpuInfo.Gpus[]
   inference_accelerators  InferenceAcceleratorInfo.Accelerators[]
@@ -43,6 +44,7 @@ ADDED = [
     "ebs_optimized_support",
     "ebs_max_bandwidth_mbps",
     "network_baseline_mbps",
+    "network_performance",
     "encryption_in_transit",
     "gpu_devices",
     "inference_accelerators",
@@ -115,6 +117,7 @@ def added_cells(info: dict | None) -> list[str]:
         text(ebs.get("EbsOptimizedSupport")),
         text((ebs.get("EbsOptimizedInfo") or {}).get("MaximumBandwidthInMbps")),
         text(baseline),
+        text(network.get("NetworkPerformance")),
         text(network.get("EncryptionInTransitSupported")),
         devices((info.get("GpuInfo") or {}).get("Gpus") or []),
         devices((info.get("InferenceAcceleratorInfo") or {}).get("Accelerators") or []),

@@ -218,7 +218,7 @@ pub fn embedded(region: &str, pricing: &PricingSpec) -> Result<Catalog, CatalogE
 }
 
 const TYPES_FILE: &str = "ec2-instance-types.csv";
-const TYPES_COLUMNS: usize = 25;
+const TYPES_COLUMNS: usize = 26;
 
 /// One row of the embedded instance-type table (columns: see scripts/gen-instance-types.py).
 fn type_row(line: usize, f: &[&str]) -> Result<TypeFacts, CatalogError> {
@@ -260,12 +260,13 @@ fn type_row(line: usize, f: &[&str]) -> Result<TypeFacts, CatalogError> {
         ebs_optimized_support: text(16),
         ebs_max_bandwidth_mbps: optional(17, "ebs_max_bandwidth_mbps")?,
         network_baseline_mbps: optional(18, "network_baseline_mbps")?,
-        encryption_in_transit: f[19] == "True",
-        gpu_devices: devices(20, "gpu_devices")?,
-        inference_accelerators: devices(21, "inference_accelerators")?,
-        neuron_devices: devices(22, "neuron_devices")?,
-        nvme_support: text(23),
-        efa_interfaces: optional(24, "efa_interfaces")?.unwrap_or(0),
+        network_performance: text(19),
+        encryption_in_transit: f[20] == "True",
+        gpu_devices: devices(21, "gpu_devices")?,
+        inference_accelerators: devices(22, "inference_accelerators")?,
+        neuron_devices: devices(23, "neuron_devices")?,
+        nvme_support: text(24),
+        efa_interfaces: optional(25, "efa_interfaces")?.unwrap_or(0),
     })
 }
 
@@ -430,6 +431,9 @@ mod tests {
             ("a1.large", INSTANCE_CPU_MANUFACTURER, Some("aws")),
             ("i3.large", INSTANCE_LOCAL_NVME, Some("475")),
             ("i3.large", INSTANCE_HYPERVISOR, Some("xen")),
+            // Rated "Moderate": AWS publishes no bandwidth, so there is no label.
+            ("m3.medium", INSTANCE_NETWORK_BANDWIDTH, None),
+            ("t3.micro", INSTANCE_NETWORK_BANDWIDTH, Some("64")),
             ("c3.large", INSTANCE_LOCAL_NVME, None),
             ("c3.large", INSTANCE_EBS_BANDWIDTH, None),
         ];
@@ -473,14 +477,14 @@ mod tests {
     #[test]
     fn embedded_rows_without_described_facts_carry_no_such_labels() {
         let header = "instance_type,x\n";
-        let row = "z9.large,2,4096,x86_64,0,0,3,10,29,nitro,False,True,on-demand,0,,,,,,,,,,,";
+        let row = "z9.large,2,4096,x86_64,0,0,3,10,29,nitro,False,True,on-demand,0,,,,,,,,,,,,";
         let text = format!("{header}{row}");
         let (line, fields) = csv_rows(&text, TYPES_FILE, TYPES_COLUMNS)
             .unwrap()
             .remove(0);
         let facts = type_row(line, &fields).unwrap();
         assert_eq!(facts.hardware(), HardwareFacts::default());
-        let bad = row.replace(",,,,,,,,,,,", ",,,,,,,A100:NVIDIA:eight:1,,,,");
+        let bad = row.replace(",,,,,,,,,,,,", ",,,,,,,,A100:NVIDIA:eight:1,,,,");
         let text = format!("{header}{bad}");
         let (line, fields) = csv_rows(&text, TYPES_FILE, TYPES_COLUMNS)
             .unwrap()

@@ -364,6 +364,9 @@ fn type_facts(info: &InstanceTypeInfo) -> Option<TypeFacts> {
             .and_then(|o| o.maximum_bandwidth_in_mbps())
             .and_then(|m| u32::try_from(m).ok()),
         network_baseline_mbps,
+        network_performance: network
+            .and_then(|n| n.network_performance())
+            .map(str::to_owned),
         encryption_in_transit: network
             .and_then(|n| n.encryption_in_transit_supported())
             .unwrap_or(false),

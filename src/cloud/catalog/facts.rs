@@ -35,6 +35,8 @@ pub struct TypeFacts {
     pub ebs_max_bandwidth_mbps: Option<u32>,
     /// `NetworkInfo.NetworkCards[].BaselineBandwidthInGbps` summed, × 1000, rounded.
     pub network_baseline_mbps: Option<u32>,
+    /// `NetworkInfo.NetworkPerformance` (`Up to 10 Gigabit`, `25 Gigabit`, `Moderate`).
+    pub network_performance: Option<String>,
     /// `NetworkInfo.EncryptionInTransitSupported`.
     pub encryption_in_transit: bool,
     /// `GpuInfo.Gpus[]`.
@@ -83,6 +85,15 @@ impl TypeFacts {
         }
     }
 
+    /// AWS publishes no bandwidth figure for types it rates `Low`, `Moderate` or `High`, so
+    /// Karpenter (whose bandwidth table comes from AWS's documentation) gives them no
+    /// network-bandwidth label; nor does nodewright, though EC2 reports a baseline for them.
+    fn vague_network_performance(&self) -> bool {
+        self.network_performance
+            .as_deref()
+            .is_some_and(|p| ["Low", "Moderate", "High"].iter().any(|w| p.contains(w)))
+    }
+
     /// Labels and devices as Karpenter's AWS provider derives them (`computeRequirements`,
     /// `computeCapacity` in its `instancetype/types.go`).
     pub fn hardware(&self) -> HardwareFacts {
@@ -111,7 +122,9 @@ impl TypeFacts {
             ebs_bandwidth_mbps: self
                 .ebs_max_bandwidth_mbps
                 .filter(|_| self.ebs_optimized_support.as_deref() == Some("default")),
-            network_bandwidth_mbps: self.network_baseline_mbps,
+            network_bandwidth_mbps: self
+                .network_baseline_mbps
+                .filter(|_| !self.vague_network_performance()),
             encryption_in_transit: self.encryption_in_transit,
             gpu,
             accelerator,
@@ -191,5 +204,29 @@ mod tests {
         assert_eq!(slot("Habana", "dl1"), None, "Gaudi is not nvidia.com/gpu");
         assert_eq!(slot("", "g4ad"), Some(AMD_GPU));
         assert_eq!(slot("", "p3"), Some(NVIDIA_GPU));
+    }
+
+    #[test]
+    fn no_bandwidth_label_where_aws_rates_the_network_in_words() {
+        let bandwidth = |performance: &str| {
+            TypeFacts {
+                network_baseline_mbps: Some(300),
+                network_performance: Some(performance.into()),
+                ..TypeFacts::default()
+            }
+            .hardware()
+            .network_bandwidth_mbps
+        };
+        for (performance, label) in [
+            ("Up to 10 Gigabit", Some(300)),
+            ("25 Gigabit", Some(300)),
+            ("4x 100 Gigabit", Some(300)),
+            ("Moderate", None),
+            ("Low to Moderate", None),
+            ("Very Low", None),
+            ("High", None),
+        ] {
+            assert_eq!(bandwidth(performance), label, "{performance}");
+        }
     }
 }
