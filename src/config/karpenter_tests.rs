@@ -153,6 +153,11 @@ fn fields_not_acted_on_are_warned_once_each_where_they_are() {
     let expected: Vec<(usize, &str, usize)> = vec![
         (
             1,
+            "spec.template.metadata.annotations",
+            at("annotations:", "labels:\n        team"),
+        ),
+        (
+            1,
             "spec.template.spec.expireAfter",
             at("expireAfter:", pool),
         ),

@@ -43,6 +43,18 @@ pub(super) fn node_pool(pool: &NodePool, issues: &mut Issues<'_>) {
             "nodewright does not consolidate or disrupt nodes (consolidationPolicy, consolidateAfter, budgets)",
         );
     }
+    if spec
+        .template
+        .metadata
+        .as_ref()
+        .is_some_and(|m| !m.annotations.is_empty())
+    {
+        not_acted_on(
+            issues,
+            FieldPath::of("spec.template.metadata.annotations"),
+            "nodewright does not annotate the nodes it launches",
+        );
+    }
     let template_spec = &spec.template.spec;
     if template_spec.expire_after.is_some() {
         not_acted_on(
