@@ -351,7 +351,12 @@ fn plan(args: PlanArgs) -> anyhow::Result<()> {
     };
     let catalog_ready = started.elapsed();
     let pools = plan::pools_from_config(&config, &workloads.daemonsets);
-    let pods: Vec<PendingPod> = workloads.pods.iter().map(PendingPod::from_pod).collect();
+    let usable_zones = scheduling::volumes::usable_zones(&pools, &catalog, &[]);
+    let pods: Vec<PendingPod> = workloads
+        .pods
+        .iter()
+        .map(|p| scheduling::volumes::pending_pod(p, &workloads.volumes, &usable_zones))
+        .collect();
     let solve_started = std::time::Instant::now();
     let mut result = scheduling::solve(&scheduling::Input {
         pods: &pods,

@@ -59,6 +59,9 @@ pub struct Workloads {
     pub denied: Vec<(String, String)>,
     /// Notes on objects not expanded, counted by kind, e.g. `2 Service objects ignored`.
     pub skipped: Vec<String>,
+    /// PersistentVolumeClaims (with those of StatefulSets' claim templates), PersistentVolumes
+    /// and StorageClasses, for the pods' volume topology.
+    pub volumes: crate::scheduling::volumes::VolumeObjects,
 }
 
 /// Where an object was read: file, document (1-based, counting empty documents) and, inside
@@ -554,11 +557,15 @@ pub fn expand<M: Into<Manifest>>(
     let mut names = NameGenerator::default();
     let mut sets: Vec<Result<PodSet, ManifestError>> = Vec::new();
     let mut ignored: BTreeMap<String, usize> = BTreeMap::new();
+    let mut volumes = super::volumes::VolumeReader::default();
     for Manifest { origin, object } in manifests {
         let Value::Object(object) = object else {
             continue;
         };
         let (api_version, kind) = head(&object).unwrap_or_default();
+        if volumes.read(api_version, kind, &object, &origin)? {
+            continue;
+        }
         let set = match Kind::of(api_version, kind) {
             Some(Kind::Namespace) => continue,
             Some(Kind::Pod) => pod_set(object, origin, &mut names),
@@ -599,6 +606,7 @@ pub fn expand<M: Into<Manifest>>(
         }
         out.denied.extend(denied);
     }
+    out.volumes = volumes.finish(&mut out.pods);
     out.skipped = ignored
         .into_iter()
         .map(|(kind, n)| {

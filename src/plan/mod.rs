@@ -4,6 +4,7 @@
 //! solver the provisioner uses ([`crate::scheduling`]) against a catalog, with no cluster.
 
 pub mod manifests;
+pub mod volumes;
 
 use std::fmt::Write as _;
 

@@ -7,6 +7,7 @@ pub mod pod;
 pub mod pools;
 pub mod solver;
 pub mod view;
+pub mod volumes;
 
 pub use pod::PendingPod;
 pub use solver::{ExistingNode, Input, Limits, Plan, PlannedNode, Pool, solve};
