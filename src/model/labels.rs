@@ -135,8 +135,8 @@ pub fn is_offering_label(key: &str) -> bool {
     matches!(key, ZONE | ZONE_BETA | CAPACITY_TYPE)
 }
 
-/// Why Karpenter's NodePool CRD refuses `key` in a requirement, or `None` if it allows it:
-/// `kubernetes.io/hostname`, `karpenter.sh/*` other than the capacity type, and
+/// Why Karpenter refuses `key` in a NodePool requirement or template label, or `None` if it
+/// allows it: `kubernetes.io/hostname`, `karpenter.sh/*` other than the capacity type, and
 /// `karpenter.k8s.aws/*` other than [`KARPENTER_AWS_KEYS`] (so [`EC2_NODE_CLASS`] too, as
 /// Karpenter's runtime validation has it; a domain counts when it ends with the restricted one,
 /// as the CRD's rule has it).
@@ -153,7 +153,7 @@ pub fn restricted_requirement_key(key: &str) -> Option<String> {
     if domain.ends_with(KARPENTER_DOMAIN) && key != CAPACITY_TYPE {
         return Some(format!(
             "label domain {KARPENTER_DOMAIN:?} is restricted: {key:?} is not a label Karpenter \
-             lets a NodePool require (the one it allows is {CAPACITY_TYPE})"
+             lets a NodePool use (the one it allows is {CAPACITY_TYPE})"
         ));
     }
     if domain.ends_with(KARPENTER_AWS_DOMAIN) && !KARPENTER_AWS_KEYS.contains(&key) {
@@ -163,8 +163,7 @@ pub fn restricted_requirement_key(key: &str) -> Option<String> {
             .collect();
         return Some(format!(
             "label domain {KARPENTER_AWS_DOMAIN:?} is restricted: {key:?} is not a label \
-             Karpenter publishes, so the requirement would match no node (known: {KARPENTER_AWS_DOMAIN}/ \
-             followed by {})",
+             Karpenter publishes (known: {KARPENTER_AWS_DOMAIN}/ followed by {})",
             known.join(", ")
         ));
     }
