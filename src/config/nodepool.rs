@@ -172,7 +172,7 @@ pub struct NodeClassRef {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Disruption {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "consolidation_policy")]
     pub consolidation_policy: ConsolidationPolicy,
     /// How long a node must be consolidatable before it is consolidated; `Never` disables it.
     /// Required by the CRD when `disruption` is written.
@@ -194,6 +194,25 @@ impl Disruption {
             consolidate_after: Some(DurationOrNever::After(std::time::Duration::ZERO)),
             ..Self::default()
         }
+    }
+}
+
+/// The policy by name; v1beta1's `WhenUnderutilized` is refused (Karpenter v1's enum does not have
+/// it) with the name v1 gives it.
+fn consolidation_policy<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<ConsolidationPolicy, D::Error> {
+    let name = String::deserialize(d)?;
+    match name.as_str() {
+        "WhenEmpty" => Ok(ConsolidationPolicy::WhenEmpty),
+        "WhenEmptyOrUnderutilized" => Ok(ConsolidationPolicy::WhenEmptyOrUnderutilized),
+        "Balanced" => Ok(ConsolidationPolicy::Balanced),
+        "WhenUnderutilized" => Err(serde::de::Error::custom(
+            "consolidationPolicy WhenUnderutilized is v1beta1's; Karpenter v1 calls it WhenEmptyOrUnderutilized",
+        )),
+        other => Err(serde::de::Error::custom(format!(
+            "unknown consolidationPolicy {other:?}, expected one of WhenEmpty, WhenEmptyOrUnderutilized, Balanced"
+        ))),
     }
 }
 
