@@ -475,3 +475,37 @@ fn what_karpenter_accepts_loads_with_the_right_warning() {
 
 /// The not-acted-on warnings base.yaml itself raises.
 const BASE_WARNINGS: [&str; 2] = ["spec.template.spec.expireAfter", "spec.disruption"];
+
+/// Karpenter's CRD requires `requirements`; a NodePool without them loads with a warning at the
+/// template's spec, as having none.
+#[test]
+fn a_nodepool_without_requirements_loads_with_a_warning() {
+    let start = BASE.find("      requirements:\n").unwrap();
+    let end = BASE.find("      taints:\n").unwrap();
+    let text = format!("{}{}", &BASE[..start], &BASE[end..]);
+    let config = Config::parse(&text, "no-requirements.yaml").unwrap();
+    assert!(
+        config.node_pools["default"]
+            .spec
+            .template
+            .spec
+            .requirements
+            .is_empty()
+    );
+    let warning = config
+        .warnings
+        .iter()
+        .find(|w| w.reason == WarningReason::RefusedByKarpenter)
+        .expect("a warning");
+    let spec_line = text.lines().position(|l| l == "    spec:").unwrap() + 1;
+    assert_eq!(
+        (warning.path.as_str(), warning.line),
+        ("spec.template.spec.requirements", Some(spec_line))
+    );
+    assert!(
+        warning
+            .message
+            .starts_with("requirements is required by Karpenter's CRD"),
+        "{warning}"
+    );
+}

@@ -158,6 +158,10 @@ impl Config {
                         metadata: manifest.metadata,
                         spec: manifest.spec,
                     };
+                    let requirements = FieldPath::of("spec.template.spec.requirements");
+                    if document.locate_exactly(&requirements).is_none() {
+                        parsed.missing.push((document.index, requirements));
+                    }
                     parsed.node_pools.push((document.index, pool));
                 }
                 DocumentType::EC2NodeClass => {
@@ -227,6 +231,19 @@ impl Config {
             }
             warnings.push(warning);
         }
+        for (index, path) in std::mem::take(&mut parsed.missing) {
+            let message = format!(
+                "{} is required by Karpenter's CRD (an empty list will do), so the apiserver refuses this NodePool; nodewright reads it as empty",
+                path.last_key().unwrap_or_default()
+            );
+            let document = &documents[index - 1];
+            warnings.push(located.warning(
+                document,
+                WarningReason::RefusedByKarpenter,
+                &path,
+                message,
+            ));
+        }
         warnings.sort_by_key(|w| (w.document, w.line, w.column));
         let mut config = parsed.into_config();
         config.warnings = warnings;
@@ -253,6 +270,8 @@ pub(crate) struct Parsed {
     pub policy: Option<(usize, Manifest<PolicySpec>)>,
     /// Fields of Karpenter documents no type took, by document: pruned by the apiserver.
     pub pruned: Vec<(usize, FieldPath)>,
+    /// Fields Karpenter's CRD requires that are missing but read as empty, by document.
+    pub missing: Vec<(usize, FieldPath)>,
 }
 
 impl Parsed {

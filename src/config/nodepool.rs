@@ -90,8 +90,8 @@ pub struct NodeClaimTemplateSpec {
     )]
     pub startup_taints: Vec<Taint>,
     /// Which instance types, zones, capacity types, ... nodes may have; all must hold. Required by
-    /// the CRD (it may be empty).
-    #[serde(deserialize_with = "requirements")]
+    /// the CRD (it may be empty); when it is missing the parser warns and reads it as empty.
+    #[serde(default, deserialize_with = "requirements")]
     pub requirements: Vec<Requirement>,
     /// Node lifetime after which it is replaced (Karpenter's default: 720h); `Never` keeps nodes.
     #[serde(

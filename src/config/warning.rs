@@ -15,6 +15,9 @@ pub enum WarningReason {
     NotActedOn,
     /// A value Karpenter accepts but that has no effect (values on an `Exists` requirement, ...).
     NoEffect,
+    /// Something Karpenter's CRD refuses that nodewright still loads, with the same meaning it
+    /// would have if written out (a NodePool without `requirements` has none).
+    RefusedByKarpenter,
 }
 
 impl WarningReason {
@@ -24,6 +27,7 @@ impl WarningReason {
             Self::Pruned => "pruned",
             Self::NotActedOn => "not-acted-on",
             Self::NoEffect => "no-effect",
+            Self::RefusedByKarpenter => "refused-by-karpenter",
         }
     }
 }

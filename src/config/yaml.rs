@@ -98,6 +98,14 @@ impl FieldPath {
         out
     }
 
+    /// The last key, if the path ends with one.
+    pub(crate) fn last_key(&self) -> Option<&str> {
+        match self.0.last() {
+            Some(Segment::Key(key)) => Some(key),
+            _ => None,
+        }
+    }
+
     /// The first key, if the path starts with one.
     pub(crate) fn first_key(&self) -> Option<&str> {
         match self.0.first() {
