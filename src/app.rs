@@ -448,6 +448,10 @@ async fn start_provisioning(
         Some(client) => cluster::daemonsets::DaemonSets::watch(client.clone(), shutdown.clone()),
         None => Default::default(),
     };
+    let volumes = match &client {
+        Some(client) => cluster::volumes::Volumes::watch(client.clone(), shutdown.clone()),
+        None => cluster::volumes::Volumes::unwatched(),
+    };
     let (claims, leader) = match &client {
         Some(client) => {
             state.spawn(client.clone(), events_tx.clone(), shutdown.clone());
@@ -482,6 +486,7 @@ async fn start_provisioning(
         leader,
         events,
         daemonsets,
+        volumes,
     };
     tokio::spawn(async move {
         // Keep a sender alive so the event stream only ends with the process.

@@ -10,6 +10,7 @@ pub mod nodeclaims;
 pub mod pods;
 pub mod quota;
 pub mod state;
+pub mod volumes;
 
 use kube::Client;
 

@@ -39,7 +39,7 @@ use crate::model::resources::{NAMES, Resources, format_slot};
 use crate::model::taints::Taint;
 use crate::scheduling::batcher::Batcher;
 use crate::scheduling::solver::{ExistingNode, Input, PlannedNode, Pool, Usage};
-use crate::scheduling::{PendingPod, solve};
+use crate::scheduling::{PendingPod, solve, volumes};
 
 /// Nodes register with this taint (NoExecute, as Karpenter's `karpenter.sh/unregistered`), so
 /// nothing is scheduled onto them before nodewright has put its reservation and the pool's
@@ -73,6 +73,9 @@ pub struct Provisioner {
     pub events: EventSink,
     /// The cluster's DaemonSets, for the per-node overhead of new nodes (empty when standalone).
     pub daemonsets: Arc<DaemonSets>,
+    /// The cluster's PersistentVolumeClaims, PersistentVolumes and StorageClasses, for where
+    /// pods with volumes may run (empty when standalone).
+    pub volumes: Arc<crate::cluster::volumes::Volumes>,
 }
 
 /// Per-pod bookkeeping.
@@ -314,10 +317,15 @@ impl Run {
                 catalog.set_available(&it, &zone, ct, false);
             }
         }
-        let pending: Vec<PendingPod> = pods.iter().map(|p| PendingPod::from_pod(p)).collect();
         let mut nodes = self.p.state.existing_nodes();
         self.startup.relax(&mut nodes, &config);
         let pools = self.pools(&config, &catalog, &nodes);
+        let usable_zones = volumes::usable_zones(&pools, &catalog, &nodes);
+        let pending: Vec<PendingPod> = self.p.volumes.read(|objects| {
+            pods.iter()
+                .map(|p| volumes::pending_pod(p, objects, &usable_zones))
+                .collect()
+        });
         let plan = solve(&Input {
             pods: &pending,
             pools: &pools,
