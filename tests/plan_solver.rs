@@ -142,6 +142,24 @@ impl PodB {
         self
     }
 
+    fn prefer_node(mut self, weight: i32, key: &str, values: &[&str]) -> Self {
+        push(
+            &mut self.v["spec"]["affinity"]["nodeAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"],
+            json!({"weight": weight, "preference": {"matchExpressions": [
+                {"key": key, "operator": "In", "values": values}]}}),
+        );
+        self
+    }
+
+    fn prefer_anti_affinity(mut self, weight: i32, topology_key: &str, app: &str) -> Self {
+        push(
+            &mut self.v["spec"]["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"],
+            json!({"weight": weight, "podAffinityTerm": {"topologyKey": topology_key,
+                "labelSelector": {"matchLabels": {"app": app}}}}),
+        );
+        self
+    }
+
     fn spread_raw(mut self, constraint: Value) -> Self {
         push(&mut self.v["spec"]["topologySpreadConstraints"], constraint);
         self
@@ -545,9 +563,21 @@ fn check_plan(
                 "alternative {alt} breaks the pool's or the pods' requirements"
             );
         }
-        let capacity = it.capacity(&pool.kubelet);
-        usage[pi].cpu_millis += capacity.0[CPU];
-        usage[pi].memory_bytes += capacity.0[MEMORY];
+        // Limits hold whichever of its types a launch ends with: charge each node with the
+        // largest of its chosen type and alternatives.
+        let options = std::iter::once(it).chain(
+            node.alternatives
+                .iter()
+                .map(|a| catalog.get(a).expect("checked above")),
+        );
+        let (mut cpu, mut memory) = (0, 0);
+        for t in options {
+            let capacity = t.capacity(&pool.kubelet);
+            cpu = cpu.max(capacity.0[CPU]);
+            memory = memory.max(capacity.0[MEMORY]);
+        }
+        usage[pi].cpu_millis += cpu;
+        usage[pi].memory_bytes += memory;
         usage[pi].nodes += 1;
     }
     for (pi, (pool, used)) in pools.iter().zip(&usage).enumerate() {
@@ -1730,6 +1760,186 @@ fn pool_limits() {
                 ..Default::default()
             })],
             |o| assert!(o.type_of("a").vcpus <= 2, "{}", o.node("a").instance_type),
+        ),
+    ]);
+}
+
+// --- preferences --------------------------------------------------------------------------------
+
+/// Issue 11, item 7: preferences are planned as required first and relaxed one at a time, in
+/// Karpenter's order, for the pods that cannot be placed with them.
+#[test]
+fn preferences_are_held_then_relaxed() {
+    let spot_only = || {
+        pool(
+            "spot",
+            vec![req(labels::CAPACITY_TYPE, Operator::In, &["spot"])],
+        )
+    };
+    let two_zones = || {
+        let mut p = general();
+        p.requirements.push(req(
+            labels::ZONE,
+            Operator::In,
+            &["us-east-1a", "us-east-1b"],
+        ));
+        p
+    };
+    run(vec![
+        case(
+            "a preferred zone a pool offers is kept",
+            one(pod("a", "500m", "512Mi").prefer_node(10, ZONE, &["us-east-1c"])),
+            vec![general()],
+            |o| assert_eq!(o.zone_of("a").as_deref(), Some("us-east-1c")),
+        ),
+        case(
+            "a preference no pool can meet is relaxed, and the pod is placed",
+            one(pod("a", "500m", "512Mi").prefer_node(10, labels::INSTANCE_CATEGORY, &["zz"])),
+            vec![general()],
+            |o| o.all_placed(),
+        ),
+        case(
+            "the heaviest preferred term goes first, then a lighter one is kept",
+            one(pod("a", "500m", "512Mi")
+                .prefer_node(1, ZONE, &["us-east-1d"])
+                .prefer_node(50, labels::CAPACITY_TYPE, &["on-demand"])),
+            vec![spot_only()],
+            |o| {
+                assert_eq!(o.zone_of("a").as_deref(), Some("us-east-1d"));
+                assert_eq!(o.node("a").capacity_type.to_string(), "spot");
+            },
+        ),
+        case(
+            "preferred hostname anti-affinity puts replicas on nodes of their own",
+            pod("web", "250m", "256Mi")
+                .label("app", "web")
+                .prefer_anti_affinity(100, HOST, "web")
+                .replicas(3),
+            vec![general()],
+            |o| {
+                o.all_placed();
+                let hosts = o.host_counts("web");
+                assert_eq!(hosts.len(), 3, "{hosts:?}");
+            },
+        ),
+        case(
+            "preferred zone anti-affinity beyond the zones there are is relaxed for the rest",
+            pod("web", "250m", "256Mi")
+                .label("app", "web")
+                .prefer_anti_affinity(100, ZONE, "web")
+                .replicas(4),
+            vec![two_zones()],
+            |o| {
+                o.all_placed();
+                let zones = o.zone_counts("web");
+                assert_eq!(zones.len(), 2, "{zones:?}");
+            },
+        ),
+    ]);
+}
+
+/// Karpenter's scheduling-benchmark mix in small: five groups (no constraint, zone spread,
+/// hostname spread, zone self-affinity, hostname anti-affinity) of `per_group` pods, with cpu and
+/// memory requests cycling through the benchmark's lists.
+fn benchmark_mix(per_group: usize) -> Vec<PendingPod> {
+    const CPU_LIST: [&str; 5] = ["100m", "250m", "500m", "1000m", "1500m"];
+    const MEMORY_LIST: [&str; 6] = ["100Mi", "256Mi", "512Mi", "1024Mi", "2048Mi", "4096Mi"];
+    let mut pods = Vec::new();
+    for (g, group) in [
+        "generic",
+        "zone-spread",
+        "host-spread",
+        "zone-affinity",
+        "host-anti",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        for i in 0..per_group {
+            let b = pod(
+                &format!("{group}-{i}"),
+                CPU_LIST[(i + g) % CPU_LIST.len()],
+                MEMORY_LIST[(i * 7 + g) % MEMORY_LIST.len()],
+            )
+            .label("app", group);
+            let b = match g {
+                1 => b.spread(ZONE, 1, "DoNotSchedule", group),
+                2 => b.spread(HOST, 1, "DoNotSchedule", group),
+                3 => b.affinity(ZONE, group),
+                4 => b.anti_affinity(HOST, group),
+                _ => b,
+            };
+            pods.push(b.build());
+        }
+    }
+    pods
+}
+
+/// Issue 11, item 1: a limited pool is charged with the types its nodes launch as. The packer
+/// fills larger types than it launches (the plan re-prices each node to the cheapest type that
+/// holds its pods); charging the packed types spent the limit on room no node would have, and
+/// left pods "at the limit" with the planned nodes far below it.
+#[test]
+fn pool_limits_are_charged_with_what_is_launched() {
+    let pods = benchmark_mix(120);
+    let plan = solve(&Input {
+        pods: &pods,
+        pools: &[anything()],
+        catalog: catalog(),
+        nodes: &[],
+    });
+    assert!(plan.unschedulable.is_empty(), "{}", describe_plan(&plan));
+    let vcpus = |plan: &Plan| -> i64 {
+        plan.nodes
+            .iter()
+            .map(|n| i64::from(catalog().get(&n.instance_type).unwrap().vcpus))
+            .sum()
+    };
+    let needed = vcpus(&plan) * 1000;
+    let limited = |cpu_millis: i64| {
+        let mut p = anything();
+        p.limits = Limits {
+            cpu_millis: Some(cpu_millis),
+            ..Default::default()
+        };
+        p
+    };
+    // Re-pricing can only shrink a node and tails only remove nodes, so a limit 5 % above the
+    // unlimited plan's capacity is never reached while packing.
+    let roomy = needed * 105 / 100;
+    // Below the unlimited plan: pods are left out, and the limit is spent on them, not on room.
+    let binding = needed * 80 / 100;
+    run(vec![
+        case(
+            "a limit above what the plan launches strands no pod",
+            pods.clone(),
+            vec![limited(roomy)],
+            |o| o.all_placed(),
+        ),
+        case(
+            "a binding limit is used, not stranded",
+            pods.clone(),
+            vec![limited(binding)],
+            move |o| {
+                assert!(!o.plan.unschedulable.is_empty());
+                for u in &o.plan.unschedulable {
+                    assert!(
+                        u.reason.contains("limits") || u.reason.contains("zone rule"),
+                        "{}",
+                        u.reason
+                    );
+                }
+                let planned = o
+                    .plan
+                    .nodes
+                    .iter()
+                    .map(|n| i64::from(o.it(n).vcpus) * 1000)
+                    .sum::<i64>();
+                assert!(
+                    planned * 100 >= binding * 80,
+                    "{planned} of {binding} millicores planned"
+                );
+            },
         ),
     ]);
 }

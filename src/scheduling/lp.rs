@@ -9,10 +9,17 @@
 
 use microlp::{ComparisonOp, OptimizationDirection, Problem};
 
-use crate::model::resources::{DIMS, Resources};
+use crate::model::resources::{CPU, DIMS, EPHEMERAL, MEMORY, Resources};
 
-/// Units the LP works in (cores, GiB, GiB, pods, GPUs, GPUs) so its coefficients are of similar size.
-const SCALE: [f64; DIMS] = [1000.0, 1073741824.0, 1073741824.0, 1.0, 1.0, 1.0];
+/// Units the LP works in (cores, GiB, GiB, and whole pods and devices) so its coefficients are of
+/// similar size.
+pub(crate) const SCALE: [f64; DIMS] = {
+    let mut scale = [1.0; DIMS];
+    scale[CPU] = 1000.0;
+    scale[MEMORY] = 1073741824.0;
+    scale[EPHEMERAL] = 1073741824.0;
+    scale
+};
 
 /// The LP's answer: per-unit resource prices (per raw unit: millicore, byte, pod) and the bound.
 #[derive(Clone, Copy, Debug, PartialEq)]

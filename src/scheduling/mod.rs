@@ -5,6 +5,7 @@ pub mod extender;
 pub mod lp;
 pub mod pod;
 pub mod pools;
+pub mod preferences;
 pub mod solver;
 pub mod view;
 pub mod volumes;

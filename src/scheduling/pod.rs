@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use k8s_openapi::api::core::v1::{Container, Pod, PodAffinityTerm, Toleration};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
+use super::preferences::{self, Preference};
 use crate::model::catalog::labels;
 use crate::model::resources::{PODS, ResourceError, Resources};
 use crate::model::{Operator, Requirement};
@@ -184,6 +185,9 @@ pub struct Constraints {
     pub spreads: Vec<Spread>,
     pub affinity: Vec<PodTerm>,
     pub anti_affinity: Vec<PodTerm>,
+    /// Preferred terms and `ScheduleAnyway` spreads, in the order they are relaxed (see
+    /// [`super::preferences`]); the planner holds them as required until a pod cannot be placed.
+    pub preferences: Vec<Preference>,
 }
 
 /// A pending pod as the planner sees it.
@@ -321,6 +325,14 @@ impl PendingPod {
             }
         }
         constraints.spreads.sort();
+        if let Some(spec) = &pod.spec {
+            constraints.preferences = preferences::read(spec.affinity.as_ref(), &namespace);
+        }
+        if constraints.spreads.iter().any(|s| !s.required) {
+            constraints
+                .preferences
+                .push(Preference::ScheduleAnywaySpreads);
+        }
         PendingPod {
             key: format!("{namespace}/{name}"),
             requests,
@@ -330,7 +342,7 @@ impl PendingPod {
     }
 }
 
-fn operator(op: &str) -> Option<Operator> {
+pub(crate) fn operator(op: &str) -> Option<Operator> {
     Some(match op {
         "In" => Operator::In,
         "NotIn" => Operator::NotIn,
@@ -342,7 +354,7 @@ fn operator(op: &str) -> Option<Operator> {
     })
 }
 
-fn pod_term(term: &PodAffinityTerm, own_namespace: &str) -> Option<PodTerm> {
+pub(crate) fn pod_term(term: &PodAffinityTerm, own_namespace: &str) -> Option<PodTerm> {
     let topology = Topology::from_key(&term.topology_key)?;
     let listed: BTreeSet<String> = term.namespaces.iter().flatten().cloned().collect();
     // An empty namespaceSelector ({}) means every namespace; a non-empty one needs namespace

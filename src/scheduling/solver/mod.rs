@@ -48,7 +48,9 @@ mod compat;
 mod existing;
 mod explain;
 mod groups;
+mod limits;
 mod packing;
+mod relax;
 mod tails;
 mod zones;
 
@@ -56,6 +58,8 @@ pub(crate) use compat::untolerated;
 use compat::*;
 use explain::*;
 use groups::*;
+use limits::within_share;
+pub use limits::{Limits, Usage};
 
 /// Alternatives kept per new node for launch-time fallback.
 pub const MAX_ALTERNATIVES: usize = 60;
@@ -79,55 +83,6 @@ pub struct Pool {
     pub limits: Limits,
     /// Capacity the pool's existing nodes already count against its limits.
     pub in_use: Usage,
-}
-
-/// `spec.limits` of a NodePool.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
-pub struct Limits {
-    pub cpu_millis: Option<i64>,
-    pub memory_bytes: Option<i64>,
-    pub nodes: Option<i64>,
-}
-
-/// What counts against [`Limits`].
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
-pub struct Usage {
-    pub cpu_millis: i64,
-    pub memory_bytes: i64,
-    pub nodes: i64,
-}
-
-impl Usage {
-    fn add(&mut self, capacity: &Resources, nodes: i64) {
-        self.cpu_millis += capacity.0[CPU] * nodes;
-        self.memory_bytes += capacity.0[MEMORY] * nodes;
-        self.nodes += nodes;
-    }
-
-    fn remove(&mut self, capacity: &Resources) {
-        self.cpu_millis -= capacity.0[CPU];
-        self.memory_bytes -= capacity.0[MEMORY];
-        self.nodes -= 1;
-    }
-
-    /// How many more nodes of `capacity` fit under `limits`.
-    fn room(&self, limits: &Limits, capacity: &Resources) -> i64 {
-        let mut room = i64::MAX;
-        if let Some(cpu) = limits.cpu_millis
-            && capacity.0[CPU] > 0
-        {
-            room = room.min((cpu - self.cpu_millis).max(0) / capacity.0[CPU]);
-        }
-        if let Some(mem) = limits.memory_bytes
-            && capacity.0[MEMORY] > 0
-        {
-            room = room.min((mem - self.memory_bytes).max(0) / capacity.0[MEMORY]);
-        }
-        if let Some(nodes) = limits.nodes {
-            room = room.min((nodes - self.nodes).max(0));
-        }
-        room
-    }
 }
 
 /// A pod already on a node (or promised to an in-flight one): what selectors can see of it.
@@ -224,7 +179,15 @@ pub struct Placement {
 
 /// Plans `input`. Deterministic.
 pub fn solve(input: &Input<'_>) -> Plan {
-    Solver::new(input).run()
+    if input
+        .pods
+        .iter()
+        .any(|p| !p.constraints.preferences.is_empty())
+    {
+        relax::solve_relaxing(input)
+    } else {
+        Solver::new(input).run()
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -316,8 +279,12 @@ struct Solver<'a> {
     drafts: Vec<Draft>,
     /// Group of each input pod (`usize::MAX`: none).
     pod_group: Vec<usize>,
+    /// Pods left out by a pool's limits, or by the zone repair after others were: another
+    /// round may place them once the repair has given room back.
+    limited_out: Vec<usize>,
 }
 
+#[derive(Clone)]
 struct ExistingState {
     free: Resources,
     zone: Option<usize>,
@@ -359,6 +326,7 @@ impl<'a> Solver<'a> {
             unschedulable: Vec::new(),
             drafts: Vec::new(),
             pod_group: vec![usize::MAX; input.pods.len()],
+            limited_out: Vec::new(),
         }
     }
 
@@ -370,6 +338,7 @@ impl<'a> Solver<'a> {
         let bucketed = self.assign_zones();
         self.pack(bucketed);
         self.enforce_zone_rules(&base.0, &base.1);
+        self.retry_limited(&base.0, &base.1);
         self.consolidate_tails();
         self.finish()
     }
@@ -394,11 +363,11 @@ impl<'a> Solver<'a> {
         let catalog = self.input.catalog;
         let drafts = std::mem::take(&mut self.drafts);
         let mut nodes = Vec::with_capacity(drafts.len());
-        // Cache of candidates by (pool, zone, capacity type, groups) → sorted (price, type, offering)
-        let mut cache: HashMap<
-            (usize, String, CapacityType, Vec<usize>),
-            Vec<(f64, usize, usize)>,
-        > = HashMap::new();
+        // Candidates by (pool, zone, capacity type, groups) → sorted (price, type, offering).
+        let mut lists: Vec<Vec<(f64, usize, usize)>> = Vec::new();
+        let mut list_of: HashMap<(usize, String, CapacityType, Vec<usize>), usize> = HashMap::new();
+        // Per node: its candidate list, what its pods use and its chosen capacity.
+        let mut chosen_of: Vec<(usize, Resources, Resources)> = Vec::with_capacity(drafts.len());
         for d in drafts {
             let chosen = &catalog.types[d.type_idx].offerings[d.offering];
             let zone = chosen.zone.clone();
@@ -406,7 +375,7 @@ impl<'a> Solver<'a> {
             let mut groups = d.groups.clone();
             groups.sort_unstable();
             let key = (d.pool, zone.clone(), ct, groups.clone());
-            let list = cache.entry(key).or_insert_with(|| {
+            let li = *list_of.entry(key).or_insert_with(|| {
                 let mut list = Vec::new();
                 for (t, it) in catalog.types.iter().enumerate() {
                     if self.type_room[d.pool][t].is_none() {
@@ -429,30 +398,27 @@ impl<'a> Solver<'a> {
                     }
                 }
                 list.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
-                list
+                lists.push(list);
+                lists.len() - 1
             });
-            // Re-pricing (and every alternative) must stay within the pool's limits.
+            // Re-pricing must stay within the pool's limits.
             let (_, current_capacity) = self.type_room[d.pool][d.type_idx].unwrap();
             let limits = self.input.pools[d.pool].limits;
             let mut others = self.usage[d.pool];
             others.remove(&current_capacity);
-            let fitting: Vec<(f64, usize, usize)> = list
+            let (price, t, o) = lists[li]
                 .iter()
-                .filter(|(_, t, _)| {
+                .find(|(_, t, _)| {
                     self.type_room[d.pool][*t].is_some_and(|(room, capacity)| {
                         d.used.fits_in(&room) && others.room(&limits, &capacity) >= 1
                     })
                 })
                 .copied()
-                .collect();
-            let (price, t, o) =
-                fitting
-                    .first()
-                    .copied()
-                    .unwrap_or((chosen.price, d.type_idx, d.offering));
+                .unwrap_or((chosen.price, d.type_idx, d.offering));
             let (_, new_capacity) = self.type_room[d.pool][t].unwrap();
             others.add(&new_capacity, 1);
             self.usage[d.pool] = others;
+            chosen_of.push((li, d.used, new_capacity));
             let it = &catalog.types[t];
             let pool = &self.input.pools[d.pool];
             let mut pods = d.pods.clone();
@@ -468,16 +434,46 @@ impl<'a> Solver<'a> {
                     .iter()
                     .map(|p| self.input.pods[*p].key.clone())
                     .collect(),
-                alternatives: fitting
-                    .iter()
-                    .filter(|(_, x, _)| *x != t)
-                    .take(MAX_ALTERNATIVES)
-                    .map(|(_, x, _)| catalog.types[*x].name.clone())
-                    .collect(),
+                alternatives: Vec::new(),
                 requests: d.used + pool.daemon_overhead,
                 allocatable: it.allocatable(&pool.kubelet),
                 pod_indices: pods,
             });
+        }
+        // Alternatives: the other types that hold the same pods, each within its node's share of
+        // what the pool's limits leave, so no mix of fallbacks at launch exceeds a limit.
+        let pool_of: HashMap<&str, usize> = self
+            .input
+            .pools
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (p.name.as_str(), i))
+            .collect();
+        let mut count = vec![0usize; self.input.pools.len()];
+        for n in &nodes {
+            count[pool_of[n.node_pool.as_str()]] += 1;
+        }
+        let share: Vec<Resources> = self
+            .input
+            .pools
+            .iter()
+            .enumerate()
+            .map(|(i, p)| self.usage[i].share_of_rest(&p.limits, count[i]))
+            .collect();
+        for (n, (li, used, capacity)) in nodes.iter_mut().zip(chosen_of) {
+            let pool = pool_of[n.node_pool.as_str()];
+            n.alternatives = lists[li]
+                .iter()
+                .filter(|(_, t, _)| {
+                    catalog.types[*t].name != n.instance_type
+                        && self.type_room[pool][*t].is_some_and(|(room, alternative)| {
+                            used.fits_in(&room)
+                                && within_share(&capacity, &alternative, &share[pool])
+                        })
+                })
+                .take(MAX_ALTERNATIVES)
+                .map(|(_, t, _)| catalog.types[*t].name.clone())
+                .collect();
         }
         let total = nodes.iter().map(|n| n.price_per_hour).sum::<f64>();
         let mut unschedulable = self.unschedulable;

@@ -16,12 +16,16 @@ impl Solver<'_> {
             let mut buckets: BTreeMap<(usize, Option<usize>, String), Vec<Class>> = BTreeMap::new();
             for (g, zone, pods) in work.drain(..) {
                 let Some((pool, _)) = self.groups[g].pools.get(attempt[g]) else {
+                    let limited = last_reason.contains_key(&g);
                     let reason = last_reason
                         .get(&g)
                         .cloned()
                         .unwrap_or_else(|| no_pool_reason(&self.groups[g], self.input.pools));
                     for p in pods {
                         self.unschedulable(p, reason.clone());
+                        if limited {
+                            self.limited_out.push(p);
+                        }
                     }
                     continue;
                 };
@@ -264,6 +268,7 @@ impl Solver<'_> {
             // within the pool's limits.
             let mut best: Option<(f64, f64, Draft, Vec<(usize, usize)>)> = None;
             let mut tried = 0;
+            let mut over_tried = 0;
             let mut limited = false;
             // At most PER_FAMILY sizes of one family, so the candidates span the families the
             // bound mixes (e.g. c and r for cpu-heavy plus memory-heavy pods).
@@ -286,18 +291,38 @@ impl Solver<'_> {
                 if !fits_some {
                     continue;
                 }
-                if self.usage[pool].room(&pool_spec.limits, &capacity) < 1 {
-                    limited = true;
-                    continue;
-                }
-                tried += 1;
-                match seen {
-                    Some(i) => families[i].1 += 1,
-                    None => families.push((family, 1)),
+                // Over the limit at this size, the fill may still launch as a smaller type; such a
+                // type counts as a candidate only if it does (at most CANDIDATES are filled).
+                let over = self.usage[pool].room(&pool_spec.limits, &capacity) < 1;
+                if over {
+                    if over_tried >= CANDIDATES {
+                        limited = true;
+                        continue;
+                    }
+                    over_tried += 1;
+                } else {
+                    tried += 1;
+                    match seen {
+                        Some(i) => families[i].1 += 1,
+                        None => families.push((family, 1)),
+                    }
                 }
                 let (draft, taken) = self.fill(pool, t, o, room, &classes, &compats, &d);
                 if taken.is_empty() {
                     continue;
+                }
+                if over {
+                    let sized = self.sized_for_limits(&draft);
+                    let (_, capacity) = self.type_room[pool][sized.type_idx].unwrap();
+                    if self.usage[pool].room(&pool_spec.limits, &capacity) < 1 {
+                        limited = true;
+                        continue;
+                    }
+                    tried += 1;
+                    match seen {
+                        Some(i) => families[i].1 += 1,
+                        None => families.push((family, 1)),
+                    }
                 }
                 let value = d.value(&draft.used);
                 let eff = value / price.max(1e-9);
@@ -321,7 +346,13 @@ impl Solver<'_> {
                 }
                 break;
             };
-            self.commit(pool, zone, &draft, &taken, &mut classes, i64::MAX);
+            if self.commit(pool, zone, &draft, &taken, &mut classes, i64::MAX) == 0 {
+                // Not one more node under the pool's limits.
+                for class in classes.drain(..) {
+                    leftovers.push((class, Leftover::Limits(self.limits_reason(pool))));
+                }
+                break;
+            }
         }
         leftovers
     }
@@ -337,6 +368,8 @@ impl Solver<'_> {
         classes: &mut [Class],
         max: i64,
     ) -> i64 {
+        // A limited pool is charged with the type each node will launch as.
+        let draft = &self.sized_for_limits(draft);
         let (_, capacity) = self.type_room[pool][draft.type_idx].unwrap();
         let limits = self.input.pools[pool].limits;
         let reps = taken
@@ -480,8 +513,8 @@ impl Solver<'_> {
             return;
         }
         // LP: minimise Σ price_t n_t with Σ_s f_st R_s ≤ n_t A_t, Σ_t f_st = 1.
+        use super::super::lp::SCALE;
         use microlp::{ComparisonOp, OptimizationDirection, Problem};
-        const SCALE: [f64; DIMS] = [1000.0, 1073741824.0, 1073741824.0, 1.0, 1.0, 1.0];
         let mut problem = Problem::new(OptimizationDirection::Minimize);
         let n: Vec<_> = types
             .iter()
@@ -578,13 +611,11 @@ impl Solver<'_> {
             }
             let share_compats: Vec<std::rc::Rc<Compat>> =
                 share_of.iter().map(|ci| compats[*ci].clone()).collect();
-            let (room, capacity) = self.type_room[pool][t].unwrap();
+            let (room, _) = self.type_room[pool][t].unwrap();
             let price = offer[t].unwrap().1;
             // Whole, well-filled nodes only; the rest goes back.
+            // Within the pool's limits: commit charges the type each fill launches as.
             loop {
-                if self.usage[pool].room(&self.input.pools[pool].limits, &capacity) < 1 {
-                    break;
-                }
                 let (draft, taken) = self.fill(pool, t, o, room, &share, &share_compats, &duals);
                 if taken.is_empty() || duals.value(&draft.used) < 0.95 * price {
                     break;

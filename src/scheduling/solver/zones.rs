@@ -202,6 +202,7 @@ impl Solver<'_> {
                 p,
                 format!("other pods of this batch could not be placed, and planning this one without them would break its zone rule: {reason}"),
             );
+            self.limited_out.push(p);
         }
         let mut i = 0;
         self.placements.retain(|_| {

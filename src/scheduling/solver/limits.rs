@@ -1,0 +1,268 @@
+//! Pool limits (`spec.limits` of a NodePool): what counts against them, how a limited pool's new
+//! nodes are charged, and which launch-time alternatives a limited pool's nodes may keep.
+//!
+//! A limit is charged with what the plan launches, never with a guess: while a limited pool is
+//! packed, each new node is charged at the capacity of the cheapest type that holds its pods (the
+//! type it will be re-priced to), not the larger type the packing step happened to fill, so the
+//! limit is not spent on room no node will have. When the plan is written, each node keeps only
+//! the alternatives whose extra capacity over its chosen type fits its share of the pool's
+//! remaining room, so the launched nodes stay within the limit whichever alternatives a launch
+//! falls back to (Karpenter charges every claim at its largest option instead, which strands pods
+//! far below the limit).
+
+use super::*;
+
+/// `spec.limits` of a NodePool.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Limits {
+    pub cpu_millis: Option<i64>,
+    pub memory_bytes: Option<i64>,
+    pub nodes: Option<i64>,
+}
+
+impl Limits {
+    /// Whether any limit is set.
+    pub fn any(&self) -> bool {
+        self.cpu_millis.is_some() || self.memory_bytes.is_some() || self.nodes.is_some()
+    }
+}
+
+/// What counts against [`Limits`].
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Usage {
+    pub cpu_millis: i64,
+    pub memory_bytes: i64,
+    pub nodes: i64,
+}
+
+impl Usage {
+    pub(super) fn add(&mut self, capacity: &Resources, nodes: i64) {
+        self.cpu_millis += capacity.0[CPU] * nodes;
+        self.memory_bytes += capacity.0[MEMORY] * nodes;
+        self.nodes += nodes;
+    }
+
+    pub(super) fn remove(&mut self, capacity: &Resources) {
+        self.cpu_millis -= capacity.0[CPU];
+        self.memory_bytes -= capacity.0[MEMORY];
+        self.nodes -= 1;
+    }
+
+    /// How many more nodes of `capacity` fit under `limits`.
+    pub(super) fn room(&self, limits: &Limits, capacity: &Resources) -> i64 {
+        let mut room = i64::MAX;
+        if let Some(cpu) = limits.cpu_millis
+            && capacity.0[CPU] > 0
+        {
+            room = room.min((cpu - self.cpu_millis).max(0) / capacity.0[CPU]);
+        }
+        if let Some(mem) = limits.memory_bytes
+            && capacity.0[MEMORY] > 0
+        {
+            room = room.min((mem - self.memory_bytes).max(0) / capacity.0[MEMORY]);
+        }
+        if let Some(nodes) = limits.nodes {
+            room = room.min((nodes - self.nodes).max(0));
+        }
+        room
+    }
+
+    /// What is left under `limits`, shared evenly by `nodes` nodes: the extra capacity each may
+    /// take over its chosen type (`i64::MAX` where there is no limit).
+    pub(super) fn share_of_rest(&self, limits: &Limits, nodes: usize) -> Resources {
+        let mut share = Resources([i64::MAX; DIMS]);
+        let n = nodes.max(1) as i64;
+        if let Some(cpu) = limits.cpu_millis {
+            share.0[CPU] = (cpu - self.cpu_millis).max(0) / n;
+        }
+        if let Some(mem) = limits.memory_bytes {
+            share.0[MEMORY] = (mem - self.memory_bytes).max(0) / n;
+        }
+        share
+    }
+}
+
+/// Whether `alternative` adds no more than `share` to `chosen` in the limited dimensions.
+pub(super) fn within_share(chosen: &Resources, alternative: &Resources, share: &Resources) -> bool {
+    [CPU, MEMORY]
+        .iter()
+        .all(|&k| alternative.0[k] - chosen.0[k] <= share.0[k])
+}
+
+impl Solver<'_> {
+    /// The cheapest type and offering (same zone and capacity type) that holds `d`'s pods, that
+    /// every group on it may use and that one more node of fits under the pool's limits; `None`
+    /// when only its own type does, or none.
+    pub(super) fn right_size(&self, d: &Draft) -> Option<(usize, usize)> {
+        let catalog = self.input.catalog;
+        let chosen = &catalog.types[d.type_idx].offerings[d.offering];
+        let limits = &self.input.pools[d.pool].limits;
+        let mut best: Option<(f64, i64, usize, usize)> = None;
+        for (t, it) in catalog.types.iter().enumerate() {
+            let Some((room, capacity)) = self.type_room[d.pool][t] else {
+                continue;
+            };
+            if !d.used.fits_in(&room) || self.usage[d.pool].room(limits, &capacity) < 1 {
+                continue;
+            }
+            let mask = d.groups.iter().fold(u64::MAX, |m, g| {
+                m & self.groups[*g]
+                    .pools
+                    .iter()
+                    .find(|(p, _)| *p == d.pool)
+                    .map_or(0, |(_, c)| c.masks[t])
+            });
+            for (o, off) in it.offerings.iter().enumerate() {
+                if mask & (1 << o) == 0
+                    || !off.available
+                    || off.zone != chosen.zone
+                    || off.capacity_type != chosen.capacity_type
+                {
+                    continue;
+                }
+                let key = (off.price, capacity.0[CPU]);
+                if best.is_none_or(|(p, c, _, _)| key.0 < p || (key.0 == p && key.1 < c)) {
+                    best = Some((key.0, key.1, t, o));
+                }
+            }
+        }
+        best.map(|(_, _, t, o)| (t, o))
+            .filter(|&(t, o)| (t, o) != (d.type_idx, d.offering))
+    }
+
+    /// `draft` as a limited pool charges it: moved to its [`Self::right_size`] type, so the
+    /// limit counts what will be launched. Unlimited pools keep the packed type (and its spare
+    /// room for the tails phase).
+    pub(super) fn sized_for_limits(&self, draft: &Draft) -> Draft {
+        if !self.input.pools[draft.pool].limits.any() {
+            return draft.clone();
+        }
+        let mut d = draft.clone();
+        if let Some((t, o)) = self.right_size(draft) {
+            d.type_idx = t;
+            d.offering = o;
+            d.room = self.type_room[d.pool][t]
+                .expect("right_size uses fitting types")
+                .0;
+        }
+        d
+    }
+}
+
+/// Rounds of [`Solver::retry_limited`] at most.
+const RETRY_ROUNDS: usize = 4;
+
+impl Solver<'_> {
+    /// Another round for the pods a pool's limits left out (and those the zone repair then took
+    /// off): the repair gives back the room of the pods it removed, and a new zone choice from
+    /// what is now placed keeps spreads level, so more of them fit. A round that places no more
+    /// pods is undone, and the rounds stop.
+    pub(super) fn retry_limited(&mut self, base_counts: &[Vec<i64>], base_anti: &[Vec<i64>]) {
+        if !self.input.pools.iter().any(|p| p.limits.any()) {
+            return;
+        }
+        for _ in 0..RETRY_ROUNDS {
+            if self.limited_out.is_empty() {
+                return;
+            }
+            let saved = (
+                self.drafts.clone(),
+                self.usage.clone(),
+                self.placements.clone(),
+                self.existing.clone(),
+                self.unschedulable.clone(),
+                self.z_counts.clone(),
+                self.z_anti.clone(),
+                self.limited_out.clone(),
+            );
+            let mut retry = std::mem::take(&mut self.limited_out);
+            retry.sort_unstable();
+            retry.dedup();
+            self.unschedulable
+                .retain(|u| retry.binary_search(&u.pod_index).is_err());
+            for p in retry {
+                let g = self.group_of(p).expect("only grouped pods are packed");
+                self.groups[g].pods.push(p);
+            }
+            let bucketed = self.assign_zones();
+            self.pack(bucketed);
+            self.enforce_zone_rules(base_counts, base_anti);
+            if self.unschedulable.len() >= saved.4.len() {
+                (
+                    self.drafts,
+                    self.usage,
+                    self.placements,
+                    self.existing,
+                    self.unschedulable,
+                    self.z_counts,
+                    self.z_anti,
+                    self.limited_out,
+                ) = saved;
+                return;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn res(cpu: i64, mem: i64) -> Resources {
+        let mut r = Resources::ZERO;
+        r.0[CPU] = cpu;
+        r.0[MEMORY] = mem;
+        r
+    }
+
+    #[test]
+    fn room_counts_whole_nodes_under_every_limit() {
+        let limits = Limits {
+            cpu_millis: Some(10_000),
+            memory_bytes: Some(64),
+            nodes: Some(4),
+        };
+        let used = Usage {
+            cpu_millis: 2_000,
+            memory_bytes: 16,
+            nodes: 1,
+        };
+        // cpu: 8000 / 2000 = 4, memory: 48 / 8 = 6, nodes: 3.
+        assert_eq!(used.room(&limits, &res(2_000, 8)), 3);
+        // cpu: 8000 / 3000 = 2.
+        assert_eq!(used.room(&limits, &res(3_000, 8)), 2);
+        // memory: 48 / 64 = 0.
+        assert_eq!(used.room(&limits, &res(1_000, 64)), 0);
+        assert_eq!(
+            Usage::default().room(&Limits::default(), &res(1, 1)),
+            i64::MAX
+        );
+    }
+
+    #[test]
+    fn the_rest_is_shared_evenly_and_never_negative() {
+        let limits = Limits {
+            cpu_millis: Some(10_000),
+            memory_bytes: None,
+            nodes: None,
+        };
+        let used = Usage {
+            cpu_millis: 7_000,
+            memory_bytes: 0,
+            nodes: 3,
+        };
+        let share = used.share_of_rest(&limits, 3);
+        assert_eq!(share.0[CPU], 1_000);
+        assert_eq!(share.0[MEMORY], i64::MAX);
+        assert!(within_share(&res(2_000, 8), &res(3_000, 1 << 40), &share));
+        assert!(!within_share(&res(2_000, 8), &res(4_000, 8), &share));
+        let over = Usage {
+            cpu_millis: 12_000,
+            ..used
+        };
+        let share = over.share_of_rest(&limits, 3);
+        assert_eq!(share.0[CPU], 0);
+        assert!(within_share(&res(2_000, 8), &res(1_000, 8), &share));
+        assert!(!within_share(&res(2_000, 8), &res(2_001, 8), &share));
+    }
+}
