@@ -521,7 +521,11 @@ fn check_plan(
             );
         }
         // Alternatives.
-        assert!(node.alternatives.len() <= MAX_ALTERNATIVES);
+        // More only to keep a pool's minValues.
+        assert!(
+            node.alternatives.len() <= MAX_ALTERNATIVES
+                || pool.requirements.iter().any(|r| r.min_values.is_some())
+        );
         let mut names = BTreeSet::new();
         let mut previous = node.price_per_hour;
         for alt in &node.alternatives {
@@ -1667,6 +1671,7 @@ fn pool_limits() {
         cpu_millis: 7500,
         memory_bytes: 30 * GIB,
         nodes: 3,
+        ..Default::default()
     };
     run(vec![
         case(
@@ -1834,6 +1839,125 @@ fn preferences_are_held_then_relaxed() {
                 let zones = o.zone_counts("web");
                 assert_eq!(zones.len(), 2, "{zones:?}");
             },
+        ),
+    ]);
+}
+
+// --- minValues -----------------------------------------------------------------------------------
+
+/// Issue 11, item 5: a pool's `minValues` holds over each new node's types (chosen type and
+/// alternatives), widened past the usual 60 alternatives where needed; a node that cannot keep it
+/// is not planned, and its pods get Karpenter's reason.
+#[test]
+fn min_values_hold_over_each_nodes_types() {
+    let with_min = |key: &str, op: Operator, values: &[&str], min: i32| {
+        let mut r = req(key, op, values);
+        r.min_values = Some(min);
+        r
+    };
+    let distinct = |o: &Outcome, node: &PlannedNode, key: &str| -> usize {
+        std::iter::once(&node.instance_type)
+            .chain(&node.alternatives)
+            .filter_map(|t| o.catalog.get(t).and_then(|it| it.label(key)))
+            .collect::<BTreeSet<_>>()
+            .len()
+    };
+    let families = |min| {
+        pool(
+            "families",
+            vec![
+                both_capacity_types(),
+                with_min(labels::INSTANCE_FAMILY, Operator::Exists, &[], min),
+            ],
+        )
+    };
+    let types = |min| {
+        pool(
+            "types",
+            vec![
+                both_capacity_types(),
+                with_min(labels::INSTANCE_TYPE, Operator::Exists, &[], min),
+            ],
+        )
+    };
+    let two_families = pool(
+        "two",
+        vec![
+            both_capacity_types(),
+            with_min(labels::INSTANCE_FAMILY, Operator::In, &["c5", "m5"], 3),
+        ],
+    );
+    run(vec![
+        case(
+            "five instance families among a node's types",
+            pod("a", "1", "2Gi").replicas(3),
+            vec![families(5)],
+            move |o| {
+                o.all_placed();
+                for n in &o.plan.nodes {
+                    assert!(distinct(o, n, labels::INSTANCE_FAMILY) >= 5);
+                }
+            },
+        ),
+        case(
+            "more types than the usual alternatives",
+            one(pod("a", "1", "2Gi")),
+            vec![types(90)],
+            move |o| {
+                let n = o.node("a");
+                assert!(n.alternatives.len() + 1 >= 90, "{}", n.alternatives.len());
+                assert!(distinct(o, n, labels::INSTANCE_TYPE) >= 90);
+            },
+        ),
+        case(
+            "a minValues no types can meet leaves the pod with Karpenter's reason",
+            one(pod("a", "1", "2Gi")),
+            vec![two_families],
+            |o| {
+                let r = o.unschedulable("a");
+                assert!(
+                    r.contains("minValues requirement is not met")
+                        && r.contains(labels::INSTANCE_FAMILY)
+                        && r.contains("minValues: 3"),
+                    "{r}"
+                );
+            },
+        ),
+    ]);
+}
+
+/// Issue 11, item 6: a NodePool limit on any resource a node provides, GPUs here.
+#[test]
+fn pool_limits_on_devices() {
+    let gpus = |n: i64| {
+        let mut p = anything();
+        p.name = "gpus".into();
+        p.limits.others[NVIDIA_GPU] = Some(n);
+        p
+    };
+    run(vec![
+        case(
+            "a GPU limit caps the GPUs launched, whatever the types",
+            pod("train", "2", "8Gi")
+                .label("app", "train")
+                .limit("nvidia.com/gpu", "1")
+                .anti_affinity(HOST, "train")
+                .replicas(4),
+            vec![gpus(2)],
+            |o| {
+                let gpus: u32 = o.plan.nodes.iter().map(|n| o.it(n).gpus).sum();
+                assert!(gpus <= 2, "{gpus} GPUs launched under a limit of 2");
+                assert_eq!(o.count_placed("train"), 2);
+                for u in &o.plan.unschedulable {
+                    assert!(u.reason.contains("nvidia.com/gpu 2 of 2"), "{}", u.reason);
+                }
+            },
+        ),
+        case(
+            "pods without GPUs are not bound by a GPU limit",
+            pod("web", "1", "1Gi").replicas(10),
+            vec![gpus(0)],
+            |o| o.all_placed(),
         ),
     ]);
 }

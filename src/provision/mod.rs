@@ -1102,7 +1102,9 @@ impl Run {
     }
 
     /// Pools for the planner, with what existing pool nodes and claims in flight count against
-    /// their limits.
+    /// their limits: a node its allocatable; a launched claim its instance type; a claim not yet
+    /// launched the largest of its offerings, per resource, since the launch may end as any of them
+    /// (the planner keeps those within the limits).
     fn pools(&self, config: &Config, catalog: &Catalog, nodes: &[ExistingNode]) -> Vec<Pool> {
         let daemonsets = self.p.daemonsets.pods();
         let mut pools = crate::scheduling::pools::pools_from_config(config, &daemonsets);
@@ -1110,9 +1112,7 @@ impl Run {
             let mut usage = Usage::default();
             for n in nodes {
                 if n.labels.get(labels::NODEPOOL) == Some(&pool.name) {
-                    usage.cpu_millis += n.allocatable.cpu_millis();
-                    usage.memory_bytes += n.allocatable.memory_bytes();
-                    usage.nodes += 1;
+                    usage.add_node(&n.allocatable);
                 }
             }
             for c in self.claims.values() {
@@ -1121,17 +1121,24 @@ impl Run {
                 {
                     continue;
                 }
-                let it = c
-                    .status
-                    .as_ref()
-                    .and_then(|s| s.instance_type.clone())
-                    .or_else(|| c.spec.offerings.first().map(|o| o.instance_type.clone()));
-                if let Some(it) = it.and_then(|t| catalog.get(&t)) {
+                let launched = c.status.as_ref().and_then(|s| s.instance_type.clone());
+                let options: Vec<&str> = match &launched {
+                    Some(t) => vec![t.as_str()],
+                    None => c
+                        .spec
+                        .offerings
+                        .iter()
+                        .map(|o| o.instance_type.as_str())
+                        .collect(),
+                };
+                let mut largest = Resources::ZERO;
+                for it in options.into_iter().filter_map(|t| catalog.get(t)) {
                     let cap = it.capacity(&pool.kubelet);
-                    usage.cpu_millis += cap.cpu_millis();
-                    usage.memory_bytes += cap.memory_bytes();
+                    for (l, v) in largest.0.iter_mut().zip(cap.0) {
+                        *l = (*l).max(v);
+                    }
                 }
-                usage.nodes += 1;
+                usage.add_node(&largest);
             }
             pool.in_use = usage;
         }

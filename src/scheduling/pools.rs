@@ -17,7 +17,9 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
 use crate::config::{Config, EC2NodeClass, NodePool};
 use crate::model::catalog::{KubeletSettings, labels, reservation_slot};
-use crate::model::resources::{CPU, PODS, parse_quantity, parse_quantity_millis};
+use crate::model::resources::{
+    CPU, PODS, parse_quantity, parse_quantity_millis, parse_slot_quantity, slot_of,
+};
 use crate::model::{Operator, Requirement, Resources};
 use crate::scheduling::pod::PendingPod;
 use crate::scheduling::solver::{Limits, Pool, untolerated};
@@ -73,7 +75,12 @@ fn pool_from(pool: &NodePool, class: Option<&EC2NodeClass>, daemons: &[PendingPo
             "cpu" => limits.cpu_millis = parse_quantity_millis(&q.0),
             "memory" => limits.memory_bytes = parse_quantity(&q.0),
             "nodes" => limits.nodes = parse_quantity(&q.0),
-            _ => {}
+            // GPUs, Neuron devices, EFA, ephemeral storage, pods: any resource a node provides.
+            other => {
+                if let Some(slot) = slot_of(other) {
+                    limits.others[slot] = parse_slot_quantity(slot, &q.0);
+                }
+            }
         }
     }
     let mut out = Pool {

@@ -20,6 +20,12 @@ impl Solver<'_> {
         if let Some(nodes) = p.limits.nodes {
             parts.push(format!("nodes {} of {}", u.nodes, nodes));
         }
+        for (k, limit) in p.limits.others.iter().enumerate() {
+            if let Some(limit) = limit {
+                let name = crate::model::resources::NAMES[k];
+                parts.push(format!("{name} {} of {limit}", u.others[k]));
+            }
+        }
         format!(
             "nodepool {} has reached its limits ({} in use); no other pool can take the pod",
             p.name,

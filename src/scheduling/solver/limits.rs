@@ -18,12 +18,27 @@ pub struct Limits {
     pub cpu_millis: Option<i64>,
     pub memory_bytes: Option<i64>,
     pub nodes: Option<i64>,
+    /// Limits on the other resources (GPUs, Neuron devices, EFA, ephemeral storage, pods), by
+    /// slot of [`Resources`]; the cpu and memory slots are unused here.
+    pub others: [Option<i64>; DIMS],
 }
 
 impl Limits {
     /// Whether any limit is set.
     pub fn any(&self) -> bool {
-        self.cpu_millis.is_some() || self.memory_bytes.is_some() || self.nodes.is_some()
+        self.cpu_millis.is_some()
+            || self.memory_bytes.is_some()
+            || self.nodes.is_some()
+            || self.others.iter().any(Option::is_some)
+    }
+
+    /// The limit on slot `k` of [`Resources`].
+    fn of(&self, k: usize) -> Option<i64> {
+        match k {
+            CPU => self.cpu_millis,
+            MEMORY => self.memory_bytes,
+            _ => self.others[k],
+        }
     }
 }
 
@@ -33,33 +48,55 @@ pub struct Usage {
     pub cpu_millis: i64,
     pub memory_bytes: i64,
     pub nodes: i64,
+    /// The other resources, by slot of [`Resources`]; the cpu and memory slots are unused here.
+    pub others: [i64; DIMS],
 }
 
 impl Usage {
+    /// Counts one more node of `capacity`.
+    pub fn add_node(&mut self, capacity: &Resources) {
+        self.add(capacity, 1);
+    }
+
     pub(super) fn add(&mut self, capacity: &Resources, nodes: i64) {
-        self.cpu_millis += capacity.0[CPU] * nodes;
-        self.memory_bytes += capacity.0[MEMORY] * nodes;
+        for k in 0..DIMS {
+            *self.slot(k) += capacity.0[k] * nodes;
+        }
         self.nodes += nodes;
     }
 
     pub(super) fn remove(&mut self, capacity: &Resources) {
-        self.cpu_millis -= capacity.0[CPU];
-        self.memory_bytes -= capacity.0[MEMORY];
+        for k in 0..DIMS {
+            *self.slot(k) -= capacity.0[k];
+        }
         self.nodes -= 1;
+    }
+
+    fn slot(&mut self, k: usize) -> &mut i64 {
+        match k {
+            CPU => &mut self.cpu_millis,
+            MEMORY => &mut self.memory_bytes,
+            _ => &mut self.others[k],
+        }
+    }
+
+    fn get(&self, k: usize) -> i64 {
+        match k {
+            CPU => self.cpu_millis,
+            MEMORY => self.memory_bytes,
+            _ => self.others[k],
+        }
     }
 
     /// How many more nodes of `capacity` fit under `limits`.
     pub(super) fn room(&self, limits: &Limits, capacity: &Resources) -> i64 {
         let mut room = i64::MAX;
-        if let Some(cpu) = limits.cpu_millis
-            && capacity.0[CPU] > 0
-        {
-            room = room.min((cpu - self.cpu_millis).max(0) / capacity.0[CPU]);
-        }
-        if let Some(mem) = limits.memory_bytes
-            && capacity.0[MEMORY] > 0
-        {
-            room = room.min((mem - self.memory_bytes).max(0) / capacity.0[MEMORY]);
+        for k in 0..DIMS {
+            if let Some(limit) = limits.of(k)
+                && capacity.0[k] > 0
+            {
+                room = room.min((limit - self.get(k)).max(0) / capacity.0[k]);
+            }
         }
         if let Some(nodes) = limits.nodes {
             room = room.min((nodes - self.nodes).max(0));
@@ -72,11 +109,10 @@ impl Usage {
     pub(super) fn share_of_rest(&self, limits: &Limits, nodes: usize) -> Resources {
         let mut share = Resources([i64::MAX; DIMS]);
         let n = nodes.max(1) as i64;
-        if let Some(cpu) = limits.cpu_millis {
-            share.0[CPU] = (cpu - self.cpu_millis).max(0) / n;
-        }
-        if let Some(mem) = limits.memory_bytes {
-            share.0[MEMORY] = (mem - self.memory_bytes).max(0) / n;
+        for k in 0..DIMS {
+            if let Some(limit) = limits.of(k) {
+                share.0[k] = (limit - self.get(k)).max(0) / n;
+            }
         }
         share
     }
@@ -84,9 +120,7 @@ impl Usage {
 
 /// Whether `alternative` adds no more than `share` to `chosen` in the limited dimensions.
 pub(super) fn within_share(chosen: &Resources, alternative: &Resources, share: &Resources) -> bool {
-    [CPU, MEMORY]
-        .iter()
-        .all(|&k| alternative.0[k] - chosen.0[k] <= share.0[k])
+    (0..DIMS).all(|k| alternative.0[k] - chosen.0[k] <= share.0[k])
 }
 
 impl Solver<'_> {
@@ -221,11 +255,13 @@ mod tests {
             cpu_millis: Some(10_000),
             memory_bytes: Some(64),
             nodes: Some(4),
+            ..Default::default()
         };
         let used = Usage {
             cpu_millis: 2_000,
             memory_bytes: 16,
             nodes: 1,
+            ..Default::default()
         };
         // cpu: 8000 / 2000 = 4, memory: 48 / 8 = 6, nodes: 3.
         assert_eq!(used.room(&limits, &res(2_000, 8)), 3);
@@ -240,16 +276,38 @@ mod tests {
     }
 
     #[test]
+    fn limits_on_devices_count_like_cpu() {
+        use crate::model::resources::NVIDIA_GPU;
+        let mut limits = Limits::default();
+        limits.others[NVIDIA_GPU] = Some(4);
+        let mut used = Usage::default();
+        let mut eight_gpus = res(96_000, 1 << 40);
+        eight_gpus.0[NVIDIA_GPU] = 8;
+        let mut one_gpu = res(4_000, 16 << 30);
+        one_gpu.0[NVIDIA_GPU] = 1;
+        assert!(limits.any());
+        assert_eq!(used.room(&limits, &eight_gpus), 0);
+        assert_eq!(used.room(&limits, &one_gpu), 4);
+        // A type without the device is not bound by its limit.
+        assert_eq!(used.room(&limits, &res(2_000, 1 << 30)), i64::MAX);
+        used.add_node(&one_gpu);
+        used.add_node(&one_gpu);
+        assert_eq!(used.room(&limits, &one_gpu), 2);
+        assert_eq!(used.share_of_rest(&limits, 2).0[NVIDIA_GPU], 1);
+        used.remove(&one_gpu);
+        assert_eq!(used.others[NVIDIA_GPU], 1);
+    }
+
+    #[test]
     fn the_rest_is_shared_evenly_and_never_negative() {
         let limits = Limits {
             cpu_millis: Some(10_000),
-            memory_bytes: None,
-            nodes: None,
+            ..Default::default()
         };
         let used = Usage {
             cpu_millis: 7_000,
-            memory_bytes: 0,
             nodes: 3,
+            ..Default::default()
         };
         let share = used.share_of_rest(&limits, 3);
         assert_eq!(share.0[CPU], 1_000);

@@ -49,6 +49,7 @@ mod existing;
 mod explain;
 mod groups;
 mod limits;
+mod min_values;
 mod packing;
 mod relax;
 mod tails;
@@ -460,20 +461,48 @@ impl<'a> Solver<'a> {
             .enumerate()
             .map(|(i, p)| self.usage[i].share_of_rest(&p.limits, count[i]))
             .collect();
-        for (n, (li, used, capacity)) in nodes.iter_mut().zip(chosen_of) {
+        let mut short: Vec<(usize, String)> = Vec::new();
+        for (k, (n, (li, used, capacity))) in nodes.iter_mut().zip(chosen_of).enumerate() {
             let pool = pool_of[n.node_pool.as_str()];
-            n.alternatives = lists[li]
-                .iter()
-                .filter(|(_, t, _)| {
-                    catalog.types[*t].name != n.instance_type
-                        && self.type_room[pool][*t].is_some_and(|(room, alternative)| {
-                            used.fits_in(&room)
-                                && within_share(&capacity, &alternative, &share[pool])
-                        })
-                })
+            let mut fitting = lists[li].iter().filter(|(_, t, _)| {
+                catalog.types[*t].name != n.instance_type
+                    && self.type_room[pool][*t].is_some_and(|(room, alternative)| {
+                        used.fits_in(&room) && within_share(&capacity, &alternative, &share[pool])
+                    })
+            });
+            let mut alternatives: Vec<usize> = fitting
+                .by_ref()
                 .take(MAX_ALTERNATIVES)
-                .map(|(_, t, _)| catalog.types[*t].name.clone())
+                .map(|(_, t, _)| *t)
                 .collect();
+            let requirements = &self.input.pools[pool].requirements;
+            if requirements.iter().any(|r| r.min_values.is_some()) {
+                match min_values::widen(
+                    catalog,
+                    requirements,
+                    &n.instance_type,
+                    &mut alternatives,
+                    fitting.map(|(_, t, _)| *t),
+                ) {
+                    Ok(()) => {}
+                    Err(reason) => short.push((k, reason)),
+                }
+            }
+            n.alternatives = alternatives
+                .into_iter()
+                .map(|t| catalog.types[t].name.clone())
+                .collect();
+        }
+        // Nodes whose types cannot keep a pool's minValues are not launched; their pods wait.
+        for (k, reason) in short.iter().rev() {
+            let node = nodes.remove(*k);
+            for (key, &p) in node.pods.into_iter().zip(&node.pod_indices) {
+                self.unschedulable.push(Unschedulable {
+                    pod: key,
+                    reason: format!("nodepool {}: {reason}", node.node_pool),
+                    pod_index: p,
+                });
+            }
         }
         let total = nodes.iter().map(|n| n.price_per_hour).sum::<f64>();
         let mut unschedulable = self.unschedulable;
