@@ -270,6 +270,19 @@ fn bound(app: &str) -> BoundPod {
     BoundPod {
         namespace: "default".into(),
         labels: BTreeMap::from([("app".to_owned(), app.to_owned())]),
+        anti_affinity: Vec::new(),
+    }
+}
+
+/// A running pod of `app` with required anti-affinity to pods of `against` on `topology`.
+fn bound_repelling(app: &str, topology: &str, against: &str) -> BoundPod {
+    BoundPod {
+        anti_affinity: pod(app, "100m", "64Mi")
+            .anti_affinity(topology, against)
+            .build()
+            .constraints
+            .anti_affinity,
+        ..bound(app)
     }
 }
 
@@ -1957,6 +1970,103 @@ fn pool_limits_on_devices() {
             "pods without GPUs are not bound by a GPU limit",
             pod("web", "1", "1Gi").replicas(10),
             vec![gpus(0)],
+            |o| o.all_placed(),
+        ),
+    ]);
+}
+
+/// Issue 11, item 7: a running pod's required anti-affinity keeps the pods it selects off its
+/// node (hostname) or out of its zone, as the scheduler checks it from both sides.
+#[test]
+fn running_pods_anti_affinity_counts_against_new_pods() {
+    let small = res(500, 512 * MIB, 1);
+    run(vec![
+        case(
+            "zone anti-affinity of a running pod keeps the pods it selects out of its zone",
+            pod("web", "500m", "512Mi").label("app", "web").replicas(6),
+            vec![general()],
+            |o| {
+                let zones = o.zone_counts("web");
+                assert!(!zones.contains_key("us-east-1a"), "{zones:?}");
+                assert_eq!(zones.values().sum::<usize>(), 6);
+            },
+        )
+        .nodes(vec![existing(
+            "guard-node",
+            "us-east-1a",
+            small,
+            vec![bound_repelling("guard", ZONE, "web")],
+        )]),
+        case(
+            "hostname anti-affinity of a running pod keeps the pods it selects off its node",
+            one(pod("web", "500m", "512Mi").label("app", "web")),
+            vec![general()],
+            |o| assert_ne!(o.placed_on("web"), Some("guard-node")),
+        )
+        .nodes(vec![existing(
+            "guard-node",
+            "us-east-1a",
+            small,
+            vec![bound_repelling("guard", HOST, "web")],
+        )]),
+        case(
+            "anti-affinity selecting other pods does not bind these",
+            one(pod("web", "500m", "512Mi").label("app", "web")),
+            vec![general()],
+            |o| assert_eq!(o.placed_on("web"), Some("guard-node")),
+        )
+        .nodes(vec![existing(
+            "guard-node",
+            "us-east-1a",
+            small,
+            vec![bound_repelling("guard", HOST, "db")],
+        )]),
+    ]);
+}
+
+/// Issue 11, item 7: `minDomains` on a zone spread: with fewer zones than minDomains, the global
+/// minimum counts as 0, so each zone holds at most maxSkew matching pods.
+#[test]
+fn min_domains_caps_each_zone() {
+    let three_zones = || {
+        let mut p = general();
+        p.requirements.push(req(
+            ZONE,
+            Operator::In,
+            &["us-east-1a", "us-east-1b", "us-east-1c"],
+        ));
+        p
+    };
+    let spread = |min_domains: Option<i32>| {
+        let mut c = json!({"maxSkew": 1, "topologyKey": ZONE, "whenUnsatisfiable": "DoNotSchedule",
+            "labelSelector": {"matchLabels": {"app": "web"}}});
+        if let Some(m) = min_domains {
+            c["minDomains"] = json!(m);
+        }
+        pod("web", "500m", "512Mi")
+            .label("app", "web")
+            .spread_raw(c)
+    };
+    run(vec![
+        case(
+            "minDomains above the zones there are: one pod per zone",
+            spread(Some(4)).replicas(5),
+            vec![three_zones()],
+            |o| {
+                assert_eq!(o.count_placed("web"), 3);
+                assert!(o.zone_counts("web").values().all(|n| *n == 1));
+            },
+        ),
+        case(
+            "minDomains the zones meet changes nothing",
+            spread(Some(3)).replicas(5),
+            vec![three_zones()],
+            |o| o.all_placed(),
+        ),
+        case(
+            "without minDomains every pod is placed",
+            spread(None).replicas(5),
+            vec![three_zones()],
             |o| o.all_placed(),
         ),
     ]);

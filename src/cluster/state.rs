@@ -16,6 +16,7 @@ use crate::model::catalog::{CapacityType, Catalog, labels};
 use crate::model::resources::Resources;
 use crate::model::taints::{Taint, TaintEffect};
 use crate::scheduling::PendingPod;
+use crate::scheduling::pod::PodTerm;
 use crate::scheduling::solver::{BoundPod, ExistingNode};
 use crate::scheduling::view::{ClusterView, NodeFacts, NodeState};
 
@@ -39,6 +40,8 @@ struct BoundEntry {
     requests: Resources,
     namespace: String,
     labels: BTreeMap<String, String>,
+    /// Its required pod anti-affinity (the planner keeps the pods it selects away).
+    anti_affinity: Vec<PodTerm>,
 }
 
 #[derive(Default)]
@@ -171,14 +174,15 @@ impl ClusterState {
         let deleting = pod.metadata.deletion_timestamp.is_some();
         match node {
             Some(node) if !finished => {
-                let requests = PendingPod::from_pod(&pod).requests;
+                let read = PendingPod::from_pod(&pod);
                 self.bind(
                     &key,
                     BoundEntry {
                         node,
-                        requests,
+                        requests: read.requests,
                         namespace: pod.metadata.namespace.clone().unwrap_or_default(),
                         labels: pod.metadata.labels.clone().unwrap_or_default(),
+                        anti_affinity: read.constraints.anti_affinity,
                     },
                 );
                 Some(ClusterEvent::PodSettled(key))
@@ -240,6 +244,7 @@ impl ClusterState {
                 .push(BoundPod {
                     namespace: b.namespace.clone(),
                     labels: b.labels.clone(),
+                    anti_affinity: b.anti_affinity.clone(),
                 });
         }
         let mut nodes: Vec<ExistingNode> = view

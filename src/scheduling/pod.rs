@@ -140,6 +140,9 @@ pub struct Spread {
     /// the pod unplaced.
     pub required: bool,
     pub selector: Selector,
+    /// `minDomains` (with `DoNotSchedule`): with fewer eligible domains, the global minimum
+    /// counts as 0, so each domain holds at most `max_skew` matching pods.
+    pub min_domains: i64,
 }
 
 /// A required pod (anti-)affinity term on a known topology.
@@ -314,6 +317,7 @@ impl PendingPod {
                     topology,
                     max_skew: i64::from(c.max_skew.max(1)),
                     required: c.when_unsatisfiable != "ScheduleAnyway",
+                    min_domains: c.min_domains.map_or(1, i64::from),
                     selector: Selector::from_label_selector(
                         &selector,
                         Some(BTreeSet::from([namespace.clone()])),

@@ -72,6 +72,7 @@ impl Solver<'_> {
             let node = &self.input.nodes[n];
             let state = &self.existing[n];
             total.fits_in(&state.free)
+                && !repelled(state, &group.c)
                 && untolerated(&node.taints, &group.c).is_none()
                 && node_labels_satisfy(&node.labels, &group.c)
         });
@@ -109,6 +110,7 @@ impl Solver<'_> {
                 && untolerated(&node.taints, &group.c).is_none()
                 && node_labels_satisfy(&node.labels, &group.c)
                 && self.hostname_room(g, &state.counters) > 0
+                && !repelled(state, &group.c)
                 && state
                     .zone
                     .is_none_or(|z| self.zone_allows(g, z, true).is_ok())
@@ -170,4 +172,12 @@ impl Solver<'_> {
     }
 
     // --- 4. zones ----------------------------------------------------------------------------
+}
+
+/// Whether a pod running on the node has hostname anti-affinity to pods like these.
+fn repelled(state: &ExistingState, c: &Constraints) -> bool {
+    state
+        .repels
+        .iter()
+        .any(|s| s.matches(&c.namespace, &c.labels))
 }

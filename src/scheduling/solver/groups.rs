@@ -20,6 +20,12 @@ impl Solver<'_> {
                 read_keys.extend(s.keys());
             }
         }
+        // Running pods' anti-affinity selects pods of the batch too.
+        for node in self.input.nodes {
+            for t in node.pods.iter().flat_map(|p| &p.anti_affinity) {
+                read_keys.extend(t.selector.keys());
+            }
+        }
         let mut index: HashMap<Constraints, usize> = HashMap::new();
         for (i, p) in pods.iter().enumerate() {
             if let Some(reason) = &p.invalid {
@@ -148,6 +154,14 @@ impl Solver<'_> {
                 }
             }
         }
+        // Zone anti-affinity of running pods binds the pods it selects to the other zones.
+        for node in self.input.nodes {
+            for t in node.pods.iter().flat_map(|p| &p.anti_affinity) {
+                if t.topology == Topology::Zone {
+                    intern(&mut self.z_counters, &t.selector);
+                }
+            }
+        }
         for g in 0..self.groups.len() {
             let c = &self.groups[g].c;
             let h_inc: Vec<usize> = (0..self.h_counters.len())
@@ -169,7 +183,18 @@ impl Solver<'_> {
                 .get(labels::ZONE)
                 .and_then(|z| self.zones.iter().position(|x| x == z));
             let mut counters = Vec::new();
+            let mut repels = Vec::new();
             for pod in &node.pods {
+                for t in &pod.anti_affinity {
+                    match (t.topology, zone) {
+                        (Topology::Hostname, _) => repels.push(t.selector.clone()),
+                        (Topology::Zone, Some(z)) => {
+                            let id = intern(&mut self.z_counters, &t.selector);
+                            self.z_anti[id][z] += 1;
+                        }
+                        (Topology::Zone, None) => {}
+                    }
+                }
                 for (i, s) in self.h_counters.iter().enumerate() {
                     if s.matches(&pod.namespace, &pod.labels) {
                         match counters.iter_mut().find(|(c, _)| *c == i) {
@@ -190,6 +215,7 @@ impl Solver<'_> {
                 free: node.allocatable.saturating_sub(&node.requested),
                 zone,
                 counters,
+                repels,
             });
         }
         // Groups without any usable pool are unschedulable now.

@@ -39,7 +39,7 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use super::lp::{self, Duals};
-use super::pod::{Constraints, PendingPod, Selector, Topology};
+use super::pod::{Constraints, PendingPod, PodTerm, Selector, Topology};
 use crate::model::catalog::{CapacityType, Catalog, InstanceType, KubeletSettings, labels};
 use crate::model::resources::{CPU, DIMS, MEMORY, Resources};
 use crate::model::{Requirement, Taint, TaintEffect};
@@ -86,11 +86,14 @@ pub struct Pool {
     pub in_use: Usage,
 }
 
-/// A pod already on a node (or promised to an in-flight one): what selectors can see of it.
-#[derive(Clone, Debug, PartialEq)]
+/// A pod already on a node (or promised to an in-flight one): what selectors can see of it, and
+/// its required pod anti-affinity, which keeps the pods it selects out of its node or zone (the
+/// scheduler checks it both ways).
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct BoundPod {
     pub namespace: String,
     pub labels: BTreeMap<String, String>,
+    pub anti_affinity: Vec<PodTerm>,
 }
 
 /// A node that exists or is being launched, with its free capacity.
@@ -290,6 +293,8 @@ struct ExistingState {
     free: Resources,
     zone: Option<usize>,
     counters: Vec<(usize, i64)>,
+    /// Hostname anti-affinity of the pods running there: pods these select may not join them.
+    repels: Vec<Selector>,
 }
 
 impl<'a> Solver<'a> {

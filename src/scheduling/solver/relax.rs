@@ -68,6 +68,7 @@ fn with_plan(input: &Input<'_>, plan: &Plan) -> Vec<ExistingNode> {
     let bound = |i: usize| BoundPod {
         namespace: input.pods[i].constraints.namespace.clone(),
         labels: input.pods[i].constraints.labels.clone(),
+        anti_affinity: input.pods[i].constraints.anti_affinity.clone(),
     };
     let mut out = input.nodes.to_vec();
     for p in &plan.placements {

@@ -25,7 +25,11 @@ impl Solver<'_> {
                 .position(|x| *x == s.selector)
                 .unwrap_or(0);
             let counts = &self.z_counts[id];
-            let min = domains.iter().map(|d| counts[*d]).min().unwrap_or(0);
+            let min = if s.required && (domains.len() as i64) < s.min_domains {
+                0
+            } else {
+                domains.iter().map(|d| counts[*d]).min().unwrap_or(0)
+            };
             let own = i64::from(s.selector.matches(&c.namespace, &c.labels));
             if counts[z] + own - min > s.max_skew {
                 return Err(format!(
