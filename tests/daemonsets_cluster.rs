@@ -414,6 +414,23 @@ async fn new_nodes_hold_the_daemonsets_that_run_there_and_wait_out_startup_taint
     );
     // nodewright left the startup taint alone; the pods wait for it.
     let node = nodes.get(&registration.node).await.unwrap();
+    // Registration labelled the Node with its type's karpenter.k8s.aws labels, as Karpenter does,
+    // so pods selecting them bind where they were planned.
+    let node_labels = node.metadata.labels.clone().unwrap_or_default();
+    for (key, value) in [
+        ("karpenter.k8s.aws/instance-family", "c5"),
+        ("karpenter.k8s.aws/instance-category", "c"),
+        ("karpenter.k8s.aws/instance-size", "xlarge"),
+        ("karpenter.k8s.aws/instance-cpu", "4"),
+        ("karpenter.k8s.aws/instance-memory", "8192"),
+        ("karpenter.k8s.aws/instance-hypervisor", "nitro"),
+    ] {
+        assert_eq!(
+            node_labels.get(key).map(String::as_str),
+            Some(value),
+            "{key} on the Node: {node_labels:?}"
+        );
+    }
     let keys = taint_keys(&node);
     assert!(keys.iter().any(|k| k == STARTUP_TAINT), "{keys:?}");
     assert!(

@@ -758,9 +758,19 @@ impl Run {
             return Ok(());
         };
         let have = node.metadata.labels.clone().unwrap_or_default();
-        let missing_labels: BTreeMap<&String, &String> = claim
-            .spec
-            .labels
+        // The claim's labels, and the karpenter.k8s.aws labels of the type it launched as (as
+        // Karpenter labels its Nodes), so pods selecting e.g. a GPU name bind where they were planned.
+        let mut wanted = claim.spec.labels.clone();
+        let launched = have
+            .get(labels::INSTANCE_TYPE)
+            .cloned()
+            .or_else(|| claim.status.as_ref().and_then(|s| s.instance_type.clone()));
+        if let Some(it) = launched.and_then(|t| (self.p.catalog)().get(&t).cloned()) {
+            for (key, value) in it.aws_labels() {
+                wanted.entry(key.to_owned()).or_insert(value);
+            }
+        }
+        let missing_labels: BTreeMap<&String, &String> = wanted
             .iter()
             .filter(|(k, v)| have.get(*k) != Some(*v))
             .collect();
