@@ -7,6 +7,7 @@ use k8s_openapi::api::core::v1::{Container, Pod, PodAffinityTerm, Toleration};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
 use super::preferences::{self, Preference};
+use super::volumes::normalized_key;
 use crate::model::catalog::labels;
 use crate::model::resources::{PODS, ResourceError, Resources};
 use crate::model::{Operator, Requirement};
@@ -236,7 +237,7 @@ impl PendingPod {
             }
             for (key, value) in spec.node_selector.iter().flatten() {
                 constraints.node_selector.push(Requirement {
-                    key: key.clone(),
+                    key: normalized_key(key).to_owned(),
                     operator: Operator::In,
                     values: vec![value.clone()],
                     min_values: None,
@@ -263,7 +264,7 @@ impl PendingPod {
                         for e in term.match_expressions.iter().flatten() {
                             match operator(&e.operator) {
                                 Some(op) => reqs.push(Requirement {
-                                    key: e.key.clone(),
+                                    key: normalized_key(&e.key).to_owned(),
                                     operator: op,
                                     values: e.values.clone().unwrap_or_default(),
                                     min_values: None,
@@ -456,6 +457,38 @@ mod tests {
 
     fn container(name: &str, cpu: &str, mem: &str) -> serde_json::Value {
         serde_json::json!({"name": name, "image": "x", "resources": {"requests": {"cpu": cpu, "memory": mem}}})
+    }
+
+    /// Node selector and affinity keys are read as Karpenter normalizes them: the EBS CSI
+    /// driver's zone key and the beta keys are the zone, arch and instance-type labels.
+    #[test]
+    fn node_label_aliases_are_normalized() {
+        let p = pod(serde_json::json!({
+            "metadata": {"name": "p"},
+            "spec": {
+                "containers": [container("a", "1", "1Gi")],
+                "nodeSelector": {"topology.ebs.csi.aws.com/zone": "us-east-1b",
+                                 "beta.kubernetes.io/arch": "arm64"},
+                "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+                    "nodeSelectorTerms": [{"matchExpressions": [
+                        {"key": "failure-domain.beta.kubernetes.io/zone", "operator": "In",
+                         "values": ["us-east-1b"]},
+                        {"key": "beta.kubernetes.io/instance-type", "operator": "In",
+                         "values": ["m5.large"]}]}]}}}
+            }
+        }));
+        let keys: Vec<&str> = p
+            .constraints
+            .node_selector
+            .iter()
+            .map(|r| r.key.as_str())
+            .collect();
+        assert_eq!(keys, [labels::ARCH, labels::ZONE]);
+        let keys: Vec<&str> = p.constraints.node_affinity[0]
+            .iter()
+            .map(|r| r.key.as_str())
+            .collect();
+        assert_eq!(keys, [labels::ZONE, labels::INSTANCE_TYPE]);
     }
 
     #[test]

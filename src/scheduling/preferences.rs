@@ -13,6 +13,7 @@
 use k8s_openapi::api::core::v1::{Affinity, WeightedPodAffinityTerm};
 
 use super::pod::{Constraints, PodTerm, operator, pod_term};
+use super::volumes::normalized_key;
 use crate::model::Requirement;
 
 /// One preference of a pod, in the order it is relaxed.
@@ -78,7 +79,7 @@ pub fn read(affinity: Option<&Affinity>, namespace: &str) -> Vec<Preference> {
                 .flatten()
                 .map(|e| {
                     Some(Requirement {
-                        key: e.key.clone(),
+                        key: normalized_key(&e.key).to_owned(),
                         operator: operator(&e.operator)?,
                         values: e.values.clone().unwrap_or_default(),
                         min_values: None,
