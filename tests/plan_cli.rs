@@ -206,3 +206,73 @@ fn live_catalog_from_an_ec2_endpoint() {
         moto.logs()
     );
 }
+
+/// A static NodePool (`spec.replicas`) as Karpenter's docs write it: `plan` shows the nodes it
+/// keeps, empty, beside the nodes the pods need from the dynamic pool, and warns that nodewright
+/// does not remove nodes when replicas go down.
+#[test]
+fn static_node_pools_show_their_replicas() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.yaml");
+    let base = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/plan/benchmix-config.yaml"),
+    )
+    .unwrap();
+    std::fs::write(
+        &config,
+        format!(
+            "{base}---
+apiVersion: karpenter.sh/v1
+kind: NodePool
+metadata:
+  name: static
+spec:
+  replicas: 3
+  limits:
+    nodes: 5
+  template:
+    spec:
+      nodeClassRef: {{group: karpenter.k8s.aws, kind: EC2NodeClass, name: default}}
+      requirements:
+        - {{key: node.kubernetes.io/instance-type, operator: In, values: [m5.large, m6i.large]}}
+        - {{key: karpenter.sh/capacity-type, operator: In, values: [on-demand]}}
+"
+        ),
+    )
+    .unwrap();
+    let manifest = dir.path().join("m.yaml");
+    std::fs::write(
+        &manifest,
+        "apiVersion: v1
+kind: Pod
+metadata: {name: web, namespace: default}
+spec:
+  containers: [{name: a, image: x, resources: {requests: {cpu: 500m, memory: 512Mi}}}]
+",
+    )
+    .unwrap();
+    let out = plan(&[
+        "--config",
+        config.to_str().unwrap(),
+        "--output",
+        "json",
+        manifest.to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    let plan = json(&out);
+    let nodes = plan["nodes"].as_array().unwrap();
+    let fixed: Vec<&Value> = nodes.iter().filter(|n| n["nodePool"] == "static").collect();
+    assert_eq!(fixed.len(), 3, "{plan}");
+    for n in &fixed {
+        assert_eq!(n["pods"], Value::Array(vec![]));
+        assert_eq!(n["capacityType"], "on-demand");
+        assert!(["m5.large", "m6i.large"].contains(&n["instanceType"].as_str().unwrap()));
+    }
+    let web: Vec<&Value> = nodes
+        .iter()
+        .filter(|n| n["nodePool"] == "general")
+        .collect();
+    assert_eq!(web.len(), 1, "{plan}");
+    assert_eq!(web[0]["pods"][0], "default/web");
+    assert!(stderr.contains("spec.replicas"), "{stderr}");
+}

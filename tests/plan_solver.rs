@@ -406,7 +406,18 @@ fn check_plan(
     let mut seen = vec![0usize; pods.len()];
     for node in &plan.nodes {
         assert_eq!(node.pods.len(), node.pod_indices.len());
-        assert!(!node.pods.is_empty(), "an empty new node: {node:?}");
+        // Only a static pool's missing replicas are planned empty.
+        let static_pool = pools
+            .iter()
+            .any(|p| p.name == node.node_pool && p.replicas.is_some());
+        assert!(
+            !node.pods.is_empty() || static_pool,
+            "an empty new node: {node:?}"
+        );
+        assert!(
+            node.pods.is_empty() || !static_pool,
+            "pods planned onto a static pool's new node: {node:?}"
+        );
         for (k, &i) in node.pod_indices.iter().enumerate() {
             assert_eq!(node.pods[k], pods[i].key);
             seen[i] += 1;
@@ -2068,6 +2079,83 @@ fn min_domains_caps_each_zone() {
             spread(None).replicas(5),
             vec![three_zones()],
             |o| o.all_placed(),
+        ),
+    ]);
+}
+
+/// Issue 11, item 8: static NodePools (`spec.replicas`) get the nodes they are missing, the
+/// cheapest offering they allow, within `limits.nodes`; pods are not planned onto their new nodes.
+#[test]
+fn static_pools_keep_their_replicas() {
+    let fixed = |replicas: i64, have: i64| {
+        let mut p = general();
+        p.name = "fixed".into();
+        p.replicas = Some(replicas);
+        p.in_use.nodes = have;
+        p
+    };
+    let capped = {
+        let mut p = fixed(5, 0);
+        p.limits.nodes = Some(3);
+        p
+    };
+    run(vec![
+        case(
+            "the missing replicas, empty",
+            Vec::new(),
+            vec![fixed(3, 1)],
+            |o| {
+                assert_eq!(o.plan.nodes.len(), 2);
+                let cheapest = o.plan.nodes[0].price_per_hour;
+                for n in &o.plan.nodes {
+                    assert_eq!(n.node_pool, "fixed");
+                    assert!(n.pods.is_empty());
+                    assert_eq!(n.price_per_hour, cheapest);
+                    assert!(!n.alternatives.is_empty());
+                }
+                // The cheapest offering the pool allows: no c/m/r offering is cheaper.
+                let cheaper = o.catalog.types.iter().any(|t| {
+                    ["c", "m", "r"].contains(&t.category.as_str())
+                        && t.offerings
+                            .iter()
+                            .any(|x| x.available && x.price < cheapest)
+                });
+                assert!(!cheaper);
+            },
+        ),
+        case(
+            "a full static pool gets none",
+            Vec::new(),
+            vec![fixed(2, 2)],
+            |o| assert!(o.plan.nodes.is_empty()),
+        ),
+        case(
+            "limits.nodes caps the replicas",
+            Vec::new(),
+            vec![capped],
+            |o| assert_eq!(o.plan.nodes.len(), 3),
+        ),
+        case(
+            "pods are not planned onto a static pool's new nodes",
+            one(pod("a", "500m", "512Mi")),
+            vec![fixed(1, 1)],
+            |o| {
+                assert!(o.plan.nodes.is_empty());
+                assert!(
+                    o.unschedulable("a").contains("static"),
+                    "{}",
+                    o.unschedulable("a")
+                );
+            },
+        ),
+        case(
+            "pods go to the dynamic pool beside a static one",
+            one(pod("a", "500m", "512Mi")),
+            vec![fixed(1, 0), anything()],
+            |o| {
+                assert_eq!(o.node("a").node_pool, "anything");
+                assert_eq!(o.plan.nodes.len(), 2);
+            },
         ),
     ]);
 }

@@ -297,12 +297,14 @@ impl Run {
             .filter(|k| !covered.contains(*k) && !self.p.state.is_bound(k))
             .filter_map(|k| self.waiting.get(k).map(|w| w.pod.clone()))
             .collect();
-        if pods.is_empty() {
+        let config = self.p.config.load_full();
+        if pods.is_empty() && !self.static_missing(&config) {
             return;
         }
-        self.p.metrics.batch_size.observe(pods.len() as f64);
-        self.p.metrics.batch_window.observe(window.as_secs_f64());
-        let config = self.p.config.load_full();
+        if !pods.is_empty() {
+            self.p.metrics.batch_size.observe(pods.len() as f64);
+            self.p.metrics.batch_window.observe(window.as_secs_f64());
+        }
         let Some(cluster) = cluster_info(&config) else {
             tracing::warn!(
                 pods = pods.len(),
@@ -986,6 +988,10 @@ impl Run {
         let claims: Vec<NodeClaim> = self.claims.values().cloned().collect();
         self.sync_reservations(&claims);
         self.update_gauges();
+        // Static pools are kept at their replicas without waiting for pods.
+        if self.static_missing(&config) {
+            self.provision().await;
+        }
     }
 
     /// A follower serves the extender too: it keeps the claims' reservations in its view from
@@ -1111,6 +1117,31 @@ impl Run {
         }
     }
 
+    /// Claims of `pool` that are or will be a node, and those that failed until they are
+    /// collected ([`FAILED_CLAIM_TTL`]): a static pool retries a failed launch after that, not
+    /// at every tick.
+    fn live_claims(&self, pool: &str) -> usize {
+        self.claims
+            .values()
+            .filter(|c| {
+                c.spec.node_pool == pool
+                    && matches!(
+                        c.phase(),
+                        Phase::Pending | Phase::Launched | Phase::Registered | Phase::Failed
+                    )
+            })
+            .count()
+    }
+
+    /// Whether a static NodePool (`spec.replicas`) has fewer live claims than replicas.
+    fn static_missing(&self, config: &Config) -> bool {
+        config.node_pools.values().any(|p| {
+            p.spec
+                .replicas
+                .is_some_and(|r| (self.live_claims(p.name()) as i64) < r)
+        })
+    }
+
     /// Pools for the planner, with what existing pool nodes and claims in flight count against
     /// their limits: a node its allocatable; a launched claim its instance type; a claim not yet
     /// launched the largest of its offerings, per resource, since the launch may end as any of them
@@ -1149,6 +1180,11 @@ impl Run {
                     }
                 }
                 usage.add_node(&largest);
+            }
+            // A static pool's nodes are all claim-backed: count its live claims, so a node that
+            // registered but is not Ready yet is not launched again.
+            if pool.replicas.is_some() {
+                usage.nodes = usage.nodes.max(self.live_claims(&pool.name) as i64);
             }
             pool.in_use = usage;
         }

@@ -94,6 +94,7 @@ fn pool_from(pool: &NodePool, class: Option<&EC2NodeClass>, daemons: &[PendingPo
         daemon_overhead: Resources::ZERO,
         limits,
         in_use: Default::default(),
+        replicas: spec.replicas,
     };
     let mut overhead = Resources::ZERO;
     for d in daemons.iter().filter(|d| daemon_runs_on(&out, d)) {

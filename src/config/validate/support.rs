@@ -30,10 +30,10 @@ pub(super) fn node_pool(pool: &NodePool, issues: &mut Issues<'_>) {
     let spec = &pool.spec;
     let template = FieldPath::of("spec.template.spec");
     if spec.replicas.is_some() {
-        not_acted_on(
-            issues,
+        issues.warn(
             FieldPath::of("spec.replicas"),
-            "nodewright launches nodes for pending pods only and does not keep a static node count",
+            WarningReason::NotActedOn,
+            "parsed, not acted on: replicas going down (nodewright launches the nodes a static pool is missing, but removes none; it does not disrupt nodes yet)",
         );
     }
     if spec.disruption != Disruption::crd_default() {

@@ -72,6 +72,13 @@ impl Solver<'_> {
             for &p in &pool_order {
                 let pool = &self.input.pools[p];
                 let group = &self.groups[g];
+                if pool.replicas.is_some() {
+                    problems.push(format!(
+                        "nodepool {} is static (spec.replicas): it keeps its node count, and pods go to its nodes once they exist",
+                        pool.name
+                    ));
+                    continue;
+                }
                 if let Some(taint) = untolerated(&pool.taints, &group.c) {
                     problems.push(format!(
                         "nodepool {}: taint {} not tolerated",

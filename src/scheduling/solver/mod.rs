@@ -52,6 +52,7 @@ mod limits;
 mod min_values;
 mod packing;
 mod relax;
+mod static_pools;
 mod tails;
 mod zones;
 
@@ -84,6 +85,9 @@ pub struct Pool {
     pub limits: Limits,
     /// Capacity the pool's existing nodes already count against its limits.
     pub in_use: Usage,
+    /// `spec.replicas`: a static pool keeps this many nodes (its nodes and claims in flight are
+    /// `in_use.nodes`) and takes no part in planning pods onto new nodes.
+    pub replicas: Option<i64>,
 }
 
 /// A pod already on a node (or promised to an in-flight one): what selectors can see of it, and
@@ -183,7 +187,7 @@ pub struct Placement {
 
 /// Plans `input`. Deterministic.
 pub fn solve(input: &Input<'_>) -> Plan {
-    if input
+    let mut plan = if input
         .pods
         .iter()
         .any(|p| !p.constraints.preferences.is_empty())
@@ -191,7 +195,9 @@ pub fn solve(input: &Input<'_>) -> Plan {
         relax::solve_relaxing(input)
     } else {
         Solver::new(input).run()
-    }
+    };
+    static_pools::add_missing_nodes(input, &mut plan);
+    plan
 }
 
 // ---------------------------------------------------------------------------------------------
