@@ -124,13 +124,40 @@ pub(super) fn within_share(chosen: &Resources, alternative: &Resources, share: &
 }
 
 impl Solver<'_> {
+    /// The limits packing holds `pool` to: its own, or a fair round's share of them.
+    pub(super) fn limits_of(&self, pool: usize) -> Limits {
+        match self.ceiling {
+            Some((p, ceiling)) if p == pool => ceiling,
+            _ => self.input.pools[pool].limits,
+        }
+    }
+
+    /// `pool`'s limits lowered to what it uses now plus an even share (one of `buckets`) of
+    /// what is left under each.
+    pub(super) fn fair_ceiling(&self, pool: usize, buckets: usize) -> Limits {
+        let limits = self.input.pools[pool].limits;
+        let used = self.usage[pool];
+        let n = buckets.max(1) as i64;
+        let share = |limit: Option<i64>, used: i64| limit.map(|l| used + (l - used).max(0) / n);
+        let mut others = [None; DIMS];
+        for k in 0..DIMS {
+            others[k] = share(limits.others[k], used.others[k]);
+        }
+        Limits {
+            cpu_millis: share(limits.cpu_millis, used.cpu_millis),
+            memory_bytes: share(limits.memory_bytes, used.memory_bytes),
+            nodes: share(limits.nodes, used.nodes),
+            others,
+        }
+    }
+
     /// The cheapest type and offering (same zone and capacity type) that holds `d`'s pods, that
     /// every group on it may use and that one more node of fits under the pool's limits; `None`
     /// when only its own type does, or none.
     pub(super) fn right_size(&self, d: &Draft) -> Option<(usize, usize)> {
         let catalog = self.input.catalog;
         let chosen = &catalog.types[d.type_idx].offerings[d.offering];
-        let limits = &self.input.pools[d.pool].limits;
+        let limits = &self.limits_of(d.pool);
         let mut best: Option<(f64, i64, usize, usize)> = None;
         for (t, it) in catalog.types.iter().enumerate() {
             let Some((room, capacity)) = self.type_room[d.pool][t] else {
@@ -219,7 +246,12 @@ impl Solver<'_> {
                 self.groups[g].pods.push(p);
             }
             let bucketed = self.assign_zones();
+            // Zone by zone, each bucket gets an even share of the room left, so the last zones
+            // are not the ones left short (which the zone repair would then even out by taking
+            // pods off the others).
+            self.fair_share = true;
             self.pack(bucketed);
+            self.fair_share = false;
             self.enforce_zone_rules(base_counts, base_anti);
             if self.unschedulable.len() >= saved.4.len() {
                 (

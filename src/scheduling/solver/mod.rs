@@ -292,6 +292,10 @@ struct Solver<'a> {
     /// Pods left out by a pool's limits, or by the zone repair after others were: another
     /// round may place them once the repair has given room back.
     limited_out: Vec<usize>,
+    /// In a fair round ([`Solver::retry_limited`]), each (pool, zone) bucket of a limited pool
+    /// is packed under `ceiling`, an even share of the pool's room.
+    fair_share: bool,
+    ceiling: Option<(usize, Limits)>,
 }
 
 #[derive(Clone)]
@@ -339,6 +343,8 @@ impl<'a> Solver<'a> {
             drafts: Vec::new(),
             pod_group: vec![usize::MAX; input.pods.len()],
             limited_out: Vec::new(),
+            fair_share: false,
+            ceiling: None,
         }
     }
 

@@ -62,8 +62,19 @@ impl Solver<'_> {
                 }
             }
             let mut spill: Vec<(usize, Option<usize>, Vec<usize>)> = Vec::new();
+            let mut buckets_left: HashMap<usize, usize> = HashMap::new();
+            for (pool, _, _) in buckets.keys() {
+                *buckets_left.entry(*pool).or_default() += 1;
+            }
             for ((pool, zone, _), classes) in buckets {
+                let left_here = buckets_left.get_mut(&pool).expect("counted above");
+                // In a fair round, each bucket of a limited pool gets an even share of its room.
+                self.ceiling = self
+                    .fair_share
+                    .then(|| (pool, self.fair_ceiling(pool, *left_here)));
+                *left_here -= 1;
                 let left = self.pack_bucket(pool, zone, classes);
+                self.ceiling = None;
                 for (class, reason) in left {
                     let g = class.group;
                     let pods = if class.bundle.is_empty() {
@@ -197,7 +208,6 @@ impl Solver<'_> {
         lp_split: bool,
     ) -> Vec<(Class, Leftover)> {
         let catalog = self.input.catalog;
-        let pool_spec = &self.input.pools[pool];
         let compat_of = |solver: &Self, g: usize| -> std::rc::Rc<Compat> {
             solver.groups[g]
                 .pools
@@ -293,7 +303,7 @@ impl Solver<'_> {
                 }
                 // Over the limit at this size, the fill may still launch as a smaller type; such a
                 // type counts as a candidate only if it does (at most CANDIDATES are filled).
-                let over = self.usage[pool].room(&pool_spec.limits, &capacity) < 1;
+                let over = self.usage[pool].room(&self.limits_of(pool), &capacity) < 1;
                 if over {
                     if over_tried >= CANDIDATES {
                         limited = true;
@@ -314,7 +324,7 @@ impl Solver<'_> {
                 if over {
                     let sized = self.sized_for_limits(&draft);
                     let (_, capacity) = self.type_room[pool][sized.type_idx].unwrap();
-                    if self.usage[pool].room(&pool_spec.limits, &capacity) < 1 {
+                    if self.usage[pool].room(&self.limits_of(pool), &capacity) < 1 {
                         limited = true;
                         continue;
                     }
@@ -371,7 +381,7 @@ impl Solver<'_> {
         // A limited pool is charged with the type each node will launch as.
         let draft = &self.sized_for_limits(draft);
         let (_, capacity) = self.type_room[pool][draft.type_idx].unwrap();
-        let limits = self.input.pools[pool].limits;
+        let limits = self.limits_of(pool);
         let reps = taken
             .iter()
             .map(|(ci, n)| classes[*ci].pods.len() / n)
