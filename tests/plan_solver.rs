@@ -1852,6 +1852,22 @@ fn preferences_are_held_then_relaxed() {
             },
         ),
         case(
+            "relaxed rounds stay within the pool's limits",
+            pod("web", "250m", "256Mi")
+                .label("app", "web")
+                .prefer_anti_affinity(100, HOST, "web")
+                .replicas(4),
+            vec![{
+                let mut p = general();
+                p.limits.nodes = Some(2);
+                p
+            }],
+            |o| {
+                assert_eq!(o.plan.nodes.len(), 2);
+                assert_eq!(o.count_placed("web"), 2);
+            },
+        ),
+        case(
             "preferred zone anti-affinity beyond the zones there are is relaxed for the rest",
             pod("web", "250m", "256Mi")
                 .label("app", "web")

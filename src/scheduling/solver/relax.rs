@@ -47,12 +47,14 @@ pub(super) fn solve_relaxing(input: &Input<'_>) -> Plan {
         if retry.is_empty() {
             break;
         }
-        // What this plan holds, as nodes the next round plans beside.
+        // What this plan holds, as nodes the next round plans beside, and charged to the pools'
+        // limits.
         let nodes = with_plan(input, &plan);
+        let pools = charged(input, &plan);
         let pods = strict(&retry, &current);
         let next = Solver::new(&Input {
             pods: &pods,
-            pools: input.pools,
+            pools: &pools,
             catalog: input.catalog,
             nodes: &nodes,
         })
@@ -100,6 +102,28 @@ fn with_plan(input: &Input<'_>, plan: &Plan) -> Vec<ExistingNode> {
         });
     }
     out
+}
+
+/// The pools with the new nodes of `plan` counted against their limits, each at the largest of
+/// its type and alternatives per resource (a launch may end as any of them), so the rounds
+/// together stay within every limit.
+fn charged(input: &Input<'_>, plan: &Plan) -> Vec<Pool> {
+    let mut pools = input.pools.to_vec();
+    for n in &plan.nodes {
+        let Some(pool) = pools.iter_mut().find(|p| p.name == n.node_pool) else {
+            continue;
+        };
+        let mut largest = Resources::ZERO;
+        let options = std::iter::once(&n.instance_type).chain(&n.alternatives);
+        for it in options.filter_map(|t| input.catalog.get(t)) {
+            let capacity = it.capacity(&pool.kubelet);
+            for (l, v) in largest.0.iter_mut().zip(capacity.0) {
+                *l = (*l).max(v);
+            }
+        }
+        pool.in_use.add_node(&largest);
+    }
+    pools
 }
 
 /// Folds the plan of a relaxed round (over the input pods `retry`, in that order) into `plan`.
