@@ -1,0 +1,161 @@
+//! From a plan to a launch: the NodeClaim written for each planned node (the chosen offering,
+//! its alternatives in the zone, then on-demand where a spot pool allows it; the pods, requests
+//! and labels), and the launch request made from a claim (the pool's node class, registration
+//! labels and taints, kubelet settings).
+
+use super::*;
+
+/// Does the pool allow this capacity type? Without a requirement Karpenter launches on-demand.
+fn pool_allows(pool: &Pool, ct: CapacityType) -> bool {
+    match pool
+        .requirements
+        .iter()
+        .find(|r| r.key == labels::CAPACITY_TYPE)
+    {
+        Some(r) => r.allows(Some(ct.as_str())),
+        None => ct == CapacityType::OnDemand,
+    }
+}
+
+/// The claim for one planned node: the chosen offering and its alternatives in the same zone,
+/// then (for spot) the same types on-demand if the pool allows it.
+pub(super) fn claim_for(
+    node: &PlannedNode,
+    pool_cfg: &crate::config::NodePool,
+    pools: &[Pool],
+    catalog: &Catalog,
+) -> NodeClaim {
+    let pool = pools.iter().find(|p| p.name == node.node_pool);
+    let mut offerings = Vec::new();
+    let mut capacity_types = vec![node.capacity_type];
+    if node.capacity_type == CapacityType::Spot
+        && pool.is_some_and(|p| pool_allows(p, CapacityType::OnDemand))
+    {
+        capacity_types.push(CapacityType::OnDemand);
+    }
+    for ct in &capacity_types {
+        let mut these: Vec<ClaimOffering> = std::iter::once(&node.instance_type)
+            .chain(node.alternatives.iter())
+            .filter_map(|t| {
+                let it = catalog.get(t)?;
+                let o = it
+                    .offerings
+                    .iter()
+                    .find(|o| o.zone == node.zone && o.capacity_type == *ct && o.available)?;
+                Some(ClaimOffering {
+                    instance_type: t.clone(),
+                    zone: node.zone.clone(),
+                    capacity_type: ct.as_str().to_owned(),
+                    price_per_hour: o.price,
+                })
+            })
+            .collect();
+        if *ct != node.capacity_type {
+            these.sort_by(|a, b| a.price_per_hour.total_cmp(&b.price_per_hour));
+        }
+        offerings.extend(these);
+    }
+    let mut requirements: Vec<Requirement> = pool
+        .map(|p| p.requirements.clone())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|r| r.key != labels::ZONE && r.key != labels::CAPACITY_TYPE)
+        .collect();
+    requirements.push(Requirement {
+        key: labels::ZONE.to_owned(),
+        operator: Operator::In,
+        values: vec![node.zone.clone()],
+        min_values: None,
+    });
+    requirements.push(Requirement {
+        key: labels::CAPACITY_TYPE.to_owned(),
+        operator: Operator::In,
+        values: capacity_types
+            .iter()
+            .map(|c| c.as_str().to_owned())
+            .collect(),
+        min_values: None,
+    });
+    let mut node_labels = pool.map(|p| p.labels.clone()).unwrap_or_default();
+    node_labels.insert(labels::NODEPOOL.to_owned(), node.node_pool.clone());
+    let taints: Vec<Taint> = pool.map(|p| p.taints.clone()).unwrap_or_default();
+    NodeClaim {
+        metadata: ObjectMeta {
+            labels: Some(BTreeMap::from([(
+                labels::NODEPOOL.to_owned(),
+                node.node_pool.clone(),
+            )])),
+            ..Default::default()
+        },
+        spec: NodeClaimSpec {
+            node_pool: node.node_pool.clone(),
+            node_class: pool_cfg.spec.template.spec.node_class_ref.name.clone(),
+            requirements,
+            offerings,
+            pods: node.pods.clone(),
+            resources: quantities(node.requests),
+            labels: node_labels,
+            taints,
+        },
+        ..Default::default()
+    }
+}
+
+fn quantities(r: Resources) -> BTreeMap<String, String> {
+    NAMES
+        .iter()
+        .enumerate()
+        .filter(|(slot, _)| r.0[*slot] != 0)
+        .map(|(slot, name)| ((*name).to_owned(), format_slot(slot, r.0[slot])))
+        .collect()
+}
+
+pub(super) fn launch_request(
+    claim: &NodeClaim,
+    config: &Config,
+    cluster: &ClusterInfo,
+) -> Option<LaunchRequest> {
+    let pool = config.node_pools.get(&claim.spec.node_pool)?;
+    let class = config.node_class_of(pool)?;
+    // Registration puts the claim's own label on the Node; leaving it out of the user data lets
+    // every claim of a pool share one launch template (their content, and name, are equal).
+    let mut labels = claim.spec.labels.clone();
+    labels.remove(CLAIM_TAG);
+    let offerings: Vec<LaunchOffering> = claim
+        .spec
+        .offerings
+        .iter()
+        .filter_map(|o| {
+            Some(LaunchOffering {
+                instance_type: o.instance_type.clone(),
+                zone: o.zone.clone(),
+                capacity_type: CapacityType::parse(&o.capacity_type)?,
+                price_per_hour: o.price_per_hour,
+            })
+        })
+        .collect();
+    Some(LaunchRequest {
+        claim_name: claim.name().to_owned(),
+        client_token: claim.uid().to_owned(),
+        node_pool: claim.spec.node_pool.clone(),
+        node_class: Arc::new(class.clone()),
+        cluster: cluster.clone(),
+        offerings,
+        labels,
+        taints: crate::cloud::userdata::registration_taints(&[
+            &claim.spec.taints,
+            &pool.spec.template.spec.startup_taints,
+            &[Taint {
+                key: UNREGISTERED_TAINT.to_owned(),
+                value: None,
+                effect: crate::model::taints::TaintEffect::NoExecute,
+            }],
+        ]),
+        max_pods: class
+            .spec
+            .kubelet
+            .as_ref()
+            .and_then(|k| k.max_pods)
+            .map(i64::from),
+    })
+}
