@@ -311,11 +311,7 @@ impl Solver<'_> {
                     }
                     over_tried += 1;
                 } else {
-                    tried += 1;
-                    match seen {
-                        Some(i) => families[i].1 += 1,
-                        None => families.push((family, 1)),
-                    }
+                    count_candidate(&mut families, seen, family, &mut tried);
                 }
                 let (draft, taken) = self.fill(pool, t, o, room, &classes, &compats, &d);
                 if taken.is_empty() {
@@ -328,11 +324,7 @@ impl Solver<'_> {
                         limited = true;
                         continue;
                     }
-                    tried += 1;
-                    match seen {
-                        Some(i) => families[i].1 += 1,
-                        None => families.push((family, 1)),
-                    }
+                    count_candidate(&mut families, seen, family, &mut tried);
                 }
                 let value = d.value(&draft.used);
                 let eff = value / price.max(1e-9);
@@ -472,20 +464,7 @@ impl Solver<'_> {
                 .filter(|(c, _)| c.is_finite())
                 .collect();
             ranked.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
-            let mut families: Vec<&str> = Vec::new();
-            for (_, t) in ranked {
-                let f = catalog.types[t].family.as_str();
-                if families.contains(&f) {
-                    continue;
-                }
-                families.push(f);
-                if !types.contains(&t) {
-                    types.push(t);
-                }
-                if families.len() >= 3 {
-                    break;
-                }
-            }
+            best_per_family(catalog, ranked, 3, &mut types);
         }
         // ... plus the types the bound of the whole bucket prices best (one per family).
         let offers_all: Vec<(Resources, f64)> = offered
@@ -504,20 +483,7 @@ impl Solver<'_> {
                 })
                 .collect();
             ranked.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
-            let mut families: Vec<&str> = Vec::new();
-            for (_, t) in ranked {
-                let f = catalog.types[t].family.as_str();
-                if families.contains(&f) {
-                    continue;
-                }
-                families.push(f);
-                if !types.contains(&t) {
-                    types.push(t);
-                }
-                if families.len() >= 6 {
-                    break;
-                }
-            }
+            best_per_family(catalog, ranked, 6, &mut types);
         }
         if types.len() < 2 {
             return;
@@ -747,6 +713,44 @@ pub(super) enum Leftover {
 }
 
 /// The cheapest available offering of `it` within `mask` (and `zone` when given).
+/// Counts a candidate type of `family` (at `seen` in `families`, if there) as tried.
+fn count_candidate<'c>(
+    families: &mut Vec<(&'c str, usize)>,
+    seen: Option<usize>,
+    family: &'c str,
+    tried: &mut usize,
+) {
+    *tried += 1;
+    match seen {
+        Some(i) => families[i].1 += 1,
+        None => families.push((family, 1)),
+    }
+}
+
+/// Adds to `types` the first type of each family in `ranked` (best first), until `families`
+/// families are in.
+fn best_per_family(
+    catalog: &Catalog,
+    ranked: Vec<(f64, usize)>,
+    families: usize,
+    types: &mut Vec<usize>,
+) {
+    let mut seen: Vec<&str> = Vec::new();
+    for (_, t) in ranked {
+        let f = catalog.types[t].family.as_str();
+        if seen.contains(&f) {
+            continue;
+        }
+        seen.push(f);
+        if !types.contains(&t) {
+            types.push(t);
+        }
+        if seen.len() >= families {
+            break;
+        }
+    }
+}
+
 pub(super) fn cheapest(
     it: &InstanceType,
     mask: u64,
