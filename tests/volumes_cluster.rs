@@ -12,19 +12,16 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use common::Server;
-use common::aws::{self, REGION};
-use common::controlplane::{self, ExtenderSetup, Process};
-use common::kubelet::{KubeletConfig, Kubelets, ec2_client};
-use common::moto::Moto;
+use common::aws;
+use common::controlplane;
+use common::served::{World, nodeclaim_resource};
 use k8s_openapi::api::core::v1::{Node, PersistentVolume, PersistentVolumeClaim, Pod};
 use kube::api::{DeleteParams, ListParams, PostParams};
-use kube::core::{ApiResource, DynamicObject};
+use kube::core::DynamicObject;
 use kube::{Api, Client};
-use serde_json::{Value, json};
+use serde_json::json;
 
 const CLUSTER: &str = "workshop";
 
@@ -68,16 +65,6 @@ spec:
     clusterEndpoint: https://workshop.eks.example.com
 "#
     .to_owned()
-}
-
-fn nodeclaim_resource() -> ApiResource {
-    ApiResource {
-        group: "nodewright.io".into(),
-        version: "v1alpha1".into(),
-        api_version: "nodewright.io/v1alpha1".into(),
-        kind: "NodeClaim".into(),
-        plural: "nodeclaims".into(),
-    }
 }
 
 /// An EBS volume in `zone` (the driver's own zone key, as the EBS CSI driver writes it), reserved
@@ -126,53 +113,12 @@ fn pod(name: &str, claim: &str) -> Pod {
     .unwrap()
 }
 
-struct World {
-    server: Server,
-    scheduler: Process,
-    kubelets: Kubelets,
-    _moto: Moto,
-    ec2: aws_sdk_ec2::Client,
-    client: Client,
-    namespace: String,
-    _dir: tempfile::TempDir,
+/// What this test asks of the world beyond the shared harness.
+trait Queries {
+    async fn node_of(&self, pod: &str) -> Option<String>;
 }
 
-impl World {
-    fn logs(&self) -> String {
-        format!(
-            "--- nodewright\n{}\n--- kube-scheduler\n{}\n--- kubelet stand-in errors\n{:?}",
-            self.server.logs(),
-            self.scheduler.logs(),
-            self.kubelets.errors()
-        )
-    }
-
-    async fn wait_until<F, Fut>(&self, what: &str, within: Duration, mut cond: F)
-    where
-        F: FnMut() -> Fut,
-        Fut: std::future::Future<Output = bool>,
-    {
-        let deadline = Instant::now() + within;
-        while Instant::now() < deadline {
-            if cond().await {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-        panic!("timed out waiting for {what}\n{}", self.logs());
-    }
-
-    async fn claims(&self) -> Vec<Value> {
-        Api::<DynamicObject>::all_with(self.client.clone(), &nodeclaim_resource())
-            .list(&ListParams::default())
-            .await
-            .unwrap()
-            .items
-            .into_iter()
-            .map(|o| serde_json::to_value(o).unwrap())
-            .collect()
-    }
-
+impl Queries for World {
     async fn node_of(&self, pod: &str) -> Option<String> {
         Api::<Pod>::namespaced(self.client.clone(), &self.namespace)
             .get(pod)
@@ -250,67 +196,7 @@ async fn pods_get_nodes_in_their_volumes_zones() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
-    let moto = Moto::start();
-    let ec2 = ec2_client(&moto.endpoint, REGION);
-    aws::workshop_network(&ec2, CLUSTER).await;
-    let dir = tempfile::tempdir().unwrap();
-    let bundle =
-        nodewright::certs::generate(&nodewright::certs::local_names(), time::Duration::days(1))
-            .unwrap();
-    let (cert, key, config): (PathBuf, PathBuf, PathBuf) = (
-        dir.path().join("tls.crt"),
-        dir.path().join("tls.key"),
-        dir.path().join("config.yaml"),
-    );
-    std::fs::write(&cert, &bundle.cert_pem).unwrap();
-    std::fs::write(&key, &bundle.key_pem).unwrap();
-    std::fs::write(&config, config_text()).unwrap();
-    let server = Server::start_with_env(
-        &[
-            "--config",
-            config.to_str().unwrap(),
-            "--tls-cert",
-            cert.to_str().unwrap(),
-            "--tls-key",
-            key.to_str().unwrap(),
-            "--namespace",
-            &install.namespace,
-        ],
-        Some(&install.kubeconfig),
-        &[
-            ("AWS_ENDPOINT_URL_EC2", moto.endpoint.as_str()),
-            ("AWS_ACCESS_KEY_ID", "testing"),
-            ("AWS_SECRET_ACCESS_KEY", "testing"),
-            ("AWS_REGION", REGION),
-            ("AWS_EC2_METADATA_DISABLED", "true"),
-            ("POD_NAME", "replica-0"),
-        ],
-    );
-    plane.kwok();
-    let mut kubelet = KubeletConfig::new(CLUSTER);
-    kubelet.kwok = true;
-    let kubelets = Kubelets::start_with(client.clone(), ec2.clone(), kubelet);
-    let (scheduler, _) = plane
-        .start_extender_scheduler(
-            &format!("kube-scheduler-{namespace}"),
-            &ExtenderSetup {
-                https: &server.https,
-                ca_pem: &bundle.ca_pem,
-                client: None,
-                node_cache_capable: true,
-            },
-        )
-        .await;
-    let world = World {
-        server,
-        scheduler,
-        kubelets,
-        _moto: moto,
-        ec2,
-        client,
-        namespace,
-        _dir: dir,
-    };
+    let world = World::start(plane, &install, client, namespace, &config_text(), CLUSTER).await;
     world
         .wait_until(
             "nodewright's volume watches",

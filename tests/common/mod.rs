@@ -15,6 +15,7 @@ pub mod controlplane;
 pub mod ec2proxy;
 pub mod kubelet;
 pub mod moto;
+pub mod served;
 pub mod tcpproxy;
 
 /// Re-check the async condition `$cond` every 100 ms until it holds; fail after 15 s naming `$what`

@@ -1,0 +1,151 @@
+//! One `nodewright serve` on the shared control plane with its peers: moto behind it (the
+//! workshop's network), the kubelet stand-in on kwok, and the real kube-scheduler calling its
+//! extender. The end-to-end tests of single provisioner features (DaemonSets, volumes) start it
+//! with their own config and drive it through the API.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use kube::api::ListParams;
+use kube::core::{ApiResource, DynamicObject};
+use kube::{Api, Client};
+use serde_json::Value;
+
+use super::Server;
+use super::aws::{self, REGION};
+use super::controlplane::{ControlPlane, ExtenderSetup, Install, Process};
+use super::kubelet::{KubeletConfig, Kubelets, ec2_client};
+use super::moto::Moto;
+
+/// nodewright's NodeClaim, for dynamic API calls.
+pub fn nodeclaim_resource() -> ApiResource {
+    ApiResource {
+        group: "nodewright.io".into(),
+        version: "v1alpha1".into(),
+        api_version: "nodewright.io/v1alpha1".into(),
+        kind: "NodeClaim".into(),
+        plural: "nodeclaims".into(),
+    }
+}
+
+pub struct World {
+    pub server: Server,
+    pub scheduler: Process,
+    pub kubelets: Kubelets,
+    _moto: Moto,
+    pub ec2: aws_sdk_ec2::Client,
+    pub client: Client,
+    pub namespace: String,
+    _dir: tempfile::TempDir,
+}
+
+impl World {
+    /// Starts moto, nodewright (release `install`, config `config_text`, cluster `cluster`),
+    /// kwok, the kubelet stand-in and an extender-calling kube-scheduler.
+    pub async fn start(
+        plane: &ControlPlane,
+        install: &Install,
+        client: Client,
+        namespace: String,
+        config_text: &str,
+        cluster: &str,
+    ) -> World {
+        let moto = Moto::start();
+        let ec2 = ec2_client(&moto.endpoint, REGION);
+        aws::workshop_network(&ec2, cluster).await;
+        let dir = tempfile::tempdir().unwrap();
+        let bundle =
+            nodewright::certs::generate(&nodewright::certs::local_names(), time::Duration::days(1))
+                .unwrap();
+        let (cert, key, config): (PathBuf, PathBuf, PathBuf) = (
+            dir.path().join("tls.crt"),
+            dir.path().join("tls.key"),
+            dir.path().join("config.yaml"),
+        );
+        std::fs::write(&cert, &bundle.cert_pem).unwrap();
+        std::fs::write(&key, &bundle.key_pem).unwrap();
+        std::fs::write(&config, config_text).unwrap();
+        let server = Server::start_with_env(
+            &[
+                "--config",
+                config.to_str().unwrap(),
+                "--tls-cert",
+                cert.to_str().unwrap(),
+                "--tls-key",
+                key.to_str().unwrap(),
+                "--namespace",
+                &install.namespace,
+            ],
+            Some(&install.kubeconfig),
+            &[
+                ("AWS_ENDPOINT_URL_EC2", moto.endpoint.as_str()),
+                ("AWS_ACCESS_KEY_ID", "testing"),
+                ("AWS_SECRET_ACCESS_KEY", "testing"),
+                ("AWS_REGION", REGION),
+                ("AWS_EC2_METADATA_DISABLED", "true"),
+                ("POD_NAME", "replica-0"),
+            ],
+        );
+        plane.kwok();
+        let mut kubelet = KubeletConfig::new(cluster);
+        kubelet.kwok = true;
+        let kubelets = Kubelets::start_with(client.clone(), ec2.clone(), kubelet);
+        let (scheduler, _) = plane
+            .start_extender_scheduler(
+                &format!("kube-scheduler-{namespace}"),
+                &ExtenderSetup {
+                    https: &server.https,
+                    ca_pem: &bundle.ca_pem,
+                    client: None,
+                    node_cache_capable: true,
+                },
+            )
+            .await;
+        World {
+            server,
+            scheduler,
+            kubelets,
+            _moto: moto,
+            ec2,
+            client,
+            namespace,
+            _dir: dir,
+        }
+    }
+
+    pub fn logs(&self) -> String {
+        format!(
+            "--- nodewright\n{}\n--- kube-scheduler\n{}\n--- kubelet stand-in errors\n{:?}",
+            self.server.logs(),
+            self.scheduler.logs(),
+            self.kubelets.errors()
+        )
+    }
+
+    pub async fn wait_until<F, Fut>(&self, what: &str, within: Duration, mut cond: F)
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if cond().await {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        panic!("timed out waiting for {what}\n{}", self.logs());
+    }
+
+    /// The NodeClaims in the cluster, as JSON.
+    pub async fn claims(&self) -> Vec<Value> {
+        Api::<DynamicObject>::all_with(self.client.clone(), &nodeclaim_resource())
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .map(|o| serde_json::to_value(o).unwrap())
+            .collect()
+    }
+}
