@@ -64,13 +64,12 @@ impl Run {
                         .map(|o| o.instance_type.as_str())
                         .collect(),
                 };
-                let mut largest = Resources::ZERO;
-                for it in options.into_iter().filter_map(|t| catalog.get(t)) {
-                    let cap = it.capacity(&pool.kubelet);
-                    for (l, v) in largest.0.iter_mut().zip(cap.0) {
-                        *l = (*l).max(v);
-                    }
-                }
+                let largest = options
+                    .into_iter()
+                    .filter_map(|t| catalog.get(t))
+                    .fold(Resources::ZERO, |l, it| {
+                        l.slot_max(&it.capacity(&pool.kubelet))
+                    });
                 usage.add_node(&largest);
             }
             // A static pool's nodes are all claim-backed: count its live claims, so a node that

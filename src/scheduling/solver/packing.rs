@@ -371,7 +371,13 @@ impl Solver<'_> {
         max: i64,
     ) -> i64 {
         // A limited pool is charged with the type each node will launch as.
-        let draft = &self.sized_for_limits(draft);
+        let sized;
+        let draft = if self.input.pools[pool].limits.any() {
+            sized = self.sized_for_limits(draft);
+            &sized
+        } else {
+            draft
+        };
         let (_, capacity) = self.type_room[pool][draft.type_idx].unwrap();
         let limits = self.limits_of(pool);
         let reps = taken

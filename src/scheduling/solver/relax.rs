@@ -113,14 +113,12 @@ fn charged(input: &Input<'_>, plan: &Plan) -> Vec<Pool> {
         let Some(pool) = pools.iter_mut().find(|p| p.name == n.node_pool) else {
             continue;
         };
-        let mut largest = Resources::ZERO;
-        let options = std::iter::once(&n.instance_type).chain(&n.alternatives);
-        for it in options.filter_map(|t| input.catalog.get(t)) {
-            let capacity = it.capacity(&pool.kubelet);
-            for (l, v) in largest.0.iter_mut().zip(capacity.0) {
-                *l = (*l).max(v);
-            }
-        }
+        let largest = std::iter::once(&n.instance_type)
+            .chain(&n.alternatives)
+            .filter_map(|t| input.catalog.get(t))
+            .fold(Resources::ZERO, |l, it| {
+                l.slot_max(&it.capacity(&pool.kubelet))
+            });
         pool.in_use.add_node(&largest);
     }
     pools
