@@ -343,13 +343,15 @@ def expected_rbac(r: Rendered) -> tuple[set, set]:
                 target.add((group, resource, verb, name))
 
     add(cluster, "", "pods", ["list", "watch"])
-    add(cluster, "", "nodes", ["list", "watch", "patch"])
+    add(cluster, "", "nodes", ["list", "watch", "patch", "get", "delete"])
+    add(cluster, "", "pods", ["delete"])
+    add(cluster, "", "pods/eviction", ["create"])
     add(cluster, "", "namespaces", ["list", "watch"])
     add(cluster, "apps", "daemonsets", ["list", "watch"])
     add(cluster, "", "persistentvolumeclaims", ["list", "watch"])
     add(cluster, "", "persistentvolumes", ["list", "watch"])
     add(cluster, "storage.k8s.io", "storageclasses", ["list", "watch"])
-    add(cluster, "nodewright.io", "nodeclaims", ["list", "create", "delete"])
+    add(cluster, "nodewright.io", "nodeclaims", ["list", "get", "create", "patch", "delete"])
     add(cluster, "nodewright.io", "nodeclaims/status", ["patch"])
     add(cluster, "events.k8s.io", "events", ["create", "patch"])
     if manages_ca_bundle(v):

@@ -419,7 +419,8 @@ async fn start_provisioning(
             Some(Arc::new(Launcher::new(
                 ec2,
                 Unavailable::new(provisioning.unavailable_offering_ttl()),
-            )))
+            ))
+                as Arc<dyn crate::cloud::provider::CloudProvider>)
         }
         _ => {
             tracing::info!(
@@ -479,10 +480,15 @@ async fn start_provisioning(
         config: decisions.config.clone(),
         catalog: catalog_fn,
         claims,
-        launcher,
+        cloud: launcher,
+        nodes: match &client {
+            Some(client) => Arc::new(crate::cluster::nodes::KubeCluster::new(client.clone())),
+            None => Arc::new(crate::cluster::nodes::NoCluster),
+        },
         state,
         client,
         metrics: crate::metrics::ProvisionMetrics::new(metrics),
+        disruption_metrics: crate::metrics::disruption::DisruptionMetrics::new(metrics),
         leader,
         events,
         daemonsets,

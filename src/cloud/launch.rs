@@ -847,6 +847,14 @@ impl Launcher {
         Ok(infos.into_iter().next())
     }
 
+    /// The instance by id in any state, or `None` when EC2 does not know it.
+    pub async fn instance(&self, instance_id: &str) -> Result<Option<InstanceInfo>, LaunchError> {
+        let instances = self
+            .describe_instances(vec![filter("instance-id", [instance_id])])
+            .await?;
+        Ok(instances.iter().filter_map(instance_info).next())
+    }
+
     /// Every instance nodewright launched for `cluster` (tagged `kubernetes.io/cluster/<cluster>=owned`
     /// and carrying a `nodewright.io/nodeclaim` tag) that is not terminated or shutting down, sorted
     /// by id. Instances of the cluster without the claim tag (managed node groups, self-managed

@@ -7,6 +7,7 @@ pub mod leader;
 pub mod ledger;
 pub mod namespaces;
 pub mod nodeclaims;
+pub mod nodes;
 pub mod pods;
 pub mod quota;
 pub mod state;

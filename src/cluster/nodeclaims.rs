@@ -172,6 +172,18 @@ pub struct NodeClaimStatus {
     /// Launch attempts so far (each may try many offerings).
     #[serde(default)]
     pub launch_attempts: u32,
+    /// Why the claim is being (or was) terminated: `Empty`, `Expired`, `Deleted`, ….
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disruption_reason: Option<String>,
+    /// When the termination flow started (drain deadlines count from it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub termination_started_at: Option<Time>,
+    /// When TerminateInstances was called for it: a new leader does not call it again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_terminated_at: Option<Time>,
+    /// Claims launched to take this (expiring) node's pods before it is drained.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replacements: Vec<String>,
     #[serde(default)]
     pub conditions: Vec<Condition>,
 }
@@ -255,8 +267,18 @@ pub fn time_now() -> Time {
 
 /// How long ago `t` was (zero if in the future).
 pub fn since(t: &jiff::Timestamp) -> std::time::Duration {
-    let nanos = now().as_nanosecond() - t.as_nanosecond();
+    since_at(t, now())
+}
+
+/// How long before `now` `t` was (zero if after it).
+pub fn since_at(t: &jiff::Timestamp, now: jiff::Timestamp) -> std::time::Duration {
+    let nanos = now.as_nanosecond() - t.as_nanosecond();
     std::time::Duration::from_nanos(u64::try_from(nanos.max(0)).unwrap_or(u64::MAX))
+}
+
+/// `t` as a Kubernetes `Time` (whole seconds).
+pub fn time_at(t: jiff::Timestamp) -> Time {
+    Time(jiff::Timestamp::from_second(t.as_second()).unwrap_or(t))
 }
 
 impl kube::Resource for NodeClaim {
@@ -370,6 +392,8 @@ impl ClaimStore {
         }
     }
 
+    /// Delete the claim. With finalizers it only gets its `deletionTimestamp` and stays until
+    /// they are removed ([`Self::set_finalizers`]).
     pub async fn delete(&self, name: &str) -> Result<(), ClaimError> {
         match self {
             Self::Kube(api) => match api.delete(name, &DeleteParams::default()).await {
@@ -378,7 +402,67 @@ impl ClaimStore {
                 Err(e) => Err(e.into()),
             },
             Self::Memory(map) => {
-                lock(map).remove(name);
+                let mut map = lock(map);
+                let finalized = map.get(name).is_some_and(|c| {
+                    c.metadata
+                        .finalizers
+                        .as_ref()
+                        .is_some_and(|f| !f.is_empty())
+                });
+                if finalized {
+                    if let Some(c) = map.get_mut(name) {
+                        c.metadata.deletion_timestamp.get_or_insert_with(time_now);
+                    }
+                } else {
+                    map.remove(name);
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// The claim as stored now, `None` if it is gone.
+    pub async fn get(&self, name: &str) -> Result<Option<NodeClaim>, ClaimError> {
+        match self {
+            Self::Kube(api) => Ok(api.get_opt(name).await?),
+            Self::Memory(map) => Ok(lock(map).get(name).cloned()),
+        }
+    }
+
+    /// Replace the claim's finalizers, on the condition that it has not changed since `claim`
+    /// was read (its `resourceVersion`). A deleted claim whose last finalizer goes is gone.
+    pub async fn set_finalizers(
+        &self,
+        claim: &NodeClaim,
+        finalizers: Vec<String>,
+    ) -> Result<(), ClaimError> {
+        match self {
+            Self::Kube(api) => {
+                let patch = serde_json::json!({
+                    "metadata": {
+                        "resourceVersion": claim.metadata.resource_version,
+                        "finalizers": finalizers,
+                    }
+                });
+                match api
+                    .patch(claim.name(), &PatchParams::default(), &Patch::Merge(&patch))
+                    .await
+                {
+                    Ok(_) => Ok(()),
+                    Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+                    Err(e) => Err(e.into()),
+                }
+            }
+            Self::Memory(map) => {
+                let mut map = lock(map);
+                let Some(stored) = map.get_mut(claim.name()) else {
+                    return Ok(());
+                };
+                if finalizers.is_empty() && stored.metadata.deletion_timestamp.is_some() {
+                    map.remove(claim.name());
+                } else {
+                    stored.metadata.finalizers = Some(finalizers);
+                }
                 Ok(())
             }
         }

@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, Pod};
@@ -42,12 +43,29 @@ struct BoundEntry {
     labels: BTreeMap<String, String>,
     /// Its required pod anti-affinity (the planner keeps the pods it selects away).
     anti_affinity: Vec<PodTerm>,
+    /// It keeps its node from being empty (not a DaemonSet or mirror pod).
+    holds: bool,
+    /// Annotated `karpenter.sh/do-not-disrupt: "true"`.
+    do_not_disrupt: bool,
 }
 
 #[derive(Default)]
 struct Inner {
     /// pod key → where it is bound.
     bound: HashMap<String, BoundEntry>,
+    /// node → when a pod that holds it last arrived or left.
+    last_change: HashMap<String, Instant>,
+}
+
+/// What is on a node, for the emptiness check.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Occupancy {
+    /// Pods that keep it from being empty.
+    pub pods: usize,
+    /// Pods annotated do-not-disrupt.
+    pub do_not_disrupt: usize,
+    /// When such a pod last arrived or left (since this process watches).
+    pub last_change: Option<Instant>,
 }
 
 /// The watch-fed state. Cheap to clone.
@@ -156,6 +174,7 @@ impl ClusterState {
     }
 
     pub fn delete_node(&self, name: &str) {
+        lock(&self.inner).last_change.remove(name);
         write(&self.view).nodes.remove(name);
     }
 
@@ -175,6 +194,8 @@ impl ClusterState {
         match node {
             Some(node) if !finished => {
                 let read = PendingPod::from_pod(&pod);
+                let drain = crate::scheduling::disruption::pods::classify(&pod);
+                use crate::scheduling::disruption::pods::{Left, PodDrain};
                 self.bind(
                     &key,
                     BoundEntry {
@@ -183,6 +204,11 @@ impl ClusterState {
                         namespace: pod.metadata.namespace.clone().unwrap_or_default(),
                         labels: pod.metadata.labels.clone().unwrap_or_default(),
                         anti_affinity: read.constraints.anti_affinity,
+                        holds: !matches!(
+                            drain,
+                            PodDrain::Left(Left::DaemonSet | Left::Mirror | Left::Finished)
+                        ),
+                        do_not_disrupt: drain == PodDrain::DoNotDisrupt,
                     },
                 );
                 Some(ClusterEvent::PodSettled(key))
@@ -202,6 +228,9 @@ impl ClusterState {
     fn bind(&self, key: &str, entry: BoundEntry) {
         let mut inner = lock(&self.inner);
         let old = inner.bound.insert(key.to_owned(), entry.clone());
+        if entry.holds && old.as_ref().is_none_or(|o| o.node != entry.node) {
+            inner.last_change.insert(entry.node.clone(), Instant::now());
+        }
         let mut view = write(&self.view);
         if let Some(old) = old
             && let Some(n) = view.nodes.get_mut(old.node.as_str())
@@ -217,6 +246,11 @@ impl ClusterState {
     fn unbind(&self, key: &str) {
         let mut inner = lock(&self.inner);
         let old = inner.bound.remove(key);
+        if let Some(old) = &old
+            && old.holds
+        {
+            inner.last_change.insert(old.node.clone(), Instant::now());
+        }
         let mut view = write(&self.view);
         if let Some(old) = old
             && let Some(n) = view.nodes.get_mut(old.node.as_str())
@@ -224,6 +258,30 @@ impl ClusterState {
             n.requested = n.requested.saturating_sub(&old.requests);
         }
         view.release(key);
+    }
+
+    /// What is on each node that has pods or had some (for the emptiness check).
+    pub fn occupancy(&self) -> HashMap<String, Occupancy> {
+        let inner = lock(&self.inner);
+        let mut out: HashMap<String, Occupancy> = inner
+            .last_change
+            .iter()
+            .map(|(node, t)| {
+                (
+                    node.clone(),
+                    Occupancy {
+                        last_change: Some(*t),
+                        ..Occupancy::default()
+                    },
+                )
+            })
+            .collect();
+        for b in inner.bound.values().filter(|b| b.holds) {
+            let o = out.entry(b.node.clone()).or_default();
+            o.pods += 1;
+            o.do_not_disrupt += usize::from(b.do_not_disrupt);
+        }
+        out
     }
 
     /// Is this pod bound (as far as the watch knows)?

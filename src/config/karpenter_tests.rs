@@ -45,10 +45,10 @@ fn the_base_manifests_load_with_only_not_acted_on_warnings() {
         .collect();
     assert_eq!(
         warnings,
-        [
-            ("spec.template.spec.expireAfter", WarningReason::NotActedOn),
-            ("spec.disruption", WarningReason::NotActedOn),
-        ]
+        [(
+            "spec.disruption.consolidationPolicy",
+            WarningReason::NotActedOn
+        )]
     );
 }
 
@@ -158,15 +158,9 @@ fn fields_not_acted_on_are_warned_once_each_where_they_are() {
         ),
         (
             1,
-            "spec.template.spec.expireAfter",
-            at("expireAfter:", pool),
+            "spec.disruption.consolidationPolicy",
+            at("consolidationPolicy:", pool),
         ),
-        (
-            1,
-            "spec.template.spec.terminationGracePeriod",
-            at("terminationGracePeriod:", pool),
-        ),
-        (1, "spec.disruption", at("disruption:", pool)),
         (2, "spec.replicas", at("replicas: 3", "name: static")),
         (
             3,
@@ -235,12 +229,6 @@ fn fields_the_v1_crd_lacks_are_pruned_with_a_warning() {
             "spec.template.spec.kubelet",
             at("kubelet:", "kind: NodePool"),
             "v1beta1 field: Karpenter v1 takes kubelet settings from the EC2NodeClass's spec.kubelet",
-        ),
-        (
-            WarningReason::NotActedOn,
-            "spec.disruption",
-            at("disruption:", "kind: NodePool"),
-            "parsed, not acted on",
         ),
         (
             WarningReason::Pruned,
@@ -388,6 +376,7 @@ fn what_karpenter_refuses_is_refused_where_it_is() {
         ("      - nodes: \"10%\"", "      - nodes: \"0\"\n        schedule: \"@daily\"", "spec.disruption.budgets[0].schedule", "'schedule' must be set with 'duration'", "schedule:"),
         ("      - nodes: \"10%\"", "      - nodes: \"0\"\n        schedule: \"@daily\"\n        duration: 30s", "spec.disruption.budgets[0].duration", "invalid budget duration \"30s\"", "duration:"),
         ("      - nodes: \"10%\"", "      - nodes: \"1\"\n        reasons: [Empty, Empty]", "spec.disruption.budgets[0].reasons[1]", "duplicate reason Empty", "reasons:"),
+        ("      - nodes: \"10%\"", "      - nodes: \"0\"\n        schedule: \"61 9 * * *\"\n        duration: 8h", "spec.disruption.budgets[0].schedule", "invalid schedule \"61 9 * * *\": minute field \"61\": 61 is out of range 0-59", "schedule:"),
     ];
     let mut failures = Vec::new();
     for (from, to, path, message, needle) in cases {
@@ -474,7 +463,7 @@ fn what_karpenter_accepts_loads_with_the_right_warning() {
 }
 
 /// The not-acted-on warnings base.yaml itself raises.
-const BASE_WARNINGS: [&str; 2] = ["spec.template.spec.expireAfter", "spec.disruption"];
+const BASE_WARNINGS: [&str; 1] = ["spec.disruption.consolidationPolicy"];
 
 /// Karpenter's CRD requires `requirements`; a NodePool without them loads with a warning at the
 /// template's spec, as having none.

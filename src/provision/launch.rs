@@ -7,7 +7,7 @@ use super::*;
 impl Run {
     /// Launch the named claims concurrently.
     pub(super) async fn launch_claims(&mut self, names: &[String], cluster: &ClusterInfo) {
-        let Some(launcher) = self.p.launcher.clone() else {
+        let Some(cloud) = self.p.cloud.clone() else {
             for name in names {
                 if let Some(mut claim) = self.claims.get(name).cloned() {
                     claim.set_condition(
@@ -42,9 +42,9 @@ impl Run {
                 self.store_status(claim).await;
                 continue;
             };
-            let launcher = launcher.clone();
+            let cloud = cloud.clone();
             tasks.push(async move {
-                let result = launcher.launch(&req).await;
+                let result = cloud.create(&req).await;
                 (claim, result)
             });
         }

@@ -22,21 +22,24 @@ use tokio_util::sync::CancellationToken;
 
 mod capacity;
 mod claims;
+mod disruption;
+mod gc;
 mod launch;
 mod registration;
 mod startup;
 mod termination;
+pub mod terminator;
 
 use claims::{claim_for, launch_request};
 
-use crate::cloud::launch::{
-    ClusterInfo, LaunchError, LaunchOffering, LaunchRequest, Launched, Launcher,
-};
+use crate::cloud::launch::{ClusterInfo, LaunchError, LaunchOffering, LaunchRequest, Launched};
+use crate::cloud::provider::CloudProvider;
 use crate::cluster::daemonsets::DaemonSets;
 use crate::cluster::events::{EventSink, Kind};
 use crate::cluster::nodeclaims::{
     CLAIM_TAG, ClaimOffering, ClaimStore, NodeClaim, NodeClaimSpec, Phase, time_now,
 };
+use crate::cluster::nodes::ClusterOps;
 use crate::cluster::state::{ClusterEvent, ClusterState, pod_key};
 use crate::config::Config;
 use crate::metrics::ProvisionMetrics;
@@ -63,6 +66,8 @@ const PROMISE_TTL: Duration = Duration::from_secs(180);
 const RECONCILE_EVERY: Duration = Duration::from_secs(2);
 /// How often instances without a claim are looked for.
 const ORPHAN_SCAN_EVERY: Duration = Duration::from_secs(60);
+/// How often claims being terminated are stepped (evictions, the instance) between reconciles.
+const DRAIN_EVERY: Duration = Duration::from_millis(500);
 
 /// Everything the provisioner needs.
 pub struct Provisioner {
@@ -70,11 +75,15 @@ pub struct Provisioner {
     pub catalog: Arc<dyn Fn() -> Arc<Catalog> + Send + Sync>,
     pub claims: ClaimStore,
     /// `None`: no EC2 access could be set up; claims are written but fail to launch.
-    pub launcher: Option<Arc<Launcher>>,
+    pub cloud: Option<Arc<dyn CloudProvider>>,
+    /// Nodes and pods as the termination flow changes them ([`crate::cluster::nodes::NoCluster`]
+    /// when standalone).
+    pub nodes: Arc<dyn ClusterOps>,
     pub state: ClusterState,
     /// `None` when there is no cluster (standalone).
     pub client: Option<Client>,
     pub metrics: ProvisionMetrics,
+    pub disruption_metrics: crate::metrics::disruption::DisruptionMetrics,
     pub leader: watch::Receiver<bool>,
     /// Kubernetes Events about pods and claims.
     pub events: EventSink,
@@ -107,6 +116,10 @@ struct Run {
     leading: bool,
     /// Which nodes are past their startup taints.
     startup: startup::Initialization,
+    /// The termination flow's state machine.
+    terminator: terminator::Terminator,
+    /// When each claim last got a `DisruptionBlocked` Event from the budgets.
+    blocked_events: HashMap<String, Instant>,
 }
 
 impl Provisioner {
@@ -118,6 +131,13 @@ impl Provisioner {
         shutdown: CancellationToken,
     ) {
         let batching = self.config.load().policy.batching.clone();
+        let terminator = terminator::Terminator::new(
+            self.nodes.clone(),
+            self.cloud.clone(),
+            self.claims.clone(),
+            self.events.clone(),
+            self.disruption_metrics.clone(),
+        );
         let mut run = Run {
             batcher: Batcher::new(
                 batching.idle().unwrap_or(Duration::from_secs(1)),
@@ -132,6 +152,8 @@ impl Provisioner {
             last_orphan_scan: None,
             leading: false,
             startup: startup::Initialization::default(),
+            terminator,
+            blocked_events: HashMap::new(),
         };
         if !run.p.claims.is_durable() {
             tracing::warn!(
@@ -145,6 +167,8 @@ impl Provisioner {
         let mut leader_open = true;
         let mut tick = tokio::time::interval(RECONCILE_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut drain_tick = tokio::time::interval(DRAIN_EVERY);
+        drain_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let deadline = run.batcher.deadline();
             tokio::select! {
@@ -174,6 +198,9 @@ impl Provisioner {
                     } else {
                         run.follow().await;
                     }
+                }
+                _ = drain_tick.tick(), if run.leading && run.terminating() => {
+                    run.step_terminations().await;
                 }
             }
         }
@@ -237,7 +264,13 @@ impl Run {
                     self.nodes_by_instance.insert(id, node.clone());
                 }
                 if self.leading {
-                    self.try_register(&node).await;
+                    if node.metadata.deletion_timestamp.is_some() {
+                        let name = node.metadata.name.clone().unwrap_or_default();
+                        self.on_node_deleting(&name).await;
+                    } else {
+                        self.try_register(&node).await;
+                        self.ensure_node_finalizer(&node).await;
+                    }
                 }
             }
             ClusterEvent::NodeDeleted(name) => {
@@ -321,8 +354,8 @@ impl Run {
         };
         let started = Instant::now();
         let mut catalog = (*(self.p.catalog)()).clone();
-        if let Some(launcher) = &self.p.launcher {
-            for (it, zone, ct) in launcher.unavailable().current() {
+        if let Some(cloud) = &self.p.cloud {
+            for (it, zone, ct) in cloud.unavailable() {
                 catalog.set_available(&it, &zone, ct, false);
             }
         }
@@ -460,6 +493,9 @@ impl Run {
         // A name collision (409) gets a new suffix.
         for _ in 0..3 {
             let mut attempt = claim.clone();
+            attempt.metadata.finalizers = Some(vec![
+                crate::cluster::nodes::TERMINATION_FINALIZER.to_owned(),
+            ]);
             attempt.metadata.name = Some(format!("{}-{}", claim.spec.node_pool, random_suffix()));
             if let Some(name) = attempt.metadata.name.clone() {
                 attempt.spec.labels.insert(CLAIM_TAG.to_owned(), name);
@@ -476,6 +512,7 @@ impl Run {
 
     /// Retries, registration timeouts, failed-claim clean-up, orphans, promise expiry.
     async fn reconcile(&mut self) {
+        self.refresh_claims().await;
         let config = self.p.config.load_full();
         let provisioning = &config.policy.provisioning;
         let timeout = provisioning.registration_timeout();
@@ -499,7 +536,7 @@ impl Run {
                 Phase::Pending if claim.age() > timeout => {
                     tracing::warn!(claim = %name, "claim never launched within the registration timeout");
                     self.requeue_pods(&claim);
-                    self.terminate_claim(claim, "registration_timeout").await;
+                    self.begin_termination(claim, "RegistrationTimeout").await;
                 }
                 Phase::Pending if self.next_attempt.get(&name).is_none_or(|t| *t <= now) => {
                     retry.push(name);
@@ -517,13 +554,10 @@ impl Run {
                         ),
                     );
                     self.requeue_pods(&claim);
-                    self.terminate_claim(claim, "registration_timeout").await;
+                    self.begin_termination(claim, "RegistrationTimeout").await;
                 }
                 Phase::Failed if claim.age() > FAILED_CLAIM_TTL => {
-                    self.terminate_claim(claim, "claim_failed").await;
-                }
-                Phase::Terminating => {
-                    self.terminate_claim(claim, "claim_failed").await;
+                    self.begin_termination(claim, "LaunchFailed").await;
                 }
                 _ => {}
             }
@@ -555,14 +589,62 @@ impl Run {
             .is_none_or(|t| now - t >= ORPHAN_SCAN_EVERY)
         {
             self.last_orphan_scan = Some(now);
-            self.collect_orphans(&config).await;
+            self.collect_garbage(&config).await;
         }
+        self.step_terminations().await;
+        self.disrupt().await;
         let claims: Vec<NodeClaim> = self.claims.values().cloned().collect();
         self.sync_reservations(&claims);
         self.update_gauges();
         // Static pools are kept at their replicas without waiting for pods.
         if self.static_missing(&config) {
             self.provision().await;
+        }
+    }
+
+    /// Whether any claim is in the termination flow.
+    fn terminating(&self) -> bool {
+        self.claims
+            .values()
+            .any(|c| c.phase() == Phase::Terminating)
+    }
+
+    /// Take what others changed in the store: claims deleted by a user (their deletion
+    /// timestamp), claims gone, claims written by another leader.
+    async fn refresh_claims(&mut self) {
+        let stored = match self.p.claims.list().await {
+            Ok(list) => list,
+            Err(e) => {
+                tracing::debug!(error = %e, "listing NodeClaims failed");
+                return;
+            }
+        };
+        let names: HashSet<String> = stored.iter().map(|c| c.name().to_owned()).collect();
+        for claim in stored {
+            match self.claims.get_mut(claim.name()) {
+                Some(local) => {
+                    if local.metadata.deletion_timestamp.is_none() {
+                        local.metadata.deletion_timestamp = claim.metadata.deletion_timestamp;
+                    }
+                    local.metadata.finalizers = claim.metadata.finalizers;
+                }
+                None => {
+                    self.claims.insert(claim.name().to_owned(), claim);
+                }
+            }
+        }
+        // Gone from the store (deleted without a finalizer): forget them, freeing their pods.
+        let gone: Vec<NodeClaim> = self
+            .claims
+            .values()
+            .filter(|c| !names.contains(c.name()))
+            .cloned()
+            .collect();
+        for claim in gone {
+            tracing::info!(claim = claim.name(), "NodeClaim gone from the store");
+            self.release_reservations(&claim);
+            self.claims.remove(claim.name());
+            self.terminator.forget(claim.name());
         }
     }
 

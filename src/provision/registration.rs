@@ -4,6 +4,25 @@
 use super::*;
 
 impl Run {
+    /// Nodes registered before finalizers were put on them get one.
+    pub(super) async fn ensure_node_finalizer(&mut self, node: &Node) {
+        let name = node.metadata.name.as_deref().unwrap_or_default();
+        if crate::cluster::nodes::has_finalizer(&node.metadata)
+            || node.metadata.deletion_timestamp.is_some()
+            || !self.claims.values().any(|c| {
+                c.phase() == Phase::Registered
+                    && c.status.as_ref().and_then(|s| s.node_name.as_deref()) == Some(name)
+            })
+        {
+            return;
+        }
+        let mut finalizers = node.metadata.finalizers.clone().unwrap_or_default();
+        finalizers.push(crate::cluster::nodes::TERMINATION_FINALIZER.to_owned());
+        if let Err(e) = self.p.nodes.set_finalizers(node, finalizers).await {
+            tracing::debug!(node = %name, error = %e, "adding the termination finalizer failed; will retry");
+        }
+    }
+
     /// Match a Node to its claim by providerID, put the pool's labels and taints on it, and
     /// mark the claim registered.
     pub(super) async fn try_register(&mut self, node: &Node) {
@@ -131,10 +150,17 @@ impl Run {
                 taints.push(serde_json::to_value(t).map_err(|e| e.to_string())?);
             }
         }
-        if missing_labels.is_empty() && taints.len() == before && !removed {
+        let finalized = crate::cluster::nodes::has_finalizer(&node.metadata);
+        if missing_labels.is_empty() && taints.len() == before && !removed && finalized {
             return Ok(());
         }
+        // A strategic merge patch: labels and finalizers are merged into what the node has
+        // (the termination finalizer keeps the Node until its instance is gone), taints replaced.
         let mut patch = serde_json::json!({ "metadata": { "labels": missing_labels } });
+        if !finalized {
+            patch["metadata"]["finalizers"] =
+                serde_json::json!([crate::cluster::nodes::TERMINATION_FINALIZER]);
+        }
         if taints.len() != before || removed {
             patch["spec"] = serde_json::json!({ "taints": taints });
         }
@@ -142,7 +168,7 @@ impl Run {
         api.patch(
             node.metadata.name.as_deref().unwrap_or_default(),
             &PatchParams::default(),
-            &Patch::Merge(&patch),
+            &Patch::Strategic(&patch),
         )
         .await
         .map(|_| ())

@@ -50,6 +50,11 @@ impl Initialization {
         }
     }
 
+    /// Whether the node is past its startup taints (as last observed).
+    pub fn is_initialized(&self, name: &str) -> bool {
+        self.initialized.contains(name)
+    }
+
     /// Forget a deleted Node.
     pub fn forget(&mut self, name: &str) {
         self.initialized.remove(name);

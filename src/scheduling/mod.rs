@@ -1,6 +1,8 @@
-//! Pure scheduling decisions: the capacity planner (pods → new nodes) and its LP bound.
+//! Pure scheduling decisions: the capacity planner (pods → new nodes) and its LP bound, and the
+//! disruption decisions (drains, empty nodes, budgets) that bound how nodes are removed.
 
 pub mod batcher;
+pub mod disruption;
 pub mod extender;
 pub mod lp;
 pub mod pod;

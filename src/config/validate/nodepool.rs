@@ -11,6 +11,7 @@ use super::super::yaml::FieldPath;
 use super::syntax::{is_budget_nodes, label_key, label_value, quantity};
 use super::{Issues, listed};
 use crate::model::{Requirement, Taint, labels};
+use crate::scheduling::disruption::Schedule;
 
 /// The group a nodeClassRef must name (the EC2NodeClass apiVersion without its version).
 const NODE_CLASS_GROUP: &str = "karpenter.k8s.aws";
@@ -337,12 +338,7 @@ fn budget(budget: &Budget, path: &FieldPath, issues: &mut Issues<'_>) {
         );
     }
     match (&budget.schedule, &budget.duration) {
-        (Some(schedule), Some(_)) if !is_schedule(schedule) => issues.add(
-            path.key("schedule"),
-            format!(
-                "schedule must be a cron expression of five fields or @yearly, @monthly, @weekly, @daily, @hourly, not {schedule:?}"
-            ),
-        ),
+        (Some(schedule), Some(_)) => issues.check(path.key("schedule"), self::schedule(schedule)),
         (Some(_), None) => issues.add(
             path.key("schedule"),
             "'schedule' must be set with 'duration'",
@@ -364,14 +360,15 @@ fn budget(budget: &Budget, path: &FieldPath, issues: &mut Issues<'_>) {
     }
 }
 
-/// The CRD's schedule pattern: a cron macro, or five whitespace-separated fields.
-fn is_schedule(schedule: &str) -> bool {
-    let macros = [
-        "annually", "yearly", "monthly", "weekly", "daily", "midnight", "hourly",
-    ];
-    match schedule.strip_prefix('@') {
-        Some(name) => macros.iter().any(|m| name.starts_with(m)),
-        None => schedule.split_whitespace().count() >= 5,
+/// A budget schedule as Karpenter's cron reads it (`Schedule::parse`). One that never fires is
+/// refused too: Karpenter would take its budget as always active.
+fn schedule(schedule: &str) -> Result<(), String> {
+    match Schedule::parse(schedule) {
+        Err(why) => Err(format!("invalid schedule {schedule:?}: {why}")),
+        Ok(parsed) if !parsed.fires() => Err(format!(
+            "schedule {schedule:?} never fires (no day matches); Karpenter would keep the budget always active"
+        )),
+        Ok(_) => Ok(()),
     }
 }
 
@@ -408,10 +405,24 @@ mod tests {
     #[test]
     fn budget_schedules() {
         for s in ["0 9 * * mon-fri", "@daily", "@midnight", "*/5 * * * *"] {
-            assert!(is_schedule(s), "{s}");
+            assert_eq!(schedule(s), Ok(()), "{s}");
         }
-        for s in ["", "@sometimes", "0 9 * *", "daily"] {
-            assert!(!is_schedule(s), "{s:?}");
+        for (s, message) in [
+            ("", "invalid schedule \"\": the schedule is empty"),
+            (
+                "@sometimes",
+                "invalid schedule \"@sometimes\": unknown macro",
+            ),
+            ("0 9 * *", "invalid schedule \"0 9 * *\": expected 5 fields"),
+            ("daily", "invalid schedule \"daily\": expected 5 fields"),
+            (
+                "0 9 * * 1-7",
+                "invalid schedule \"0 9 * * 1-7\": day-of-week field",
+            ),
+            ("0 0 31 2 *", "schedule \"0 0 31 2 *\" never fires"),
+        ] {
+            let err = schedule(s).unwrap_err();
+            assert!(err.starts_with(message), "{s:?}: {err}");
         }
     }
 }

@@ -4,7 +4,7 @@
 //! Keep this list true: when code outside `config` starts acting on a field, remove it here.
 
 use super::super::nodeclass::{AmiFamily, EC2NodeClass};
-use super::super::nodepool::{Disruption, NodePool};
+use super::super::nodepool::{ConsolidationPolicy, Disruption, NodePool};
 use super::super::warning::WarningReason;
 use super::super::yaml::FieldPath;
 use super::Issues;
@@ -36,11 +36,13 @@ pub(super) fn node_pool(pool: &NodePool, issues: &mut Issues<'_>) {
             "parsed, not acted on: replicas going down (nodewright launches the nodes a static pool is missing, but removes none; it does not disrupt nodes yet)",
         );
     }
-    if spec.disruption != Disruption::crd_default() {
+    if spec.disruption != Disruption::crd_default()
+        && spec.disruption.consolidation_policy != ConsolidationPolicy::WhenEmpty
+    {
         not_acted_on(
             issues,
-            FieldPath::of("spec.disruption"),
-            "nodewright does not consolidate or disrupt nodes (consolidationPolicy, consolidateAfter, budgets)",
+            FieldPath::of("spec.disruption.consolidationPolicy"),
+            "only empty nodes are consolidated; nodewright does not replace or merge underutilized nodes yet",
         );
     }
     if spec
@@ -56,20 +58,6 @@ pub(super) fn node_pool(pool: &NodePool, issues: &mut Issues<'_>) {
         );
     }
     let template_spec = &spec.template.spec;
-    if template_spec.expire_after.is_some() {
-        not_acted_on(
-            issues,
-            template.key("expireAfter"),
-            "nodewright does not expire nodes",
-        );
-    }
-    if template_spec.termination_grace_period.is_some() {
-        not_acted_on(
-            issues,
-            template.key("terminationGracePeriod"),
-            "nodewright does not drain nodes, so there is no grace period to bound",
-        );
-    }
     for (i, requirement) in template_spec.requirements.iter().enumerate() {
         let path = template.key("requirements").index(i);
         if UNLAUNCHED_LABELS.contains(&requirement.key.as_str()) {

@@ -1,0 +1,99 @@
+//! Metrics of the node's end: disruption decisions, budgets, evictions and terminations.
+
+use prometheus::{Histogram, HistogramOpts, IntCounterVec, IntGauge, IntGaugeVec, Opts};
+
+use super::Metrics;
+
+/// What the termination and disruption controllers count.
+#[derive(Clone)]
+pub struct DisruptionMetrics {
+    /// `node_pool`, `reason` (empty, expired), `outcome` (disrupted, budget_blocked,
+    /// revalidation_failed).
+    pub decisions: IntCounterVec,
+    /// Disruptions the budgets allow right now, per pool and reason (capped at the pool's nodes).
+    pub budget_allowed: IntGaugeVec,
+    /// `outcome`: evicted, pdb_blocked, not_found, forced, error.
+    pub evictions: IntCounterVec,
+    /// From the start of a claim's termination to its finalizer's removal.
+    pub termination_duration: Histogram,
+    /// `node_pool`, `reason` (empty, expired, deleted, registration_timeout, launch_failed,
+    /// instance_gone).
+    pub nodes_terminated: IntCounterVec,
+    /// Claims in the termination flow.
+    pub draining: IntGauge,
+}
+
+impl DisruptionMetrics {
+    pub fn new(metrics: &Metrics) -> Self {
+        let m = Self {
+            decisions: IntCounterVec::new(
+                Opts::new(
+                    "disruption_decisions_total",
+                    "Voluntary and expiry disruption decisions, by node pool, reason (empty, expired) and outcome (disrupted, budget_blocked, revalidation_failed).",
+                ),
+                &["node_pool", "reason", "outcome"],
+            )
+            .expect("static metric"),
+            budget_allowed: IntGaugeVec::new(
+                Opts::new(
+                    "disruption_budget_allowed",
+                    "Nodes the disruption budgets let start disrupting now, by node pool and reason (capped at the pool's node count).",
+                ),
+                &["node_pool", "reason"],
+            )
+            .expect("static metric"),
+            evictions: IntCounterVec::new(
+                Opts::new(
+                    "evictions_total",
+                    "Pod evictions by draining nodes, by outcome: evicted, pdb_blocked (429), not_found, forced (deleted past terminationGracePeriod), error.",
+                ),
+                &["outcome"],
+            )
+            .expect("static metric"),
+            termination_duration: Histogram::with_opts(
+                HistogramOpts::new(
+                    "termination_duration_seconds",
+                    "From the start of a NodeClaim's termination (drain) to its finalizer's removal (instance gone).",
+                )
+                .buckets(vec![
+                    1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0,
+                ]),
+            )
+            .expect("static metric"),
+            nodes_terminated: IntCounterVec::new(
+                Opts::new(
+                    "nodes_terminated_total",
+                    "Nodes whose termination finished, by node pool and reason (empty, expired, deleted, registration_timeout, launch_failed, instance_gone).",
+                ),
+                &["node_pool", "reason"],
+            )
+            .expect("static metric"),
+            draining: IntGauge::new(
+                "draining_nodes",
+                "NodeClaims in the termination flow (draining, terminating their instance, or waiting for it to go).",
+            )
+            .expect("static metric"),
+        };
+        let registry = metrics.registry();
+        for c in [
+            Box::new(m.decisions.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(m.budget_allowed.clone()),
+            Box::new(m.evictions.clone()),
+            Box::new(m.termination_duration.clone()),
+            Box::new(m.nodes_terminated.clone()),
+            Box::new(m.draining.clone()),
+        ] {
+            // Registering twice (two provisioners on one registry in tests) keeps the first.
+            let _ = registry.register(c);
+        }
+        for outcome in ["evicted", "pdb_blocked", "not_found", "forced", "error"] {
+            m.evictions.with_label_values(&[outcome]);
+        }
+        m
+    }
+
+    /// Unregistered metrics, for unit tests.
+    pub fn detached() -> Self {
+        Self::new(&Metrics::new())
+    }
+}

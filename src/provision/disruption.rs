@@ -1,0 +1,376 @@
+//! Disruption: which nodes leave on their own. Empty nodes (the pool consolidates them, they
+//! have been empty for `consolidateAfter`) go as the disruption budgets allow, after a last look
+//! at their pods; expired nodes (`expireAfter`) get capacity for their pods first, then go,
+//! whatever the budgets say (expiry is not voluntary, as in Karpenter v1). Both go through the
+//! termination flow ([`Run::begin_termination`]).
+
+use super::*;
+use crate::cluster::nodes::{do_not_disrupt, without_taint};
+use crate::config::{DisruptionReason, DurationOrNever};
+use crate::scheduling::disruption::empty::{NodeUse, empty_after, empty_nodes};
+use crate::scheduling::disruption::pods::{PodDrain, classify};
+use crate::scheduling::disruption::{allowed_disruptions, binding_budget};
+
+/// Karpenter's default `expireAfter`.
+const DEFAULT_EXPIRE_AFTER: Duration = Duration::from_secs(720 * 3600);
+/// How often a node kept by a budget says so again.
+const BLOCKED_EVENT_EVERY: Duration = Duration::from_secs(300);
+
+impl Run {
+    /// One pass of the disruption controller (leader only).
+    pub(super) async fn disrupt(&mut self) {
+        let config = self.p.config.load_full();
+        self.expire(&config).await;
+        self.remove_empty(&config).await;
+    }
+
+    /// Nodes by name, from the node watch.
+    fn node_objects(&self) -> HashMap<String, Arc<Node>> {
+        self.nodes_by_instance
+            .values()
+            .filter_map(|n| Some((n.metadata.name.clone()?, n.clone())))
+            .collect()
+    }
+
+    async fn remove_empty(&mut self, config: &Config) {
+        let now_ts = crate::cluster::nodeclaims::now();
+        let now = Instant::now();
+        let occupancy = self.p.state.occupancy();
+        let nodes = self.node_objects();
+        let promised: HashSet<String> = {
+            let view = self
+                .p
+                .state
+                .view()
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            view.promises
+                .iter()
+                .filter(|(_, p)| !p.pods.is_empty())
+                .map(|(n, _)| n.to_string())
+                .collect()
+        };
+        for (pool_name, pool) in &config.node_pools {
+            let Some(after) = empty_after(&pool.spec.disruption) else {
+                continue;
+            };
+            let of_pool = |c: &&NodeClaim| {
+                c.spec.node_pool == *pool_name
+                    && c.status
+                        .as_ref()
+                        .and_then(|s| s.node_name.as_ref())
+                        .is_some()
+            };
+            let registered: Vec<&NodeClaim> = self
+                .claims
+                .values()
+                .filter(of_pool)
+                .filter(|c| c.phase() == Phase::Registered)
+                .collect();
+            let disrupting = self
+                .claims
+                .values()
+                .filter(of_pool)
+                .filter(|c| c.phase() == Phase::Terminating)
+                .count();
+            let pool_nodes = registered.len() + disrupting;
+            let uses: Vec<NodeUse> = registered
+                .iter()
+                .filter_map(|c| {
+                    let s = c.status.as_ref()?;
+                    let node_name = s.node_name.clone()?;
+                    let node = nodes.get(&node_name)?;
+                    let o = occupancy.get(&node_name).copied().unwrap_or_default();
+                    let registered_for = s
+                        .registered_at
+                        .as_ref()
+                        .map(|t| crate::cluster::nodeclaims::since_at(&t.0, now_ts))
+                        .unwrap_or_default();
+                    let idle_for = match o.last_change {
+                        Some(t) => registered_for.min(now.duration_since(t)),
+                        None => registered_for,
+                    };
+                    Some(NodeUse {
+                        name: node_name.clone(),
+                        claim: c.name().to_owned(),
+                        price_per_hour: s.price_per_hour.unwrap_or(0.0),
+                        pods: o.pods,
+                        do_not_disrupt: do_not_disrupt(&node.metadata) || o.do_not_disrupt > 0,
+                        promised: promised.contains(&node_name)
+                            || c.spec
+                                .pods
+                                .iter()
+                                .any(|p| self.waiting.contains_key(p) && !self.p.state.is_bound(p)),
+                        idle_for,
+                        initializing: !self.startup.is_initialized(&node_name),
+                    })
+                })
+                .collect();
+            let budgets = &pool.spec.disruption.budgets;
+            let allowed = allowed_disruptions(budgets, DisruptionReason::Empty, pool_nodes, now_ts);
+            self.terminator
+                .metrics
+                .budget_allowed
+                .with_label_values(&[pool_name, "empty"])
+                .set(i64::try_from(allowed.min(pool_nodes)).unwrap_or(i64::MAX));
+            let mut room = allowed.saturating_sub(disrupting);
+            let empties: Vec<NodeUse> = empty_nodes(&uses, after).into_iter().cloned().collect();
+            for node in empties {
+                let decisions = &self.terminator.metrics.decisions;
+                if room == 0 {
+                    decisions
+                        .with_label_values(&[pool_name, "empty", "budget_blocked"])
+                        .inc();
+                    if self
+                        .blocked_events
+                        .get(&node.claim)
+                        .is_none_or(|t| now.duration_since(*t) >= BLOCKED_EVENT_EVERY)
+                        && let Some(claim) = self.claims.get(&node.claim)
+                    {
+                        self.blocked_events.insert(node.claim.clone(), now);
+                        let why =
+                            binding_budget(budgets, DisruptionReason::Empty, pool_nodes, now_ts)
+                                .map(|(_, why)| why)
+                                .unwrap_or_else(|| "the disruption budget".to_owned());
+                        self.p.events.claim(
+                            claim,
+                            Kind::Normal,
+                            "DisruptionBlocked",
+                            "Disrupt",
+                            format!(
+                                "Node {} is empty but stays for now: {why} ({disrupting} already disrupting in NodePool {pool_name})",
+                                node.name
+                            ),
+                        );
+                    }
+                    continue;
+                }
+                if !self.still_empty(&node.name).await {
+                    decisions
+                        .with_label_values(&[pool_name, "empty", "revalidation_failed"])
+                        .inc();
+                    continue;
+                }
+                decisions
+                    .with_label_values(&[pool_name, "empty", "disrupted"])
+                    .inc();
+                room -= 1;
+                let Some(claim) = self.claims.get(&node.claim).cloned() else {
+                    continue;
+                };
+                self.p.events.claim(
+                    &claim,
+                    Kind::Normal,
+                    "Empty",
+                    "Disrupt",
+                    format!(
+                        "Node {} has been empty for {} (consolidateAfter {}); removing it",
+                        node.name,
+                        crate::config::format_go_duration(Duration::from_secs(
+                            node.idle_for.as_secs()
+                        )),
+                        crate::config::format_go_duration(after)
+                    ),
+                );
+                tracing::info!(claim = claim.name(), node = %node.name, node_pool = %pool_name, "empty node: removing it");
+                self.blocked_events.remove(claim.name());
+                self.begin_termination(claim, "Empty").await;
+            }
+        }
+    }
+
+    /// Taint the node, then look at its pods once more: a pod that arrived since the watch last
+    /// said keeps it (and the taint comes off again).
+    async fn still_empty(&self, node_name: &str) -> bool {
+        let nodes = &self.p.nodes;
+        let node = match nodes.node(node_name).await {
+            Ok(Some(node)) => node,
+            _ => return false,
+        };
+        if do_not_disrupt(&node.metadata) || node.metadata.deletion_timestamp.is_some() {
+            return false;
+        }
+        if let Some(taints) =
+            crate::cluster::nodes::with_taint(&node, &terminator::disrupted_taint())
+            && nodes.set_taints(&node, taints).await.is_err()
+        {
+            return false;
+        }
+        let pods = match nodes.pods_on(node_name).await {
+            Ok(pods) => pods,
+            Err(_) => Vec::new(),
+        };
+        let empty = pods.iter().all(|p| !classify(p).holds());
+        if !empty {
+            tracing::info!(node = %node_name, "a pod arrived on the empty node: keeping it");
+            if let Ok(Some(node)) = nodes.node(node_name).await
+                && let Some(taints) =
+                    without_taint(&node, crate::scheduling::disruption::pods::DISRUPTED_TAINT)
+                && let Err(e) = nodes.set_taints(&node, taints).await
+            {
+                tracing::warn!(node = %node_name, error = %e, "removing the disruption taint failed");
+            }
+        }
+        empty
+    }
+
+    /// Expired claims: capacity for their pods first (replacement claims), then the flow.
+    async fn expire(&mut self, config: &Config) {
+        let expired: Vec<NodeClaim> = self
+            .claims
+            .values()
+            .filter(|c| matches!(c.phase(), Phase::Registered | Phase::Launched))
+            .filter(|c| c.metadata.deletion_timestamp.is_none())
+            .filter(|c| {
+                let after = config
+                    .node_pools
+                    .get(&c.spec.node_pool)
+                    .and_then(|p| p.spec.template.spec.expire_after)
+                    .unwrap_or(DurationOrNever::After(DEFAULT_EXPIRE_AFTER));
+                matches!(after, DurationOrNever::After(d) if c.age() >= d)
+            })
+            .cloned()
+            .collect();
+        for claim in expired {
+            let replacements = claim
+                .status
+                .as_ref()
+                .map(|s| s.replacements.clone())
+                .unwrap_or_default();
+            if replacements.is_empty() {
+                self.start_expiry(claim, config).await;
+                continue;
+            }
+            // Replacements ready (registered), or given up on (failed, gone), or waited for
+            // long enough: the expired node goes.
+            let timeout = config.policy.provisioning.registration_timeout();
+            let ready = replacements.iter().all(|r| match self.claims.get(r) {
+                None => true,
+                Some(c) => {
+                    matches!(
+                        c.phase(),
+                        Phase::Registered | Phase::Failed | Phase::Terminating
+                    ) || c.age() > timeout
+                }
+            });
+            if ready {
+                self.begin_termination(claim, "Expired").await;
+            }
+        }
+    }
+
+    async fn start_expiry(&mut self, mut claim: NodeClaim, config: &Config) {
+        let name = claim.name().to_owned();
+        let pool = claim.spec.node_pool.clone();
+        self.terminator
+            .metrics
+            .decisions
+            .with_label_values(&[&pool, "expired", "disrupted"])
+            .inc();
+        let node_name = claim.status.as_ref().and_then(|s| s.node_name.clone());
+        let pods: Vec<Arc<Pod>> = match &node_name {
+            Some(node) => match self.p.nodes.pods_on(node).await {
+                Ok(pods) => pods
+                    .into_iter()
+                    .filter(|p| {
+                        matches!(classify(p), PodDrain::Evict { .. } | PodDrain::DoNotDisrupt)
+                    })
+                    .map(Arc::new)
+                    .collect(),
+                Err(e) => {
+                    tracing::warn!(claim = %name, error = %e, "listing the expired node's pods failed; will retry");
+                    return;
+                }
+            },
+            None => Vec::new(),
+        };
+        let age = crate::config::format_go_duration(Duration::from_secs(claim.age().as_secs()));
+        if pods.is_empty() {
+            self.p.events.claim(
+                &claim,
+                Kind::Normal,
+                "Expired",
+                "Disrupt",
+                format!("Expired after {age} (expireAfter); no pods to move"),
+            );
+            self.begin_termination(claim, "Expired").await;
+            return;
+        }
+        // Plan the pods as if the node were gone; no new pods go to it meanwhile.
+        if let Some(node) = &node_name {
+            self.p
+                .state
+                .set_node_state(node, crate::scheduling::view::NodeState::Draining);
+        }
+        let Some(cluster) = cluster_info(config) else {
+            self.begin_termination(claim, "Expired").await;
+            return;
+        };
+        let mut catalog = (*(self.p.catalog)()).clone();
+        if let Some(cloud) = &self.p.cloud {
+            for (it, zone, ct) in cloud.unavailable() {
+                catalog.set_available(&it, &zone, ct, false);
+            }
+        }
+        let mut nodes = self.p.state.existing_nodes();
+        self.startup.relax(&mut nodes, config);
+        let pools = self.pools(config, &catalog, &nodes);
+        let usable_zones = volumes::usable_zones(&pools, &catalog, &nodes);
+        let pending: Vec<PendingPod> = self.p.volumes.read(|objects| {
+            pods.iter()
+                .map(|p| volumes::pending_pod(p, objects, &usable_zones))
+                .collect()
+        });
+        let plan = solve(&Input {
+            pods: &pending,
+            pools: &pools,
+            catalog: &catalog,
+            nodes: &nodes,
+        });
+        let mut written = Vec::new();
+        for node in &plan.nodes {
+            let Some(pool) = config.node_pools.get(&node.node_pool) else {
+                continue;
+            };
+            let replacement = claim_for(node, pool, &pools, &catalog);
+            match self.create_claim(replacement).await {
+                Ok(created) => {
+                    self.claims
+                        .insert(created.name().to_owned(), created.clone());
+                    written.push(created.name().to_owned());
+                }
+                Err(e) => {
+                    tracing::warn!(claim = %name, error = %e, "writing a replacement claim failed; will retry");
+                }
+            }
+        }
+        self.p.events.claim(
+            &claim,
+            Kind::Normal,
+            "Expired",
+            "Disrupt",
+            format!(
+                "Expired after {age} (expireAfter): {} pods; {} new nodes launched for them ({}), {} fit on existing nodes, {} fit nowhere",
+                pods.len(),
+                written.len(),
+                written.join(", "),
+                plan.placements.len(),
+                plan.unschedulable.len()
+            ),
+        );
+        if written.is_empty() {
+            self.begin_termination(claim, "Expired").await;
+            return;
+        }
+        claim.status_mut().replacements = written.clone();
+        claim.set_condition(
+            "Expired",
+            true,
+            "Expired",
+            &format!("replacements: {}", written.join(", ")),
+        );
+        self.store_status(claim).await;
+        self.update_gauges();
+        self.launch_claims(&written, &cluster).await;
+    }
+}
