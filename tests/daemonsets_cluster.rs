@@ -16,11 +16,10 @@ use std::time::Duration;
 
 use common::aws;
 use common::controlplane;
-use common::served::{World, nodeclaim_resource};
+use common::served::World;
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{Node, Pod};
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
-use kube::core::DynamicObject;
+use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use nodewright::model::resources::parse_quantity_millis;
 use serde_json::{Value, json};
@@ -144,12 +143,7 @@ impl Queries for World {
 
 /// Remove what an earlier test of this binary left cluster-wide: Nodes and NodeClaims.
 async fn clear_cluster(client: &Client) {
-    let _ = Api::<Node>::all(client.clone())
-        .delete_collection(&DeleteParams::default(), &ListParams::default())
-        .await;
-    let _ = Api::<DynamicObject>::all_with(client.clone(), &nodeclaim_resource())
-        .delete_collection(&DeleteParams::default(), &ListParams::default())
-        .await;
+    common::served::clear_nodes_and_claims(client).await;
 }
 
 fn taint_keys(node: &Node) -> Vec<String> {

@@ -22,7 +22,7 @@ use common::controlplane;
 use common::kubelet::{KubeletConfig, Kubelets, ec2_client, parse_kubelet_flags};
 use common::moto::Moto;
 use k8s_openapi::api::core::v1::{Node, Pod};
-use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use kube::api::{Api, PostParams};
 use serde_json::{Value, json};
 
 /// One test at a time: Nodes are cluster-wide.
@@ -38,9 +38,7 @@ async fn cluster() -> Cluster {
     let serial = SERIAL.lock().await;
     let plane = controlplane::shared();
     let client = plane.client().await;
-    let _ = Api::<Node>::all(client.clone())
-        .delete_collection(&DeleteParams::default(), &ListParams::default())
-        .await;
+    common::served::clear_nodes_and_claims(&client).await;
     let namespace = plane.namespace("peers").await;
     Cluster {
         _serial: serial,

@@ -16,10 +16,9 @@ use std::time::{Duration, Instant};
 
 use common::aws;
 use common::controlplane;
-use common::served::{World, nodeclaim_resource};
-use k8s_openapi::api::core::v1::{Node, PersistentVolume, PersistentVolumeClaim, Pod};
+use common::served::World;
+use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod};
 use kube::api::{DeleteParams, ListParams, PostParams};
-use kube::core::DynamicObject;
 use kube::{Api, Client};
 use serde_json::json;
 
@@ -131,12 +130,7 @@ impl Queries for World {
 
 /// Remove what an earlier test of this binary left cluster-wide.
 async fn clear_cluster(client: &Client) {
-    let _ = Api::<Node>::all(client.clone())
-        .delete_collection(&DeleteParams::default(), &ListParams::default())
-        .await;
-    let _ = Api::<DynamicObject>::all_with(client.clone(), &nodeclaim_resource())
-        .delete_collection(&DeleteParams::default(), &ListParams::default())
-        .await;
+    common::served::clear_nodes_and_claims(client).await;
     let _ = Api::<PersistentVolume>::all(client.clone())
         .delete_collection(&DeleteParams::default(), &ListParams::default())
         .await;

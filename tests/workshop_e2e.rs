@@ -101,14 +101,7 @@ async fn clear_cluster(client: &Client) {
                 .await;
         }
     }
-    let nodes: Api<Node> = Api::all(client.clone());
-    let _ = nodes
-        .delete_collection(&DeleteParams::default(), &ListParams::default())
-        .await;
-    let claims: Api<DynamicObject> = Api::all_with(client.clone(), &nodeclaim_resource());
-    let _ = claims
-        .delete_collection(&DeleteParams::default(), &ListParams::default())
-        .await;
+    common::served::clear_nodes_and_claims(client).await;
 }
 
 impl World {

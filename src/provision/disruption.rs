@@ -196,13 +196,16 @@ impl Run {
         {
             return false;
         }
-        let pods = match nodes.pods_on(node_name).await {
-            Ok(pods) => pods,
-            Err(_) => Vec::new(),
+        // A failed read keeps the node: only a node seen empty goes.
+        let empty = match nodes.pods_on(node_name).await {
+            Ok(pods) => pods.iter().all(|p| !classify(p).holds()),
+            Err(e) => {
+                tracing::warn!(node = %node_name, error = %e, "listing the empty node's pods failed; keeping it for now");
+                false
+            }
         };
-        let empty = pods.iter().all(|p| !classify(p).holds());
         if !empty {
-            tracing::info!(node = %node_name, "a pod arrived on the empty node: keeping it");
+            tracing::info!(node = %node_name, "the node is not empty after all: keeping it");
             if let Ok(Some(node)) = nodes.node(node_name).await
                 && let Some(taints) =
                     without_taint(&node, crate::scheduling::disruption::pods::DISRUPTED_TAINT)

@@ -149,3 +149,41 @@ impl World {
             .collect()
     }
 }
+
+/// Remove the Nodes and NodeClaims earlier tests of this binary left, finalizers and all (the
+/// nodewright that would have released them is gone with its test).
+pub async fn clear_nodes_and_claims(client: &Client) {
+    use k8s_openapi::api::core::v1::Node;
+    use kube::api::{DeleteParams, Patch, PatchParams};
+    let unfinalize = serde_json::json!({"metadata": {"finalizers": null}});
+    let nodes: Api<Node> = Api::all(client.clone());
+    for node in nodes.list(&ListParams::default()).await.unwrap().items {
+        if node.metadata.finalizers.as_ref().is_some_and(|f| !f.is_empty()) {
+            let _ = nodes
+                .patch(
+                    node.metadata.name.as_deref().unwrap_or_default(),
+                    &PatchParams::default(),
+                    &Patch::Merge(&unfinalize),
+                )
+                .await;
+        }
+    }
+    let _ = nodes
+        .delete_collection(&DeleteParams::default(), &ListParams::default())
+        .await;
+    let claims: Api<DynamicObject> = Api::all_with(client.clone(), &nodeclaim_resource());
+    if let Ok(list) = claims.list(&ListParams::default()).await {
+        for claim in list.items {
+            let _ = claims
+                .patch(
+                    claim.metadata.name.as_deref().unwrap_or_default(),
+                    &PatchParams::default(),
+                    &Patch::Merge(&unfinalize),
+                )
+                .await;
+        }
+    }
+    let _ = claims
+        .delete_collection(&DeleteParams::default(), &ListParams::default())
+        .await;
+}

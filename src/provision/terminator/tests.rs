@@ -427,7 +427,7 @@ async fn a_new_leader_resumes_without_a_second_terminate_or_a_lost_finalizer() {
     assert_eq!(step, Step::Done);
     assert_eq!(s.cloud.deletes_of("i-1"), 1);
     // A second run on a fresh leader from the stored claim does nothing more.
-    let mut again = setup().await;
+    let again = setup().await;
     again.cloud.add_instance(instance("i-1"));
     let mut stored = again.claims.get("pool-abc").await.unwrap().unwrap();
     stored.status_mut().instance_terminated_at = Some(time_at(start()));
