@@ -482,7 +482,11 @@ async fn start_provisioning(
         claims,
         cloud: launcher,
         nodes: match &client {
-            Some(client) => Arc::new(crate::cluster::nodes::KubeCluster::new(client.clone())),
+            Some(client) => Arc::new(crate::cluster::nodes::KubeCluster::new(
+                crate::cluster::client_without_retry_from_env()
+                    .await
+                    .unwrap_or_else(|| client.clone()),
+            )),
             None => Arc::new(crate::cluster::nodes::NoCluster),
         },
         state,

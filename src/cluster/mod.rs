@@ -48,6 +48,16 @@ macro_rules! core_pod_resource {
 }
 pub(crate) use core_pod_resource;
 
+/// A client like [`client_from_env`]'s, but one that does not retry refused requests itself:
+/// the node controllers' client. An eviction a PodDisruptionBudget refuses is answered 429 with
+/// `Retry-After`, and kube's default retry layer would wait it out inside the call (up to
+/// minutes), stalling the provisioner's loop; the drain retries with its own backoff instead.
+pub async fn client_without_retry_from_env() -> Option<Client> {
+    let mut config = kube::Config::infer().await.ok()?;
+    config.default_retry = false;
+    Client::try_from(config).ok()
+}
+
 /// A client from the standard chain (`KUBECONFIG`, `~/.kube/config`, in-cluster service account),
 /// or `None` when there is no cluster configuration at all: a local, standalone run.
 pub async fn client_from_env() -> Option<Client> {

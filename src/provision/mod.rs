@@ -696,7 +696,10 @@ impl Run {
                         continue;
                     };
                     for pod in &claim.spec.pods {
-                        if self.p.state.is_bound(pod) || view.reserved_for(pod) == Some(node) {
+                        if self.p.state.is_bound(pod)
+                            || !self.waiting.contains_key(pod)
+                            || view.reserved_for(pod) == Some(node)
+                        {
                             continue;
                         }
                         let requests = self

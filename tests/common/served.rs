@@ -158,7 +158,12 @@ pub async fn clear_nodes_and_claims(client: &Client) {
     let unfinalize = serde_json::json!({"metadata": {"finalizers": null}});
     let nodes: Api<Node> = Api::all(client.clone());
     for node in nodes.list(&ListParams::default()).await.unwrap().items {
-        if node.metadata.finalizers.as_ref().is_some_and(|f| !f.is_empty()) {
+        if node
+            .metadata
+            .finalizers
+            .as_ref()
+            .is_some_and(|f| !f.is_empty())
+        {
             let _ = nodes
                 .patch(
                     node.metadata.name.as_deref().unwrap_or_default(),

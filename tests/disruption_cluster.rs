@@ -1,0 +1,950 @@
+//! How nodes leave, end to end on the real control plane (see `workshop_e2e.rs` for the pieces:
+//! the real apiserver, controller-manager with the disruption and garbage-collector
+//! controllers, kube-scheduler with nodewright's extender, moto for EC2, the kubelet stand-in
+//! with kwok for Nodes and their pods, and the `nodewright serve` binary under the chart's RBAC).
+//!
+//! - an empty node of a `WhenEmpty` pool goes once it has been empty for `consolidateAfter`;
+//! - deleting a NodeClaim drains its node through the Eviction API before the instance is
+//!   terminated, and a PodDisruptionBudget holds the drain until it is relaxed;
+//! - the pool's `terminationGracePeriod` ends a drain held by a do-not-disrupt pod;
+//! - a do-not-disrupt node is never removed as empty, and a budget of one removes one empty
+//!   node at a time;
+//! - deleting the Node drains it (30 pods) and removes its claim and instance.
+
+mod common;
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use common::controlplane::{self, ControlPlane};
+use common::served::{World, clear_nodes_and_claims, nodeclaim_resource};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::Api;
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::core::DynamicObject;
+use serde_json::{Value, json};
+
+const CLUSTER: &str = "workshop";
+const FINALIZER: &str = "nodewright.io/termination";
+const DISRUPTED: &str = "karpenter.sh/disrupted";
+const DO_NOT_DISRUPT: &str = "karpenter.sh/do-not-disrupt";
+
+/// One test at a time on this binary's control plane (Nodes and NodeClaims are cluster-wide).
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// One tainted on-demand pool `pool` of `types`, with `disruption` (YAML flow text) and extra
+/// template spec lines `template_extra` (each starting with a newline and 6 spaces).
+fn config_text(
+    namespace: &str,
+    pool: &str,
+    types: &str,
+    disruption: &str,
+    template_extra: &str,
+) -> String {
+    format!(
+        r#"apiVersion: karpenter.sh/v1
+kind: NodePool
+metadata:
+  name: {pool}
+spec:
+  disruption: {disruption}
+  template:
+    spec:
+      nodeClassRef: {{group: karpenter.k8s.aws, kind: EC2NodeClass, name: default}}{template_extra}
+      taints:
+        - {{key: nodewright.io/pool, value: {pool}, effect: NoSchedule}}
+      requirements:
+        - {{key: karpenter.sh/capacity-type, operator: In, values: [on-demand]}}
+        - {{key: node.kubernetes.io/instance-type, operator: In, values: [{types}]}}
+---
+apiVersion: karpenter.k8s.aws/v1
+kind: EC2NodeClass
+metadata:
+  name: default
+spec:
+  amiSelectorTerms: [{{alias: al2023@latest}}]
+  role: KarpenterNodeRole-workshop
+  subnetSelectorTerms: [{{tags: {{karpenter.sh/discovery: workshop}}}}]
+  securityGroupSelectorTerms: [{{tags: {{karpenter.sh/discovery: workshop}}}}]
+---
+apiVersion: nodewright.io/v1alpha1
+kind: Policy
+metadata:
+  name: default
+spec:
+  nodeSelectorKey: karpenter.sh/nodepool
+  rules:
+    - {{name: app, nodePool: {pool}, namespaces: [{namespace}]}}
+  batching: {{idleDuration: 1s, maxDuration: 10s}}
+  provisioning:
+    clusterName: workshop
+    clusterEndpoint: https://workshop.eks.example.com
+"#
+    )
+}
+
+/// A pod spec as the steering webhook leaves it (the pool's selector and toleration), one
+/// pause-like container requesting `cpu` and 64Mi, with extra spec fields.
+fn pod_spec(pool: &str, cpu: &str, extra: Value) -> Value {
+    let mut spec = json!({
+        "nodeSelector": {"karpenter.sh/nodepool": pool},
+        "tolerations": [{"key": "nodewright.io/pool", "operator": "Equal", "value": pool, "effect": "NoSchedule"}],
+        "containers": [{"name": "app", "image": "registry.k8s.io/pause:3.10",
+                        "resources": {"requests": {"cpu": cpu, "memory": "64Mi"}}}],
+    });
+    for (k, v) in extra.as_object().unwrap() {
+        spec[k] = v.clone();
+    }
+    spec
+}
+
+fn deployment(name: &str, replicas: i32, pool: &str, cpu: &str) -> Deployment {
+    serde_json::from_value(json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {"metadata": {"labels": {"app": name}}, "spec": pod_spec(pool, cpu, json!({}))},
+        }
+    }))
+    .unwrap()
+}
+
+/// Start a world for one test: a clean cluster, its own namespace, nodewright with `config`.
+async fn start(plane: &'static ControlPlane, config: impl Fn(&str) -> String) -> World {
+    plane.ensure_nodeclaim_crd().await;
+    let client = plane.client().await;
+    clear_nodes_and_claims(&client).await;
+    // What an earlier failed test of this binary left running.
+    let namespaces = Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone());
+    for ns in namespaces.list(&ListParams::default()).await.unwrap().items {
+        let name = ns.metadata.name.unwrap_or_default();
+        if name.starts_with("disrupt") {
+            let _ = Api::<Deployment>::namespaced(client.clone(), &name)
+                .delete_collection(&DeleteParams::default(), &ListParams::default())
+                .await;
+            let _ = Api::<Pod>::namespaced(client.clone(), &name)
+                .delete_collection(&DeleteParams::default(), &ListParams::default())
+                .await;
+        }
+    }
+    let install = plane.install_nodewright().await;
+    let namespace = plane.namespace("disrupt").await;
+    let text = config(&namespace);
+    World::start(plane, &install, client, namespace, &text, CLUSTER).await
+}
+
+/// Delete the test's Deployments, stop nodewright, clear the cluster.
+async fn finish(world: World, plane: &'static ControlPlane) {
+    let _ = Api::<Deployment>::namespaced(world.client.clone(), &world.namespace)
+        .delete_collection(&DeleteParams::default(), &ListParams::default())
+        .await;
+    let _ = Api::<Pod>::namespaced(world.client.clone(), &world.namespace)
+        .delete_collection(&DeleteParams::default(), &ListParams::default())
+        .await;
+    drop(world);
+    clear_nodes_and_claims(&plane.client().await).await;
+}
+
+/// EC2's state of instance `id`: `pending`, `running`, `shutting-down`, `terminated`, or
+/// `gone` when EC2 no longer knows it.
+async fn instance_state(ec2: &aws_sdk_ec2::Client, id: &str) -> String {
+    match ec2.describe_instances().instance_ids(id).send().await {
+        Ok(out) => out
+            .reservations()
+            .iter()
+            .flat_map(|r| r.instances())
+            .find_map(|i| {
+                i.state()
+                    .and_then(|s| s.name())
+                    .map(|n| n.as_str().to_owned())
+            })
+            .unwrap_or_else(|| "gone".into()),
+        Err(e) => {
+            let text = format!("{e:?}");
+            if text.contains("NotFound") {
+                "gone".into()
+            } else {
+                format!("error: {text}")
+            }
+        }
+    }
+}
+
+fn ended(state: &str) -> bool {
+    matches!(state, "shutting-down" | "terminated" | "gone")
+}
+
+trait Queries {
+    async fn claim(&self, name: &str) -> Option<Value>;
+    async fn registered_claims(&self) -> Vec<Value>;
+    async fn node(&self, name: &str) -> Option<Node>;
+    /// The pods of this namespace labelled `app=<app>`, as (name, node, running, terminating).
+    async fn pods_of(&self, app: &str) -> Vec<(String, Option<String>, bool, bool)>;
+    async fn scale(&self, deployment: &str, replicas: i32);
+    async fn metrics(&self) -> String;
+}
+
+impl Queries for World {
+    async fn claim(&self, name: &str) -> Option<Value> {
+        Api::<DynamicObject>::all_with(self.client.clone(), &nodeclaim_resource())
+            .get_opt(name)
+            .await
+            .unwrap()
+            .map(|o| serde_json::to_value(o).unwrap())
+    }
+
+    async fn registered_claims(&self) -> Vec<Value> {
+        self.claims()
+            .await
+            .into_iter()
+            .filter(|c| c["status"]["phase"] == "Registered" && c["status"]["nodeName"].is_string())
+            .collect()
+    }
+
+    async fn node(&self, name: &str) -> Option<Node> {
+        Api::<Node>::all(self.client.clone())
+            .get_opt(name)
+            .await
+            .unwrap()
+    }
+
+    async fn pods_of(&self, app: &str) -> Vec<(String, Option<String>, bool, bool)> {
+        Api::<Pod>::namespaced(self.client.clone(), &self.namespace)
+            .list(&ListParams::default().labels(&format!("app={app}")))
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .map(|p| {
+                (
+                    p.metadata.name.clone().unwrap_or_default(),
+                    p.spec.as_ref().and_then(|s| s.node_name.clone()),
+                    p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"),
+                    p.metadata.deletion_timestamp.is_some(),
+                )
+            })
+            .collect()
+    }
+
+    async fn scale(&self, deployment: &str, replicas: i32) {
+        Api::<Deployment>::namespaced(self.client.clone(), &self.namespace)
+            .patch(
+                deployment,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": {"replicas": replicas}})),
+            )
+            .await
+            .unwrap();
+    }
+
+    async fn metrics(&self) -> String {
+        match reqwest::get(format!("{}/metrics", self.server.ops)).await {
+            Ok(r) => r.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        }
+    }
+}
+
+fn claim_name(claim: &Value) -> String {
+    claim["metadata"]["name"].as_str().unwrap().to_owned()
+}
+
+fn claim_node(claim: &Value) -> String {
+    claim["status"]["nodeName"].as_str().unwrap().to_owned()
+}
+
+fn claim_instance(claim: &Value) -> String {
+    claim["status"]["instanceID"].as_str().unwrap().to_owned()
+}
+
+fn deleting(claim: &Value) -> bool {
+    claim["metadata"]["deletionTimestamp"].is_string()
+}
+
+fn condition(claim: &Value, type_: &str) -> Option<Value> {
+    claim["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == type_)
+        .cloned()
+}
+
+fn has_finalizer(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> bool {
+    meta.finalizers.iter().flatten().any(|f| f == FINALIZER)
+}
+
+fn tainted_disrupted(node: &Node) -> bool {
+    node.spec
+        .as_ref()
+        .and_then(|s| s.taints.as_ref())
+        .into_iter()
+        .flatten()
+        .any(|t| t.key == DISRUPTED && t.effect == "NoSchedule")
+}
+
+/// The sum of the samples of `name` whose labels contain every one of `labels`.
+fn metric_sum(text: &str, name: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+        .filter(|l| labels.iter().all(|x| l.contains(x)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Wait until `n` pods of `app` run, on nodes of registered claims; returns the claims.
+async fn wait_running(world: &World, app: &str, n: usize) -> Vec<Value> {
+    world
+        .wait_until(
+            &format!("{n} pods of {app} running on registered nodes"),
+            Duration::from_secs(120),
+            || async {
+                let pods = world.pods_of(app).await;
+                let nodes: HashSet<String> = world
+                    .registered_claims()
+                    .await
+                    .iter()
+                    .map(claim_node)
+                    .collect();
+                pods.len() == n
+                    && pods.iter().all(|(_, node, running, _)| {
+                        *running && node.as_ref().is_some_and(|x| nodes.contains(x))
+                    })
+            },
+        )
+        .await;
+    world.registered_claims().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_emptied_node_goes_after_consolidate_after() {
+    let _serial = SERIAL.lock().await;
+    let plane = controlplane::shared();
+    let world = start(plane, |ns| {
+        config_text(
+            ns,
+            "emptied",
+            "c5.large, c5.xlarge",
+            "{consolidationPolicy: WhenEmpty, consolidateAfter: 10s}",
+            "",
+        )
+    })
+    .await;
+    Api::<Deployment>::namespaced(world.client.clone(), &world.namespace)
+        .create(
+            &PostParams::default(),
+            &deployment("app", 2, "emptied", "200m"),
+        )
+        .await
+        .unwrap();
+    let claims = wait_running(&world, "app", 2).await;
+    assert_eq!(claims.len(), 1, "{claims:?}");
+    let (claim, node, instance) = (
+        claim_name(&claims[0]),
+        claim_node(&claims[0]),
+        claim_instance(&claims[0]),
+    );
+    world
+        .wait_until("the Node's finalizer", Duration::from_secs(30), || async {
+            world
+                .node(&node)
+                .await
+                .is_some_and(|n| has_finalizer(&n.metadata))
+        })
+        .await;
+    let c = world.claim(&claim).await.unwrap();
+    assert!(
+        c["metadata"]["finalizers"]
+            .as_array()
+            .is_some_and(|f| f.iter().any(|x| x == FINALIZER)),
+        "{c}"
+    );
+
+    world.scale("app", 0).await;
+    world
+        .wait_until("the pods gone", Duration::from_secs(60), || async {
+            world.pods_of("app").await.is_empty()
+        })
+        .await;
+    let emptied = Instant::now();
+    // Not before consolidateAfter: the claim is not even deleted in the first 9 s.
+    let mut terminated = None;
+    let deadline = emptied + Duration::from_secs(120);
+    while Instant::now() < deadline {
+        let state = instance_state(&world.ec2, &instance).await;
+        if ended(&state) {
+            terminated = Some(emptied.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let Some(after) = terminated else {
+        let metrics = world.metrics().await;
+        let disruption: Vec<&str> = metrics
+            .lines()
+            .filter(|l| l.contains("disrupt") || l.contains("budget") || l.contains("terminat"))
+            .collect();
+        panic!(
+            "instance {instance} never terminated\n{}\n--- metrics\n{}\n--- claims\n{:#?}",
+            world.logs(),
+            disruption.join("\n"),
+            world.claims().await
+        );
+    };
+    eprintln!("emptied → terminated: {:.1} s", after.as_secs_f64());
+    assert!(
+        after >= Duration::from_secs(10),
+        "terminated {after:?} after the node emptied, before consolidateAfter\n{}",
+        world.logs()
+    );
+    assert!(
+        after < Duration::from_secs(40),
+        "terminated only {after:?} after the node emptied\n{}",
+        world.logs()
+    );
+    world
+        .wait_until("the claim gone", Duration::from_secs(60), || async {
+            world.claim(&claim).await.is_none()
+        })
+        .await;
+    world
+        .wait_until("the Node gone", Duration::from_secs(60), || async {
+            world.node(&node).await.is_none()
+        })
+        .await;
+    let metrics = world.metrics().await;
+    let removed = metric_sum(
+        &metrics,
+        "nodewright_nodes_terminated_total",
+        &["reason=\"empty\""],
+    ) + metric_sum(
+        &metrics,
+        "nodewright_nodes_terminated_total",
+        &["reason=\"Empty\""],
+    );
+    eprintln!(
+        "nodes_terminated_total lines: {:?}",
+        metrics
+            .lines()
+            .filter(|l| l.starts_with("nodewright_nodes_terminated_total"))
+            .collect::<Vec<_>>()
+    );
+    assert!(removed >= 1.0, "{metrics}");
+    finish(world, plane).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_nodeclaim_drains_before_terminating_and_a_pdb_blocks_until_relaxed() {
+    let _serial = SERIAL.lock().await;
+    let plane = controlplane::shared();
+    let world = start(plane, |ns| {
+        config_text(
+            ns,
+            "drained",
+            "c5.4xlarge",
+            "{consolidationPolicy: WhenEmpty, consolidateAfter: Never}",
+            "",
+        )
+    })
+    .await;
+    let ns = world.namespace.clone();
+    let pdbs: Api<PodDisruptionBudget> = Api::namespaced(world.client.clone(), &ns);
+    pdbs.create(
+        &PostParams::default(),
+        &serde_json::from_value(json!({
+            "apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
+            "metadata": {"name": "app"},
+            "spec": {"maxUnavailable": 0, "selector": {"matchLabels": {"app": "app"}}},
+        }))
+        .unwrap(),
+    )
+    .await
+    .unwrap();
+    Api::<Deployment>::namespaced(world.client.clone(), &ns)
+        .create(
+            &PostParams::default(),
+            &deployment("app", 30, "drained", "100m"),
+        )
+        .await
+        .unwrap();
+    let claims = wait_running(&world, "app", 30).await;
+    assert_eq!(claims.len(), 1, "{claims:?}\n{}", world.logs());
+    let (claim, node, instance) = (
+        claim_name(&claims[0]),
+        claim_node(&claims[0]),
+        claim_instance(&claims[0]),
+    );
+    // The PDB's status is current (else evictions are refused for that reason).
+    world
+        .wait_until("the PDB observed", Duration::from_secs(30), || async {
+            pdbs.get("app")
+                .await
+                .ok()
+                .and_then(|p| p.status)
+                .is_some_and(|s| {
+                    s.expected_pods == Some(30)
+                        && s.current_healthy == Some(30)
+                        && s.disruptions_allowed == Some(0)
+                })
+        })
+        .await;
+
+    Api::<DynamicObject>::all_with(world.client.clone(), &nodeclaim_resource())
+        .delete(&claim, &DeleteParams::default())
+        .await
+        .unwrap();
+    let deleted = Instant::now();
+    world
+        .wait_until(
+            "the node tainted disrupted",
+            Duration::from_secs(15),
+            || async {
+                world
+                    .node(&node)
+                    .await
+                    .is_some_and(|n| tainted_disrupted(&n))
+            },
+        )
+        .await;
+    // For 8 s the PDB holds every pod: the instance runs, the claim stays.
+    while deleted.elapsed() < Duration::from_secs(8) {
+        let c = world.claim(&claim).await.expect("the claim is still there");
+        assert!(deleting(&c), "{c}");
+        let state = instance_state(&world.ec2, &instance).await;
+        assert_eq!(state, "running", "{}", world.logs());
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let on_node = world
+        .pods_of("app")
+        .await
+        .into_iter()
+        .filter(|(_, n, _, terminating)| n.as_deref() == Some(node.as_str()) && !terminating)
+        .count();
+    assert_eq!(on_node, 30, "{}", world.logs());
+    let metrics = world.metrics().await;
+    eprintln!(
+        "8 s into the PDB-blocked drain: {:?}",
+        metrics
+            .lines()
+            .filter(|l| l.starts_with("nodewright_evictions_total")
+                || l.starts_with("nodewright_draining_nodes"))
+            .collect::<Vec<_>>()
+    );
+    let c = world.claim(&claim).await.unwrap();
+    assert_eq!(c["status"]["phase"], "Terminating", "{c}");
+    assert_eq!(c["status"]["disruptionReason"], "Deleted", "{c}");
+    let drained = condition(&c, "Drained")
+        .unwrap_or_else(|| panic!("no Drained condition: {c}\n{}", world.logs()));
+    assert_eq!(drained["status"], "False", "{drained}");
+    assert!(
+        drained["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("PodDisruptionBudget")),
+        "{drained}"
+    );
+    let blocked = metric_sum(&world.metrics().await, "nodewright_evictions_total", &[]);
+    eprintln!("evictions_total (all outcomes) while blocked: {blocked}");
+
+    pdbs.patch(
+        "app",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"maxUnavailable": "100%"}})),
+    )
+    .await
+    .unwrap();
+    let relaxed = Instant::now();
+    // Until the instance ends, whenever pods are on the node, it was running before we looked.
+    let mut terminated = None;
+    let mut samples = 0;
+    while relaxed.elapsed() < Duration::from_secs(120) {
+        let state = instance_state(&world.ec2, &instance).await;
+        let on_node: Vec<String> = world
+            .pods_of("app")
+            .await
+            .into_iter()
+            .filter(|(_, n, _, _)| n.as_deref() == Some(node.as_str()))
+            .map(|(p, ..)| p)
+            .collect();
+        samples += 1;
+        assert!(
+            state == "running" || on_node.is_empty(),
+            "instance {state} while {} pods were still on the node: {on_node:?}\n{}",
+            on_node.len(),
+            world.logs()
+        );
+        if ended(&state) {
+            terminated = Some(relaxed.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let Some(drain) = terminated else {
+        panic!("instance {instance} never terminated\n{}", world.logs());
+    };
+    eprintln!(
+        "PDB relaxed → instance terminated (30-pod node): {:.1} s ({samples} samples; {:.1} s after the claim was deleted)",
+        drain.as_secs_f64(),
+        deleted.elapsed().as_secs_f64()
+    );
+    world
+        .wait_until("the claim gone", Duration::from_secs(60), || async {
+            world.claim(&claim).await.is_none()
+        })
+        .await;
+    world
+        .wait_until("the Node gone", Duration::from_secs(60), || async {
+            world.node(&node).await.is_none()
+        })
+        .await;
+    let metrics = world.metrics().await;
+    eprintln!(
+        "evictions: {:?}",
+        metrics
+            .lines()
+            .filter(|l| l.starts_with("nodewright_evictions_total"))
+            .collect::<Vec<_>>()
+    );
+    assert!(
+        metric_sum(&metrics, "nodewright_evictions_total", &[]) >= 30.0,
+        "{metrics}"
+    );
+    finish(world, plane).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn termination_grace_period_forces_a_do_not_disrupt_pod() {
+    let _serial = SERIAL.lock().await;
+    let plane = controlplane::shared();
+    let world = start(plane, |ns| {
+        config_text(
+            ns,
+            "graceful",
+            "c5.large",
+            "{consolidationPolicy: WhenEmpty, consolidateAfter: Never}",
+            "\n      terminationGracePeriod: 20s",
+        )
+    })
+    .await;
+    let pods: Api<Pod> = Api::namespaced(world.client.clone(), &world.namespace);
+    pods.create(
+        &PostParams::default(),
+        &serde_json::from_value(json!({
+            "metadata": {"name": "stuck", "labels": {"app": "stuck"},
+                         "annotations": {DO_NOT_DISRUPT: "true"}},
+            "spec": pod_spec("graceful", "200m", json!({"terminationGracePeriodSeconds": 5})),
+        }))
+        .unwrap(),
+    )
+    .await
+    .unwrap();
+    let claims = wait_running(&world, "stuck", 1).await;
+    assert_eq!(claims.len(), 1, "{claims:?}");
+    let (claim, node, instance) = (
+        claim_name(&claims[0]),
+        claim_node(&claims[0]),
+        claim_instance(&claims[0]),
+    );
+    Api::<DynamicObject>::all_with(world.client.clone(), &nodeclaim_resource())
+        .delete(&claim, &DeleteParams::default())
+        .await
+        .unwrap();
+    let deleted = Instant::now();
+    let mut checked_pod = false;
+    let mut terminated = None;
+    while deleted.elapsed() < Duration::from_secs(60) {
+        let state = instance_state(&world.ec2, &instance).await;
+        if ended(&state) {
+            terminated = Some(deleted.elapsed());
+            break;
+        }
+        if !checked_pod && deleted.elapsed() >= Duration::from_secs(8) {
+            let pod = pods.get_opt("stuck").await.unwrap();
+            let pod = pod.unwrap_or_else(|| panic!("the pod is gone at 8 s\n{}", world.logs()));
+            assert!(
+                pod.metadata.deletion_timestamp.is_none(),
+                "the pod was deleted before the deadline\n{}",
+                world.logs()
+            );
+            let c = world.claim(&claim).await.unwrap();
+            let drained = condition(&c, "Drained");
+            eprintln!("Drained at 8 s: {drained:?}");
+            checked_pod = true;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let Some(after) = terminated else {
+        panic!("instance {instance} never terminated\n{}", world.logs());
+    };
+    eprintln!(
+        "claim deleted → instance terminated (terminationGracePeriod 20s, pod grace 5s): {:.1} s",
+        after.as_secs_f64()
+    );
+    assert!(
+        checked_pod,
+        "terminated at {after:?}, before 8 s\n{}",
+        world.logs()
+    );
+    assert!(
+        after >= Duration::from_secs(13),
+        "{after:?}\n{}",
+        world.logs()
+    );
+    assert!(
+        after < Duration::from_secs(35),
+        "{after:?}\n{}",
+        world.logs()
+    );
+    world
+        .wait_until("the claim gone", Duration::from_secs(60), || async {
+            world.claim(&claim).await.is_none()
+        })
+        .await;
+    world
+        .wait_until("the Node gone", Duration::from_secs(60), || async {
+            world.node(&node).await.is_none()
+        })
+        .await;
+    let metrics = world.metrics().await;
+    assert!(
+        metric_sum(
+            &metrics,
+            "nodewright_evictions_total",
+            &["outcome=\"forced\""]
+        ) >= 1.0,
+        "{metrics}"
+    );
+    finish(world, plane).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn do_not_disrupt_holds_an_empty_node_and_a_budget_of_one_disrupts_one_at_a_time() {
+    let _serial = SERIAL.lock().await;
+    let plane = controlplane::shared();
+    let world = start(plane, |ns| {
+        config_text(
+            ns,
+            "budgeted",
+            "c5.large",
+            r#"{consolidationPolicy: WhenEmpty, consolidateAfter: 5s, budgets: [{nodes: "1"}]}"#,
+            "",
+        )
+    })
+    .await;
+    // 1200m each: one per c5.large.
+    Api::<Deployment>::namespaced(world.client.clone(), &world.namespace)
+        .create(
+            &PostParams::default(),
+            &deployment("app", 3, "budgeted", "1200m"),
+        )
+        .await
+        .unwrap();
+    let claims = wait_running(&world, "app", 3).await;
+    assert_eq!(claims.len(), 3, "{claims:?}\n{}", world.logs());
+    let kept = claims[0].clone();
+    let (kept_claim, kept_node) = (claim_name(&kept), claim_node(&kept));
+    let others: Vec<(String, String)> = claims[1..]
+        .iter()
+        .map(|c| (claim_name(c), claim_instance(c)))
+        .collect();
+    let nodes: Api<Node> = Api::all(world.client.clone());
+    nodes
+        .patch(
+            &kept_node,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations": {DO_NOT_DISRUPT: "true"}}})),
+        )
+        .await
+        .unwrap();
+
+    world.scale("app", 0).await;
+    let scaled = Instant::now();
+    let mut max_deleting = 0;
+    let mut others_gone = None;
+    while scaled.elapsed() < Duration::from_secs(120) {
+        let claims = world.claims().await;
+        let now_deleting = claims.iter().filter(|c| deleting(c)).count();
+        max_deleting = max_deleting.max(now_deleting);
+        assert!(
+            now_deleting <= 1,
+            "{now_deleting} claims deleting at once: {claims:#?}\n{}",
+            world.logs()
+        );
+        let names: HashSet<String> = claims.iter().map(claim_name).collect();
+        assert!(
+            names.contains(&kept_claim),
+            "the do-not-disrupt node's claim went\n{}",
+            world.logs()
+        );
+        if others.iter().all(|(c, _)| !names.contains(c)) {
+            others_gone = Some(scaled.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let Some(gone) = others_gone else {
+        panic!("the two empty claims never went\n{}", world.logs());
+    };
+    eprintln!(
+        "scaled to 0 → both un-annotated claims gone (budget 1): {:.1} s",
+        gone.as_secs_f64()
+    );
+    assert_eq!(max_deleting, 1);
+    for (_, instance) in &others {
+        let state = instance_state(&world.ec2, instance).await;
+        assert!(ended(&state), "{instance}: {state}");
+    }
+    // The annotated node stays, however long it is empty.
+    let since = Instant::now();
+    while since.elapsed() < Duration::from_secs(15) {
+        let c = world
+            .claim(&kept_claim)
+            .await
+            .expect("the kept claim is there");
+        assert!(!deleting(&c), "{c}\n{}", world.logs());
+        assert_eq!(c["status"]["phase"], "Registered", "{c}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let metrics = world.metrics().await;
+    let blocked = metric_sum(
+        &metrics,
+        "nodewright_disruption_decisions_total",
+        &["outcome=\"budget_blocked\""],
+    );
+    eprintln!(
+        "disruption decisions: {:?}",
+        metrics
+            .lines()
+            .filter(|l| l.starts_with("nodewright_disruption_decisions_total"))
+            .collect::<Vec<_>>()
+    );
+    assert!(blocked > 0.0, "no budget_blocked decision\n{metrics}");
+
+    // Without the annotation it goes.
+    nodes
+        .patch(
+            &kept_node,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations": {DO_NOT_DISRUPT: null}}})),
+        )
+        .await
+        .unwrap();
+    let released = Instant::now();
+    world
+        .wait_until(
+            "the released claim gone",
+            Duration::from_secs(60),
+            || async { world.claim(&kept_claim).await.is_none() },
+        )
+        .await;
+    eprintln!(
+        "annotation removed → claim gone: {:.1} s",
+        released.elapsed().as_secs_f64()
+    );
+    finish(world, plane).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_the_node_drains_it_and_terminates_its_claim() {
+    let _serial = SERIAL.lock().await;
+    let plane = controlplane::shared();
+    let world = start(plane, |ns| {
+        config_text(
+            ns,
+            "nodedel",
+            "c5.xlarge, c5.2xlarge",
+            "{consolidationPolicy: WhenEmpty, consolidateAfter: Never}",
+            "",
+        )
+    })
+    .await;
+    Api::<Deployment>::namespaced(world.client.clone(), &world.namespace)
+        .create(
+            &PostParams::default(),
+            &deployment("app", 30, "nodedel", "100m"),
+        )
+        .await
+        .unwrap();
+    let claims = wait_running(&world, "app", 30).await;
+    assert_eq!(claims.len(), 1, "{claims:?}");
+    let (claim, node, instance) = (
+        claim_name(&claims[0]),
+        claim_node(&claims[0]),
+        claim_instance(&claims[0]),
+    );
+    world
+        .wait_until("the Node's finalizer", Duration::from_secs(30), || async {
+            world
+                .node(&node)
+                .await
+                .is_some_and(|n| has_finalizer(&n.metadata))
+        })
+        .await;
+    Api::<Node>::all(world.client.clone())
+        .delete(&node, &DeleteParams::default())
+        .await
+        .unwrap();
+    let deleted = Instant::now();
+    world
+        .wait_until(
+            "the claim Terminating (Deleted)",
+            Duration::from_secs(30),
+            || async {
+                world.claim(&claim).await.is_some_and(|c| {
+                    c["status"]["phase"] == "Terminating"
+                        && c["status"]["disruptionReason"] == "Deleted"
+                })
+            },
+        )
+        .await;
+    let mut terminated = None;
+    while deleted.elapsed() < Duration::from_secs(120) {
+        let state = instance_state(&world.ec2, &instance).await;
+        let on_node = world
+            .pods_of("app")
+            .await
+            .into_iter()
+            .filter(|(_, n, _, _)| n.as_deref() == Some(node.as_str()))
+            .count();
+        assert!(
+            state == "running" || on_node == 0,
+            "instance {state} with {on_node} pods on the node\n{}",
+            world.logs()
+        );
+        if ended(&state) {
+            terminated = Some(deleted.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let Some(after) = terminated else {
+        panic!("instance {instance} never terminated\n{}", world.logs());
+    };
+    eprintln!(
+        "Node deleted → instance terminated (30-pod node, no PDB): {:.1} s",
+        after.as_secs_f64()
+    );
+    // Drained through the Eviction API, not left to go with the instance.
+    let metrics = world.metrics().await;
+    assert!(
+        metric_sum(
+            &metrics,
+            "nodewright_evictions_total",
+            &["outcome=\"evicted\""]
+        ) >= 30.0,
+        "{metrics}"
+    );
+    world
+        .wait_until("the claim gone", Duration::from_secs(60), || async {
+            world.claim(&claim).await.is_none()
+        })
+        .await;
+    world
+        .wait_until("the Node gone", Duration::from_secs(60), || async {
+            world.node(&node).await.is_none()
+        })
+        .await;
+    finish(world, plane).await;
+}
