@@ -948,3 +948,115 @@ async fn deleting_the_node_drains_it_and_terminates_its_claim() {
         .await;
     finish(world, plane).await;
 }
+
+/// An expired node gets its replacement first: the new claim registers while the old node
+/// still runs its pods untouched, then the old node is drained and terminated, and the pods run
+/// on the new node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_node_is_replaced_before_it_is_drained() {
+    let _serial = SERIAL.lock().await;
+    let plane = controlplane::shared();
+    let world = start(plane, |ns| {
+        config_text(
+            ns,
+            "expiring",
+            "c5.large, c5.xlarge",
+            "{consolidationPolicy: WhenEmpty, consolidateAfter: Never}",
+            "\n      expireAfter: 30s",
+        )
+    })
+    .await;
+    Api::<Deployment>::namespaced(world.client.clone(), &world.namespace)
+        .create(
+            &PostParams::default(),
+            &deployment("app", 2, "expiring", "200m"),
+        )
+        .await
+        .unwrap();
+    let claims = wait_running(&world, "app", 2).await;
+    assert_eq!(claims.len(), 1, "{claims:?}");
+    let (old, old_node, old_instance) = (
+        claim_name(&claims[0]),
+        claim_node(&claims[0]),
+        claim_instance(&claims[0]),
+    );
+    // Until the replacement registers, the old node keeps its pods and its instance.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let replacement = loop {
+        assert!(
+            Instant::now() < deadline,
+            "no replacement\n{}",
+            world.logs()
+        );
+        let old_claim = world
+            .claim(&old)
+            .await
+            .expect("the old claim is still there");
+        let replacements: Vec<String> = old_claim["status"]["replacements"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|r| r.as_str().map(str::to_owned))
+            .collect();
+        let registered = world.registered_claims().await;
+        if let Some(r) = replacements
+            .iter()
+            .find(|r| registered.iter().any(|c| claim_name(c) == **r))
+        {
+            break r.clone();
+        }
+        assert!(
+            !deleting(&old_claim),
+            "drained before its replacement: {old_claim}"
+        );
+        assert_eq!(instance_state(&world.ec2, &old_instance).await, "running");
+        let on_old = world
+            .pods_of("app")
+            .await
+            .iter()
+            .filter(|(_, n, running, terminating)| {
+                n.as_deref() == Some(old_node.as_str()) && *running && !*terminating
+            })
+            .count();
+        assert_eq!(on_old, 2, "the old node's pods were touched early");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let expired_at = Instant::now();
+    let new_node = claim_node(&world.claim(&replacement).await.unwrap());
+    world
+        .wait_until(
+            "the expired claim gone",
+            Duration::from_secs(60),
+            || async { world.claim(&old).await.is_none() },
+        )
+        .await;
+    assert!(ended(&instance_state(&world.ec2, &old_instance).await));
+    world
+        .wait_until(
+            "both pods running on the replacement",
+            Duration::from_secs(60),
+            || async {
+                let pods = world.pods_of("app").await;
+                pods.len() == 2
+                    && pods.iter().all(|(_, n, running, _)| {
+                        *running && n.as_deref() == Some(new_node.as_str())
+                    })
+            },
+        )
+        .await;
+    eprintln!(
+        "replacement registered → expired node gone and pods moved: {:.1} s",
+        expired_at.elapsed().as_secs_f64()
+    );
+    let metrics = world.metrics().await;
+    assert_eq!(
+        metric_sum(
+            &metrics,
+            "nodewright_nodes_terminated_total",
+            &["node_pool=\"expiring\"", "reason=\"expired\""]
+        ),
+        1.0,
+        "{metrics}"
+    );
+    finish(world, plane).await;
+}

@@ -278,7 +278,14 @@ impl Run {
                     .filter(|p| {
                         matches!(classify(p), PodDrain::Evict { .. } | PodDrain::DoNotDisrupt)
                     })
-                    .map(Arc::new)
+                    // Planned as the pending pods they become once evicted.
+                    .map(|mut p| {
+                        if let Some(spec) = p.spec.as_mut() {
+                            spec.node_name = None;
+                        }
+                        p.status = None;
+                        Arc::new(p)
+                    })
                     .collect(),
                 Err(e) => {
                     tracing::warn!(claim = %name, error = %e, "listing the expired node's pods failed; will retry");
