@@ -24,8 +24,8 @@ pub const KIND: &str = "NodeClaim";
 pub const PLURAL: &str = "nodeclaims";
 /// Label on every claim: the pool it belongs to.
 pub const POOL_LABEL: &str = "karpenter.sh/nodepool";
-/// Instance tag and node label naming the claim.
-pub const CLAIM_TAG: &str = "nodewright.io/nodeclaim";
+/// Instance tag and node label naming the claim (defined once, with the other instance tags).
+pub use crate::cloud::launch::CLAIM_TAG;
 
 /// One node nodewright intends to launch, is launching, or launched.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
