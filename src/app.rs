@@ -498,6 +498,18 @@ async fn start_provisioning(
         daemonsets,
         volumes,
     };
+    if let (Some(interruption), Some(_)) = (&config.policy.interruption, &provisioning.cluster_name)
+    {
+        let sqs = crate::cloud::interruption::queue::client_from_env(Some(&region)).await;
+        crate::provision::interruption::spawn(
+            sqs,
+            interruption.queue.clone(),
+            events_tx.clone(),
+            provisioner.leader.clone(),
+            provisioner.disruption_metrics.clone(),
+            shutdown.clone(),
+        );
+    }
     tokio::spawn(async move {
         // Keep a sender alive so the event stream only ends with the process.
         let _events = events_tx;

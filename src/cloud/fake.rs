@@ -278,6 +278,12 @@ impl CloudProvider for FakeCloud {
         })
     }
 
+    fn mark_unavailable(&self, instance_type: &str, zone: &str, ct: CapacityType) {
+        self.lock()
+            .unavailable
+            .push((instance_type.to_owned(), zone.to_owned(), ct));
+    }
+
     fn unavailable(&self) -> Vec<OfferingKey> {
         let mut v = self.lock().unavailable.clone();
         v.sort();

@@ -4,6 +4,7 @@
 pub mod catalog;
 pub mod ec2;
 pub mod fake;
+pub mod interruption;
 pub mod launch;
 pub mod provider;
 pub mod userdata;

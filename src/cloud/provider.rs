@@ -6,6 +6,7 @@
 use futures::future::BoxFuture;
 
 use super::launch::{InstanceInfo, LaunchError, LaunchRequest, Launched, Launcher, OfferingKey};
+use crate::model::catalog::CapacityType;
 
 /// What the controllers need from a cloud.
 pub trait CloudProvider: Send + Sync {
@@ -39,6 +40,9 @@ pub trait CloudProvider: Send + Sync {
 
     /// Offerings found out of capacity recently (the planner leaves them out).
     fn unavailable(&self) -> Vec<OfferingKey>;
+
+    /// Leave an offering out for a while (a spot interruption says it is short).
+    fn mark_unavailable(&self, instance_type: &str, zone: &str, ct: CapacityType);
 }
 
 /// Whether an instance in this state is gone for the controllers (Karpenter's AWS provider
@@ -83,5 +87,9 @@ impl CloudProvider for Launcher {
 
     fn unavailable(&self) -> Vec<OfferingKey> {
         Launcher::unavailable(self).current()
+    }
+
+    fn mark_unavailable(&self, instance_type: &str, zone: &str, ct: CapacityType) {
+        Launcher::unavailable(self).mark(instance_type, zone, ct);
     }
 }

@@ -3,6 +3,8 @@
 pub mod certs;
 pub mod daemonsets;
 pub mod events;
+#[cfg(test)]
+pub mod fake;
 pub mod leader;
 pub mod ledger;
 pub mod namespaces;

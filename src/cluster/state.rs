@@ -32,6 +32,12 @@ pub enum ClusterEvent {
     NodeApplied(Arc<Node>),
     /// A Node was deleted.
     NodeDeleted(String),
+    /// A message from the interruption queue; `done` is answered once it was acted on (the
+    /// queue then deletes it).
+    Interruption {
+        message: crate::cloud::interruption::message::Message,
+        done: tokio::sync::oneshot::Sender<()>,
+    },
 }
 
 /// A bound pod as the node view counts it.
@@ -185,7 +191,8 @@ impl ClusterState {
         }
     }
 
-    fn apply_pod(&self, pod: Pod) -> Option<ClusterEvent> {
+    /// Record a pod as the pod watch sees it; what to tell the provisioner (also used by tests).
+    pub(crate) fn apply_pod(&self, pod: Pod) -> Option<ClusterEvent> {
         let key = pod_key(&pod);
         let node = pod.spec.as_ref().and_then(|s| s.node_name.clone());
         let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
@@ -243,7 +250,8 @@ impl ClusterState {
         view.release(key);
     }
 
-    fn unbind(&self, key: &str) {
+    /// A pod gone (the pod watch's delete; also used by tests).
+    pub(crate) fn unbind(&self, key: &str) {
         let mut inner = lock(&self.inner);
         let old = inner.bound.remove(key);
         if let Some(old) = &old

@@ -47,6 +47,21 @@ pub struct PolicySpec {
     /// them (managed control planes such as EKS do not let users configure the default one).
     #[serde(default)]
     pub scheduler_name: Option<String>,
+    /// Spot interruptions and instance events, from an SQS queue EventBridge rules feed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interruption: Option<InterruptionSpec>,
+}
+
+/// Where instance events come from, and which pools act on rebalance recommendations.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct InterruptionSpec {
+    /// The SQS queue's name (in nodewright's region and account) or URL.
+    pub queue: String,
+    /// NodePools whose nodes are replaced on an EC2 rebalance recommendation (new capacity
+    /// first, then the drain); other pools get a `RebalanceRecommendation` Event only.
+    #[serde(default)]
+    pub rebalance_node_pools: Vec<String>,
 }
 
 /// No rules, no quotas, Karpenter v1's nodeSelector key and Karpenter's batching windows: what a
@@ -64,6 +79,7 @@ impl Default for PolicySpec {
             pricing: PricingSpec::default(),
             provisioning: ProvisioningSpec::default(),
             scheduler_name: None,
+            interruption: None,
         }
     }
 }

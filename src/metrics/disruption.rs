@@ -21,6 +21,16 @@ pub struct DisruptionMetrics {
     pub nodes_terminated: IntCounterVec,
     /// Claims in the termination flow.
     pub draining: IntGauge,
+    /// Interruption queue messages, by `kind` (spot_interruption, rebalance_recommendation,
+    /// scheduled_change, state_change, noop, malformed).
+    pub interruption_messages: IntCounterVec,
+    /// What was done for an interrupted claim: `action` (replace_and_drain, event_only),
+    /// `node_pool`.
+    pub interruption_actions: IntCounterVec,
+    /// From the event's time to the message acted on.
+    pub interruption_latency: Histogram,
+    /// Registered claims found drifted (not yet being replaced).
+    pub drifted: IntGauge,
 }
 
 impl DisruptionMetrics {
@@ -73,6 +83,35 @@ impl DisruptionMetrics {
                 "NodeClaims in the termination flow (draining, terminating their instance, or waiting for it to go).",
             )
             .expect("static metric"),
+            interruption_messages: IntCounterVec::new(
+                Opts::new(
+                    "interruption_messages_total",
+                    "Interruption queue messages received, by kind: spot_interruption, rebalance_recommendation, scheduled_change, state_change, noop (other events), malformed (deleted unread).",
+                ),
+                &["kind"],
+            )
+            .expect("static metric"),
+            interruption_actions: IntCounterVec::new(
+                Opts::new(
+                    "interruption_actions_total",
+                    "Claims acted on for interruption messages, by action (replace_and_drain, event_only) and node pool.",
+                ),
+                &["action", "node_pool"],
+            )
+            .expect("static metric"),
+            interruption_latency: Histogram::with_opts(
+                HistogramOpts::new(
+                    "interruption_message_latency_seconds",
+                    "From an interruption event's time (EventBridge) to nodewright acting on it.",
+                )
+                .buckets(vec![0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0]),
+            )
+            .expect("static metric"),
+            drifted: IntGauge::new(
+                "drifted_nodeclaims",
+                "Registered NodeClaims whose NodePool template or EC2NodeClass changed since launch, or whose offering no longer meets the pool's requirements, not yet being replaced.",
+            )
+            .expect("static metric"),
         };
         let registry = metrics.registry();
         for c in [
@@ -82,6 +121,10 @@ impl DisruptionMetrics {
             Box::new(m.termination_duration.clone()),
             Box::new(m.nodes_terminated.clone()),
             Box::new(m.draining.clone()),
+            Box::new(m.interruption_messages.clone()),
+            Box::new(m.interruption_actions.clone()),
+            Box::new(m.interruption_latency.clone()),
+            Box::new(m.drifted.clone()),
         ] {
             // Registering twice (two provisioners on one registry in tests) keeps the first.
             let _ = registry.register(c);

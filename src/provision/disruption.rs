@@ -8,11 +8,13 @@ use super::*;
 use crate::cluster::nodes::{do_not_disrupt, without_taint};
 use crate::config::{DisruptionReason, DurationOrNever};
 use crate::scheduling::disruption::empty::{NodeUse, empty_after, empty_nodes};
-use crate::scheduling::disruption::pods::{PodDrain, classify};
+use crate::scheduling::disruption::pods::classify;
 use crate::scheduling::disruption::{allowed_disruptions, binding_budget};
 
 /// Karpenter's default `expireAfter`.
 const DEFAULT_EXPIRE_AFTER: Duration = Duration::from_secs(720 * 3600);
+/// How long an interrupted node waits for its replacements before it is drained anyway.
+const INTERRUPTED_WAIT: Duration = Duration::from_secs(60);
 /// How often a node kept by a budget says so again.
 const BLOCKED_EVENT_EVERY: Duration = Duration::from_secs(300);
 
@@ -20,8 +22,42 @@ impl Run {
     /// One pass of the disruption controller (leader only).
     pub(super) async fn disrupt(&mut self) {
         let config = self.p.config.load_full();
+        self.await_replacements(&config).await;
         self.expire(&config).await;
+        self.replace_drifted(&config).await;
         self.remove_empty(&config).await;
+    }
+
+    /// A pool's registered claims that are not being disrupted, and how many of its nodes are
+    /// (in the termination flow, or waiting for their replacements): what budgets count.
+    pub(super) fn pool_nodes(&self, pool: &str) -> (Vec<&NodeClaim>, usize) {
+        let with_node = |c: &&NodeClaim| {
+            c.spec.node_pool == pool
+                && c.status
+                    .as_ref()
+                    .and_then(|s| s.node_name.as_ref())
+                    .is_some()
+        };
+        let replacing = |c: &NodeClaim| {
+            c.status
+                .as_ref()
+                .is_some_and(|s| !s.replacements.is_empty())
+        };
+        let registered: Vec<&NodeClaim> = self
+            .claims
+            .values()
+            .filter(with_node)
+            .filter(|c| c.phase() == Phase::Registered && !replacing(c))
+            .collect();
+        let disrupting = self
+            .claims
+            .values()
+            .filter(with_node)
+            .filter(|c| {
+                c.phase() == Phase::Terminating || (c.phase() == Phase::Registered && replacing(c))
+            })
+            .count();
+        (registered, disrupting)
     }
 
     /// Nodes by name, from the node watch.
@@ -54,25 +90,7 @@ impl Run {
             let Some(after) = empty_after(&pool.spec.disruption) else {
                 continue;
             };
-            let of_pool = |c: &&NodeClaim| {
-                c.spec.node_pool == *pool_name
-                    && c.status
-                        .as_ref()
-                        .and_then(|s| s.node_name.as_ref())
-                        .is_some()
-            };
-            let registered: Vec<&NodeClaim> = self
-                .claims
-                .values()
-                .filter(of_pool)
-                .filter(|c| c.phase() == Phase::Registered)
-                .collect();
-            let disrupting = self
-                .claims
-                .values()
-                .filter(of_pool)
-                .filter(|c| c.phase() == Phase::Terminating)
-                .count();
+            let (registered, disrupting) = self.pool_nodes(pool_name);
             let pool_nodes = registered.len() + disrupting;
             let uses: Vec<NodeUse> = registered
                 .iter()
@@ -218,12 +236,14 @@ impl Run {
     }
 
     /// Expired claims: capacity for their pods first (replacement claims), then the flow.
+    /// Expired claims (and none replaced yet): capacity for their pods first.
     async fn expire(&mut self, config: &Config) {
         let expired: Vec<NodeClaim> = self
             .claims
             .values()
             .filter(|c| matches!(c.phase(), Phase::Registered | Phase::Launched))
             .filter(|c| c.metadata.deletion_timestamp.is_none())
+            .filter(|c| c.status.as_ref().is_none_or(|s| s.replacements.is_empty()))
             .filter(|c| {
                 let after = config
                     .node_pools
@@ -235,18 +255,45 @@ impl Run {
             .cloned()
             .collect();
         for claim in expired {
+            self.start_expiry(claim, config).await;
+        }
+    }
+
+    /// Claims whose replacements were launched (expired, interrupted): once those registered,
+    /// or were given up on (failed, gone), or were waited for long enough, the node goes.
+    async fn await_replacements(&mut self, config: &Config) {
+        let waiting: Vec<NodeClaim> = self
+            .claims
+            .values()
+            .filter(|c| matches!(c.phase(), Phase::Registered | Phase::Launched))
+            .filter(|c| {
+                c.status
+                    .as_ref()
+                    .is_some_and(|s| !s.replacements.is_empty())
+            })
+            .cloned()
+            .collect();
+        for claim in waiting {
+            let reason = claim
+                .status
+                .as_ref()
+                .and_then(|s| s.disruption_reason.clone())
+                .unwrap_or_else(|| "Expired".to_owned());
+            // An interrupted node has two minutes: its pods move once the new capacity is up,
+            // or after a minute whatever happens.
+            let timeout = if matches!(
+                reason.as_str(),
+                "SpotInterrupted" | "RebalanceRecommendation" | "ScheduledChange"
+            ) {
+                INTERRUPTED_WAIT
+            } else {
+                config.policy.provisioning.registration_timeout()
+            };
             let replacements = claim
                 .status
                 .as_ref()
                 .map(|s| s.replacements.clone())
                 .unwrap_or_default();
-            if replacements.is_empty() {
-                self.start_expiry(claim, config).await;
-                continue;
-            }
-            // Replacements ready (registered), or given up on (failed, gone), or waited for
-            // long enough: the expired node goes.
-            let timeout = config.policy.provisioning.registration_timeout();
             let ready = replacements.iter().all(|r| match self.claims.get(r) {
                 None => true,
                 Some(c) => {
@@ -256,131 +303,43 @@ impl Run {
                     ) || c.age() > timeout
                 }
             });
-            if ready {
-                self.begin_termination(claim, "Expired").await;
+            if ready || claim.metadata.deletion_timestamp.is_some() {
+                self.begin_termination(claim, &reason).await;
             }
         }
     }
 
     async fn start_expiry(&mut self, mut claim: NodeClaim, config: &Config) {
-        let name = claim.name().to_owned();
         let pool = claim.spec.node_pool.clone();
         self.terminator
             .metrics
             .decisions
             .with_label_values(&[&pool, "expired", "disrupted"])
             .inc();
-        let node_name = claim.status.as_ref().and_then(|s| s.node_name.clone());
-        let pods: Vec<Arc<Pod>> = match &node_name {
-            Some(node) => match self.p.nodes.pods_on(node).await {
-                Ok(pods) => pods
-                    .into_iter()
-                    .filter(|p| {
-                        matches!(classify(p), PodDrain::Evict { .. } | PodDrain::DoNotDisrupt)
-                    })
-                    // Planned as the pending pods they become once evicted.
-                    .map(|mut p| {
-                        if let Some(spec) = p.spec.as_mut() {
-                            spec.node_name = None;
-                        }
-                        p.status = None;
-                        Arc::new(p)
-                    })
-                    .collect(),
-                Err(e) => {
-                    tracing::warn!(claim = %name, error = %e, "listing the expired node's pods failed; will retry");
-                    return;
-                }
-            },
-            None => Vec::new(),
-        };
         let age = crate::config::format_go_duration(Duration::from_secs(claim.age().as_secs()));
-        if pods.is_empty() {
-            self.p.events.claim(
-                &claim,
-                Kind::Normal,
-                "Expired",
-                "Disrupt",
-                format!("Expired after {age} (expireAfter); no pods to move"),
-            );
-            self.begin_termination(claim, "Expired").await;
-            return;
-        }
-        // Plan the pods as if the node were gone; no new pods go to it meanwhile.
-        if let Some(node) = &node_name {
-            self.p
-                .state
-                .set_node_state(node, crate::scheduling::view::NodeState::Draining);
-        }
-        let Some(cluster) = cluster_info(config) else {
-            self.begin_termination(claim, "Expired").await;
+        let Some(replaced) = self.launch_replacements(&claim, config).await else {
             return;
         };
-        let mut catalog = (*(self.p.catalog)()).clone();
-        if let Some(cloud) = &self.p.cloud {
-            for (it, zone, ct) in cloud.unavailable() {
-                catalog.set_available(&it, &zone, ct, false);
-            }
-        }
-        let mut nodes = self.p.state.existing_nodes();
-        self.startup.relax(&mut nodes, config);
-        let pools = self.pools(config, &catalog, &nodes);
-        let usable_zones = volumes::usable_zones(&pools, &catalog, &nodes);
-        let pending: Vec<PendingPod> = self.p.volumes.read(|objects| {
-            pods.iter()
-                .map(|p| volumes::pending_pod(p, objects, &usable_zones))
-                .collect()
-        });
-        let plan = solve(&Input {
-            pods: &pending,
-            pools: &pools,
-            catalog: &catalog,
-            nodes: &nodes,
-        });
-        let mut written = Vec::new();
-        for node in &plan.nodes {
-            let Some(pool) = config.node_pools.get(&node.node_pool) else {
-                continue;
-            };
-            let replacement = claim_for(node, pool, &pools, &catalog);
-            match self.create_claim(replacement).await {
-                Ok(created) => {
-                    self.claims
-                        .insert(created.name().to_owned(), created.clone());
-                    written.push(created.name().to_owned());
-                }
-                Err(e) => {
-                    tracing::warn!(claim = %name, error = %e, "writing a replacement claim failed; will retry");
-                }
-            }
-        }
         self.p.events.claim(
             &claim,
             Kind::Normal,
             "Expired",
             "Disrupt",
-            format!(
-                "Expired after {age} (expireAfter): {} pods; {} new nodes launched for them ({}), {} fit on existing nodes, {} fit nowhere",
-                pods.len(),
-                written.len(),
-                written.join(", "),
-                plan.placements.len(),
-                plan.unschedulable.len()
-            ),
+            format!("Expired after {age} (expireAfter): {}", replaced.summary()),
         );
-        if written.is_empty() {
+        if replaced.claims.is_empty() {
             self.begin_termination(claim, "Expired").await;
             return;
         }
-        claim.status_mut().replacements = written.clone();
+        claim.status_mut().replacements = replaced.claims.clone();
+        claim.status_mut().disruption_reason = Some("Expired".to_owned());
         claim.set_condition(
             "Expired",
             true,
             "Expired",
-            &format!("replacements: {}", written.join(", ")),
+            &format!("replacements: {}", replaced.claims.join(", ")),
         );
         self.store_status(claim).await;
         self.update_gauges();
-        self.launch_claims(&written, &cluster).await;
     }
 }

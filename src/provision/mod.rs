@@ -23,12 +23,17 @@ use tokio_util::sync::CancellationToken;
 mod capacity;
 mod claims;
 mod disruption;
+mod drift;
 mod gc;
+pub mod interruption;
 mod launch;
 mod registration;
+mod replacement;
 mod startup;
 mod termination;
 pub mod terminator;
+#[cfg(test)]
+mod tests;
 
 use claims::{claim_for, launch_request};
 
@@ -281,6 +286,14 @@ impl Run {
                     self.on_node_deleted(&name).await;
                 }
             }
+            ClusterEvent::Interruption { message, done } => {
+                if self.leading {
+                    self.on_interruption(&message).await;
+                }
+                // A follower answers too: the message goes back to the queue only when the
+                // poller's leader check and ours disagree, and the new leader sees it again.
+                let _ = done.send(());
+            }
         }
     }
 
@@ -489,7 +502,21 @@ impl Run {
         self.launch_claims(&written, &cluster).await;
     }
 
-    async fn create_claim(&self, claim: NodeClaim) -> Result<NodeClaim, String> {
+    async fn create_claim(&self, mut claim: NodeClaim) -> Result<NodeClaim, String> {
+        // What the node is launched from, for the drift check.
+        {
+            use crate::scheduling::disruption::drift::{
+                NODECLASS_HASH, NODEPOOL_HASH, class_hash, pool_hash,
+            };
+            let config = self.p.config.load();
+            let annotations = claim.metadata.annotations.get_or_insert_with(BTreeMap::new);
+            if let Some(pool) = config.node_pools.get(&claim.spec.node_pool) {
+                annotations.insert(NODEPOOL_HASH.to_owned(), pool_hash(pool));
+            }
+            if let Some(class) = config.node_classes.get(&claim.spec.node_class) {
+                annotations.insert(NODECLASS_HASH.to_owned(), class_hash(class));
+            }
+        }
         // A name collision (409) gets a new suffix.
         for _ in 0..3 {
             let mut attempt = claim.clone();

@@ -50,6 +50,26 @@ pub(super) fn policy(spec: &PolicySpec, parsed: &Parsed, issues: &mut Issues<'_>
             issues.check(rule_path.key("schedulerName"), scheduler_name(name));
         }
     }
+    if let Some(interruption) = &spec.interruption {
+        let at = path.key("interruption");
+        if interruption.queue.trim().is_empty() {
+            issues.add(
+                at.key("queue"),
+                "the queue's name or URL is empty".to_owned(),
+            );
+        }
+        for (i, pool) in interruption.rebalance_node_pools.iter().enumerate() {
+            if !parsed.node_pools.iter().any(|(_, p)| p.name() == pool) {
+                issues.add(
+                    at.key("rebalanceNodePools").index(i),
+                    format!(
+                        "NodePool {pool:?} is not defined in this file (defined: {})",
+                        listed(parsed.node_pools.iter().map(|(_, p)| p.name()))
+                    ),
+                );
+            }
+        }
+    }
     for (i, quota) in spec.quotas.iter().enumerate() {
         let quota_path = path.key("quotas").index(i);
         match &quota.namespace_selector {

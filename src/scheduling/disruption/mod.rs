@@ -12,6 +12,7 @@
 
 mod budget;
 mod cron;
+pub mod drift;
 pub mod empty;
 pub mod pods;
 

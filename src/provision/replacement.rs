@@ -1,0 +1,132 @@
+//! Replacement capacity for a node about to go (expired, interrupted, scheduled for
+//! maintenance): its pods, but DaemonSet ones, are planned as the pending pods they become once
+//! evicted, with the node left out, and the new nodes the plan asks for are written as claims
+//! and launched at once, before the node is drained.
+
+use super::*;
+use crate::scheduling::disruption::pods::{PodDrain, classify};
+
+/// What was launched for a node's pods.
+pub(super) struct Replaced {
+    /// The claims written and launched.
+    pub claims: Vec<String>,
+    pub pods: usize,
+    /// Pods that fit on existing nodes.
+    pub placed: usize,
+    /// Pods that fit nowhere.
+    pub unschedulable: usize,
+}
+
+impl Replaced {
+    pub fn summary(&self) -> String {
+        if self.pods == 0 {
+            return "no pods to move".to_owned();
+        }
+        format!(
+            "{} pods; {} new nodes launched for them ({}), {} fit on existing nodes, {} fit nowhere",
+            self.pods,
+            self.claims.len(),
+            self.claims.join(", "),
+            self.placed,
+            self.unschedulable
+        )
+    }
+}
+
+impl Run {
+    /// Plan and launch capacity for the pods of `claim`'s node. `None` when its pods could not
+    /// be listed (try again later). The node is marked draining, so no new pod is planned or
+    /// scheduled onto it.
+    pub(super) async fn launch_replacements(
+        &mut self,
+        claim: &NodeClaim,
+        config: &Config,
+    ) -> Option<Replaced> {
+        let name = claim.name().to_owned();
+        let node_name = claim.status.as_ref().and_then(|s| s.node_name.clone());
+        let pods: Vec<Arc<Pod>> = match &node_name {
+            Some(node) => match self.p.nodes.pods_on(node).await {
+                Ok(pods) => pods
+                    .into_iter()
+                    .filter(|p| {
+                        matches!(classify(p), PodDrain::Evict { .. } | PodDrain::DoNotDisrupt)
+                    })
+                    // Planned as the pending pods they become once evicted.
+                    .map(|mut p| {
+                        if let Some(spec) = p.spec.as_mut() {
+                            spec.node_name = None;
+                        }
+                        p.status = None;
+                        Arc::new(p)
+                    })
+                    .collect(),
+                Err(e) => {
+                    tracing::warn!(claim = %name, error = %e, "listing the node's pods failed; will retry");
+                    return None;
+                }
+            },
+            None => Vec::new(),
+        };
+        let mut replaced = Replaced {
+            claims: Vec::new(),
+            pods: pods.len(),
+            placed: 0,
+            unschedulable: 0,
+        };
+        if pods.is_empty() {
+            return Some(replaced);
+        }
+        if let Some(node) = &node_name {
+            self.p
+                .state
+                .set_node_state(node, crate::scheduling::view::NodeState::Draining);
+        }
+        let Some(cluster) = cluster_info(config) else {
+            return Some(replaced);
+        };
+        let mut catalog = (*(self.p.catalog)()).clone();
+        if let Some(cloud) = &self.p.cloud {
+            for (it, zone, ct) in cloud.unavailable() {
+                catalog.set_available(&it, &zone, ct, false);
+            }
+        }
+        let mut nodes = self.p.state.existing_nodes();
+        self.startup.relax(&mut nodes, config);
+        let pools = self.pools(config, &catalog, &nodes);
+        let usable_zones = volumes::usable_zones(&pools, &catalog, &nodes);
+        let pending: Vec<PendingPod> = self.p.volumes.read(|objects| {
+            pods.iter()
+                .map(|p| volumes::pending_pod(p, objects, &usable_zones))
+                .collect()
+        });
+        let plan = solve(&Input {
+            pods: &pending,
+            pools: &pools,
+            catalog: &catalog,
+            nodes: &nodes,
+        });
+        replaced.placed = plan.placements.len();
+        replaced.unschedulable = plan.unschedulable.len();
+        for node in &plan.nodes {
+            let Some(pool) = config.node_pools.get(&node.node_pool) else {
+                continue;
+            };
+            let replacement = claim_for(node, pool, &pools, &catalog);
+            match self.create_claim(replacement).await {
+                Ok(created) => {
+                    self.claims
+                        .insert(created.name().to_owned(), created.clone());
+                    replaced.claims.push(created.name().to_owned());
+                }
+                Err(e) => {
+                    tracing::warn!(claim = %name, error = %e, "writing a replacement claim failed");
+                }
+            }
+        }
+        if !replaced.claims.is_empty() {
+            self.update_gauges();
+            self.launch_claims(&replaced.claims, &cluster).await;
+        }
+        Some(replaced)
+    }
+}

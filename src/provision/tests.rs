@@ -1,0 +1,664 @@
+//! The provisioner's loop ([`Provisioner::run`]) against fakes only: the recording
+//! [`FakeCloud`], the in-memory claim store, the fake cluster and a watch-less [`ClusterState`]
+//! fed by the test as the watches would feed it. Time is tokio's paused clock; the loop's own
+//! deadlines (batch window, retry backoff) are `std::time::Instant`s, and claim ages and
+//! registration times are wall-clock, so the configs use windows of one second and 0s
+//! thresholds.
+
+use std::sync::{OnceLock, RwLock};
+
+use serde_json::json;
+
+use super::*;
+use crate::cloud::fake::{Call, FakeCloud};
+use crate::cluster::fake::FakeCluster;
+use crate::cluster::nodeclaims::Condition;
+use crate::cluster::nodes::TERMINATION_FINALIZER;
+use crate::metrics::Metrics;
+use crate::metrics::disruption::DisruptionMetrics;
+use crate::scheduling::view::ClusterView;
+
+// ---- builders ---------------------------------------------------------------------------------
+
+const POOL: &str = "pool";
+const ZONE: &str = "us-east-1a";
+const TYPES: [&str; 3] = ["m5.large", "m5a.large", "m6i.large"];
+
+/// One on-demand pool of [`TYPES`] in [`ZONE`] with `disruption` (YAML flow text), its
+/// EC2NodeClass, and a Policy that provisions for cluster `workshop`.
+fn config(disruption: &str, registration_timeout: &str) -> Config {
+    let types = TYPES.join(", ");
+    let text = format!(
+        r#"apiVersion: karpenter.sh/v1
+kind: NodePool
+metadata: {{name: {POOL}}}
+spec:
+  disruption: {disruption}
+  template:
+    spec:
+      nodeClassRef: {{group: karpenter.k8s.aws, kind: EC2NodeClass, name: default}}
+      requirements:
+        - {{key: karpenter.sh/capacity-type, operator: In, values: [on-demand]}}
+        - {{key: topology.kubernetes.io/zone, operator: In, values: [{ZONE}]}}
+        - {{key: node.kubernetes.io/instance-type, operator: In, values: [{types}]}}
+---
+apiVersion: karpenter.k8s.aws/v1
+kind: EC2NodeClass
+metadata: {{name: default}}
+spec:
+  amiSelectorTerms: [{{alias: al2023@latest}}]
+  role: KarpenterNodeRole-workshop
+  subnetSelectorTerms: [{{tags: {{karpenter.sh/discovery: workshop}}}}]
+  securityGroupSelectorTerms: [{{tags: {{karpenter.sh/discovery: workshop}}}}]
+---
+apiVersion: nodewright.io/v1alpha1
+kind: Policy
+metadata: {{name: default}}
+spec:
+  nodeSelectorKey: karpenter.sh/nodepool
+  rules:
+    - {{name: app, nodePool: {POOL}, namespaces: [app]}}
+  batching: {{idleDuration: 1s, maxDuration: 10s}}
+  provisioning:
+    clusterName: workshop
+    clusterEndpoint: https://workshop.eks.example.com
+    registrationTimeout: {registration_timeout}
+"#
+    );
+    Config::parse(&text, "provision-test.yaml").expect("a valid config")
+}
+
+/// Empty nodes go at once; nothing else disrupts.
+fn when_empty() -> Config {
+    config(
+        "{consolidationPolicy: WhenEmpty, consolidateAfter: 0s}",
+        "15m",
+    )
+}
+
+fn never_consolidate() -> Config {
+    config(
+        "{consolidationPolicy: WhenEmpty, consolidateAfter: Never}",
+        "15m",
+    )
+}
+
+/// The embedded us-east-1 catalog, read once for all tests.
+fn catalog() -> Arc<Catalog> {
+    static CATALOG: OnceLock<Arc<Catalog>> = OnceLock::new();
+    CATALOG
+        .get_or_init(|| {
+            Arc::new(
+                crate::cloud::catalog::embedded("us-east-1", &Default::default())
+                    .expect("embedded catalog"),
+            )
+        })
+        .clone()
+}
+
+/// `app/<name>`, unschedulable, asking for half a CPU.
+fn pending_pod(name: &str) -> Pod {
+    serde_json::from_value(json!({
+        "metadata": {"name": name, "namespace": "app", "uid": format!("uid-{name}")},
+        "spec": {"containers": [{"name": "app", "image": "pause",
+                 "resources": {"requests": {"cpu": "500m", "memory": "256Mi"}}}]},
+        "status": {"phase": "Pending", "conditions": [
+            {"type": "PodScheduled", "status": "False", "reason": "Unschedulable"}]},
+    }))
+    .expect("a valid Pod")
+}
+
+/// The same pod, bound to `node` and running.
+fn bound_pod(name: &str, node: &str) -> Pod {
+    let mut pod = pending_pod(name);
+    pod.spec.as_mut().expect("spec").node_name = Some(node.to_owned());
+    pod.status = Some(serde_json::from_value(json!({"phase": "Running"})).expect("status"));
+    pod
+}
+
+/// The Node the kubelet of the claim's instance registers.
+fn node_of(claim: &NodeClaim) -> Node {
+    let s = claim.status.as_ref().expect("a launched claim");
+    let id = s.instance_id.as_deref().expect("an instance");
+    let zone = s.zone.as_deref().expect("a zone");
+    serde_json::from_value(json!({
+        "metadata": {
+            "name": format!("ip-{id}"),
+            "resourceVersion": "1",
+            "labels": {
+                "karpenter.sh/nodepool": claim.spec.node_pool,
+                "node.kubernetes.io/instance-type": s.instance_type,
+                "topology.kubernetes.io/zone": zone,
+            },
+        },
+        "spec": {"providerID": format!("aws:///{zone}/{id}")},
+        "status": {"allocatable": {"cpu": "1930m", "memory": "7Gi", "pods": "29"}},
+    }))
+    .expect("a valid Node")
+}
+
+/// A running provisioner and the fakes around it. Dropping it stops the loop.
+struct Harness {
+    cloud: FakeCloud,
+    cluster: FakeCluster,
+    claims: ClaimStore,
+    state: ClusterState,
+    metrics: ProvisionMetrics,
+    disruption: DisruptionMetrics,
+    events: mpsc::UnboundedSender<ClusterEvent>,
+    _unplaced: mpsc::Sender<Arc<Pod>>,
+    _leader: watch::Sender<bool>,
+    shutdown: CancellationToken,
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+fn start(config: Config) -> Harness {
+    start_with(config, FakeCloud::new())
+}
+
+/// Spawn [`Provisioner::run`] as the leader, with no cluster and no EC2.
+fn start_with(config: Config, cloud: FakeCloud) -> Harness {
+    let catalog_fn: Arc<dyn Fn() -> Arc<Catalog> + Send + Sync> = Arc::new(catalog);
+    let state = ClusterState::new(
+        Arc::new(RwLock::new(ClusterView::default())),
+        catalog_fn.clone(),
+    );
+    let cluster = FakeCluster::default();
+    let claims = ClaimStore::memory();
+    let registry = Metrics::new();
+    let metrics = ProvisionMetrics::new(&registry);
+    let disruption = DisruptionMetrics::new(&registry);
+    let (leader_tx, leader) = watch::channel(true);
+    let (events, events_rx) = mpsc::unbounded_channel();
+    let (unplaced, unplaced_rx) = mpsc::channel(16);
+    let shutdown = CancellationToken::new();
+    let provisioner = Provisioner {
+        config: Arc::new(ArcSwap::from_pointee(config)),
+        catalog: catalog_fn,
+        claims: claims.clone(),
+        cloud: Some(Arc::new(cloud.clone())),
+        nodes: Arc::new(cluster.clone()),
+        state: state.clone(),
+        client: None,
+        metrics: metrics.clone(),
+        disruption_metrics: disruption.clone(),
+        leader,
+        events: EventSink::disabled(),
+        daemonsets: Arc::default(),
+        volumes: crate::cluster::volumes::Volumes::unwatched(),
+    };
+    tokio::spawn(provisioner.run(events_rx, unplaced_rx, shutdown.clone()));
+    Harness {
+        cloud,
+        cluster,
+        claims,
+        state,
+        metrics,
+        disruption,
+        events,
+        _unplaced: unplaced,
+        _leader: leader_tx,
+        shutdown,
+    }
+}
+
+impl Harness {
+    /// A pod as the pod watch reports it: into the state, and its event to the provisioner.
+    fn pod_seen(&self, pod: Pod) {
+        if let Some(event) = self.state.apply_pod(pod) {
+            self.events.send(event).expect("provisioner running");
+        }
+    }
+
+    /// The pod `app/<name>` is deleted.
+    fn pod_gone(&self, name: &str) {
+        let key = format!("app/{name}");
+        self.cluster.remove_pod(name);
+        self.state.unbind(&key);
+        self.events
+            .send(ClusterEvent::PodSettled(key))
+            .expect("provisioner running");
+    }
+
+    /// The claim's Node registers (in the cluster, the state and the node watch); its name.
+    fn node_registers(&self, claim: &NodeClaim) -> String {
+        let node = node_of(claim);
+        self.cluster.put_node(node.clone());
+        self.state.apply_node(&node);
+        self.events
+            .send(ClusterEvent::NodeApplied(Arc::new(node.clone())))
+            .expect("provisioner running");
+        node.metadata.name.expect("a name")
+    }
+
+    async fn stored(&self) -> Vec<NodeClaim> {
+        self.claims.list().await.expect("memory store")
+    }
+
+    /// Claims named by Create calls, in order.
+    fn creates(&self) -> Vec<String> {
+        self.cloud
+            .calls()
+            .into_iter()
+            .filter_map(|c| match c {
+                Call::Create { claim } => Some(claim),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn deletes(&self) -> Vec<Vec<String>> {
+        self.cloud
+            .calls()
+            .into_iter()
+            .filter_map(|c| match c {
+                Call::Delete { instance_ids } => Some(instance_ids),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Let the loop run for `d` of tokio's (paused, auto-advancing) time.
+    async fn run_for(&self, d: Duration) {
+        tokio::time::sleep(d).await;
+    }
+
+    /// Run until the stored claims satisfy `done` (at most a minute of tokio time); them.
+    async fn until(&self, what: &str, done: impl Fn(&[NodeClaim]) -> bool) -> Vec<NodeClaim> {
+        for _ in 0..600 {
+            let claims = self.stored().await;
+            if done(&claims) {
+                return claims;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!(
+            "never: {what}; claims {:#?}, calls {:?}",
+            self.stored().await,
+            self.cloud.calls()
+        );
+    }
+
+    /// One pending pod `app/web`, its claim launched and its Node registered.
+    async fn registered_node(&self) -> (NodeClaim, String) {
+        self.pod_seen(pending_pod("web"));
+        let claims = self
+            .until("one launched claim", |cs| {
+                cs.len() == 1 && cs[0].phase() == Phase::Launched
+            })
+            .await;
+        let node = self.node_registers(&claims[0]);
+        let claims = self
+            .until("the claim registered", |cs| {
+                cs.len() == 1 && cs[0].phase() == Phase::Registered
+            })
+            .await;
+        (claims[0].clone(), node)
+    }
+
+    /// As [`Self::registered_node`], then `app/web` binds to the node (in the cluster too).
+    async fn occupied_node(&self) -> (NodeClaim, String) {
+        let (claim, node) = self.registered_node().await;
+        self.cluster.add_pod("web", &node, json!({}));
+        self.pod_seen(bound_pod("web", &node));
+        (claim, node)
+    }
+
+    fn decisions(&self, reason: &str, outcome: &str) -> u64 {
+        self.disruption
+            .decisions
+            .with_label_values(&[POOL, reason, outcome])
+            .get()
+    }
+
+    fn nodes_terminated(&self, reason: &str) -> u64 {
+        self.disruption
+            .nodes_terminated
+            .with_label_values(&[POOL, reason])
+            .get()
+    }
+}
+
+fn instance_of(claim: &NodeClaim) -> String {
+    claim
+        .status
+        .as_ref()
+        .and_then(|s| s.instance_id.clone())
+        .expect("a launched claim")
+}
+
+fn condition<'c>(claim: &'c NodeClaim, type_: &str) -> Option<&'c Condition> {
+    claim
+        .status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+}
+
+// ---- launch and registration ------------------------------------------------------------------
+
+#[tokio::test(start_paused = true)]
+async fn an_unschedulable_pod_gets_a_claim_launched_and_registered() {
+    let h = start(never_consolidate());
+    h.pod_seen(pending_pod("web"));
+    // Nothing before the batch window (1s idle) closes.
+    h.run_for(Duration::from_millis(500)).await;
+    assert!(h.stored().await.is_empty(), "no claim inside the window");
+    assert!(h.creates().is_empty());
+
+    let claims = h
+        .until("one launched claim", |cs| {
+            cs.len() == 1 && cs[0].phase() == Phase::Launched
+        })
+        .await;
+    let claim = &claims[0];
+    assert_eq!(claim.spec.node_pool, POOL);
+    assert_eq!(claim.spec.pods, ["app/web"]);
+    assert_eq!(
+        claim.metadata.finalizers.as_deref(),
+        Some(&[TERMINATION_FINALIZER.to_owned()][..])
+    );
+    assert_eq!(
+        claim.spec.labels.get(CLAIM_TAG).map(String::as_str),
+        Some(claim.name())
+    );
+    assert_eq!(h.creates(), [claim.name()]);
+    let status = claim.status.as_ref().unwrap();
+    assert_eq!(status.launch_attempts, 1);
+    assert_eq!(status.zone.as_deref(), Some(ZONE));
+    assert!(TYPES.contains(&status.instance_type.as_deref().unwrap()));
+    assert!(h.cloud.instance(&instance_of(claim)).is_some());
+
+    let node = h.node_registers(claim);
+    let claims = h
+        .until("the claim registered", |cs| {
+            cs.len() == 1 && cs[0].phase() == Phase::Registered
+        })
+        .await;
+    let status = claims[0].status.as_ref().unwrap();
+    assert_eq!(status.node_name.as_deref(), Some(node.as_str()));
+    assert!(status.registered_at.is_some());
+    assert_eq!(condition(&claims[0], "Registered").unwrap().status, "True");
+    // Without a kube client the labels and taints are not patched; the termination finalizer
+    // goes on through ClusterOps.
+    assert_eq!(
+        h.cluster.finalizers(&node),
+        Some(vec![TERMINATION_FINALIZER.to_owned()])
+    );
+    assert_eq!(h.metrics.unschedulable_to_registered.get_sample_count(), 1);
+    // The pod is covered: later batches and reconciles launch nothing more.
+    h.run_for(Duration::from_secs(20)).await;
+    assert_eq!(h.creates().len(), 1);
+    assert!(h.deletes().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_launch_failure_on_one_offering_falls_back_to_the_next() {
+    let cloud = FakeCloud::new();
+    let cat = catalog();
+    let price = |t: &str| {
+        cat.get(t)
+            .unwrap()
+            .offerings
+            .iter()
+            .find(|o| o.zone == ZONE && o.capacity_type == CapacityType::OnDemand)
+            .unwrap()
+            .price
+    };
+    let cheapest = TYPES
+        .into_iter()
+        .min_by(|a, b| price(a).total_cmp(&price(b)))
+        .unwrap();
+    cloud.fail_offering(
+        cheapest,
+        ZONE,
+        CapacityType::OnDemand,
+        crate::cloud::fake::ec2_error("CreateFleet", "InsufficientInstanceCapacity"),
+    );
+    let h = start_with(never_consolidate(), cloud);
+    h.pod_seen(pending_pod("web"));
+    let claims = h
+        .until("one launched claim", |cs| {
+            cs.len() == 1 && cs[0].phase() == Phase::Launched
+        })
+        .await;
+    let claim = &claims[0];
+    let offerings: Vec<&str> = claim
+        .spec
+        .offerings
+        .iter()
+        .map(|o| o.instance_type.as_str())
+        .collect();
+    assert_eq!(
+        offerings[0], cheapest,
+        "planned on the cheapest: {offerings:?}"
+    );
+    let status = claim.status.as_ref().unwrap();
+    assert_eq!(status.instance_type.as_deref(), Some(offerings[1]));
+    assert_eq!(status.launch_attempts, 1, "one attempt tried two offerings");
+    assert_eq!(h.creates(), [claim.name()]);
+    assert_eq!(
+        h.cloud.unavailable(),
+        [(cheapest.to_owned(), ZONE.to_owned(), CapacityType::OnDemand)]
+    );
+}
+
+/// Every offering failing is one failed attempt: the claim stays Pending for a retry after a
+/// backoff. (The backoff is kept in `std::time::Instant`, which tokio's paused clock does not
+/// move, so the retries up to [`MAX_LAUNCH_ATTEMPTS`] are not driven here.)
+#[tokio::test(start_paused = true)]
+async fn a_launch_failing_on_every_offering_leaves_the_claim_pending_for_a_retry() {
+    let cloud = FakeCloud::new();
+    for t in TYPES {
+        cloud.fail_offering(
+            t,
+            ZONE,
+            CapacityType::OnDemand,
+            crate::cloud::fake::ec2_error("CreateFleet", "InsufficientInstanceCapacity"),
+        );
+    }
+    let h = start_with(never_consolidate(), cloud);
+    h.pod_seen(pending_pod("web"));
+    let claims = h
+        .until("a failed attempt", |cs| {
+            cs.len() == 1
+                && cs[0]
+                    .status
+                    .as_ref()
+                    .is_some_and(|s| s.launch_attempts == 1)
+        })
+        .await;
+    let claim = &claims[0];
+    assert_eq!(claim.phase(), Phase::Pending);
+    const { assert!(MAX_LAUNCH_ATTEMPTS > 1) };
+    let launched = condition(claim, "Launched").unwrap();
+    assert_eq!(
+        (launched.status.as_str(), launched.reason.as_str()),
+        ("False", "InsufficientInstanceCapacity")
+    );
+    assert_eq!(h.creates(), [claim.name()]);
+    assert_eq!(
+        h.metrics
+            .ec2_errors
+            .with_label_values(&["InsufficientInstanceCapacity"])
+            .get(),
+        1
+    );
+}
+
+// ---- disruption and termination ---------------------------------------------------------------
+
+#[tokio::test(start_paused = true)]
+async fn an_empty_node_is_terminated_through_the_flow() {
+    let h = start(when_empty());
+    let (claim, node) = h.occupied_node().await;
+    let instance = instance_of(&claim);
+    // Its pod keeps it, as the pod watch counts it: the node is not even looked at again.
+    h.run_for(Duration::from_secs(10)).await;
+    assert!(h.deletes().is_empty(), "{:?}", h.cloud.calls());
+    assert_eq!(h.stored().await[0].phase(), Phase::Registered);
+    assert!(h.cluster.taints(&node).is_empty());
+    assert_eq!(h.decisions("empty", "revalidation_failed"), 0);
+
+    h.pod_gone("web");
+    h.until("the claim gone", <[NodeClaim]>::is_empty).await;
+    assert_eq!(h.deletes(), [vec![instance.clone()]]);
+    assert_eq!(h.cloud.instance(&instance).unwrap().state, "terminated");
+    assert_eq!(
+        h.cluster.finalizers(&node),
+        None,
+        "the Node deleted and its finalizer removed"
+    );
+    assert_eq!(h.decisions("empty", "disrupted"), 1);
+    assert_eq!(h.nodes_terminated("empty"), 1);
+    assert_eq!(
+        h.metrics.terminations.with_label_values(&["empty"]).get(),
+        1
+    );
+    // Nothing is launched again for the gone pod.
+    h.run_for(Duration::from_secs(10)).await;
+    assert_eq!(h.creates().len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_empty_node_whose_pods_cannot_be_listed_is_kept() {
+    let h = start(when_empty());
+    let (claim, node) = h.occupied_node().await;
+    h.cluster.world().fail_pods_on = true;
+    h.pod_gone("web");
+    h.run_for(Duration::from_secs(10)).await;
+    assert!(h.deletes().is_empty(), "{:?}", h.cloud.calls());
+    assert_eq!(h.stored().await[0].phase(), Phase::Registered);
+    assert!(h.decisions("empty", "revalidation_failed") >= 1);
+    assert!(
+        h.cluster.taints(&node).is_empty(),
+        "the disruption taint comes off again"
+    );
+    // Once the pods can be read, it goes.
+    h.cluster.world().fail_pods_on = false;
+    h.until("the claim gone", <[NodeClaim]>::is_empty).await;
+    assert_eq!(h.deletes(), [vec![instance_of(&claim)]]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn consolidate_after_never_keeps_an_empty_node() {
+    let h = start(never_consolidate());
+    let (_, node) = h.occupied_node().await;
+    h.pod_gone("web");
+    h.run_for(Duration::from_secs(60)).await;
+    assert!(h.deletes().is_empty(), "{:?}", h.cloud.calls());
+    let claims = h.stored().await;
+    assert_eq!(claims.len(), 1);
+    assert_eq!(claims[0].phase(), Phase::Registered);
+    assert!(h.cluster.taints(&node).is_empty(), "not even tainted");
+    assert_eq!(h.decisions("empty", "disrupted"), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_budget_of_zero_blocks_empty_removal() {
+    let h = start(config(
+        r#"{consolidationPolicy: WhenEmpty, consolidateAfter: 0s, budgets: [{nodes: "0"}]}"#,
+        "15m",
+    ));
+    let (_, node) = h.occupied_node().await;
+    h.pod_gone("web");
+    h.run_for(Duration::from_secs(20)).await;
+    assert!(h.deletes().is_empty(), "{:?}", h.cloud.calls());
+    assert_eq!(h.stored().await[0].phase(), Phase::Registered);
+    assert!(h.cluster.taints(&node).is_empty());
+    assert!(h.decisions("empty", "budget_blocked") >= 5);
+    assert_eq!(h.decisions("empty", "disrupted"), 0);
+    assert_eq!(
+        h.disruption
+            .budget_allowed
+            .with_label_values(&[POOL, "empty"])
+            .get(),
+        0
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_claim_deleted_by_someone_else_is_terminated() {
+    let h = start(never_consolidate());
+    let (claim, node) = h.occupied_node().await;
+    let instance = instance_of(&claim);
+    // A PodDisruptionBudget holds the pod at first.
+    h.cluster.world().pdb.insert("web".into());
+    h.claims.delete(claim.name()).await.unwrap();
+    let claims = h
+        .until("the claim in the flow", |cs| {
+            cs.len() == 1 && cs[0].phase() == Phase::Terminating
+        })
+        .await;
+    let status = claims[0].status.as_ref().unwrap();
+    assert_eq!(status.disruption_reason.as_deref(), Some("Deleted"));
+    assert!(claims[0].metadata.deletion_timestamp.is_some());
+    h.run_for(Duration::from_secs(5)).await;
+    assert!(
+        h.deletes().is_empty(),
+        "the instance stays while the pod does"
+    );
+    assert_eq!(
+        h.cluster.taints(&node),
+        ["karpenter.sh/disrupted:NoSchedule"]
+    );
+    assert!(
+        h.cluster.world().evictions.len() >= 2,
+        "retried with backoff"
+    );
+
+    h.cluster.world().pdb.clear();
+    h.until("the claim gone", <[NodeClaim]>::is_empty).await;
+    assert_eq!(h.deletes(), [vec![instance]]);
+    assert_eq!(h.cluster.finalizers(&node), None);
+    assert!(h.cluster.world().pods.is_empty(), "the pod was evicted");
+    assert_eq!(h.nodes_terminated("deleted"), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_node_that_never_registers_times_out() {
+    // The smallest timeout the config takes; the claim's launch time is wall-clock (whole
+    // seconds, rounded down), so it has passed by the first reconcile after the launch.
+    let h = start(config(
+        "{consolidationPolicy: WhenEmpty, consolidateAfter: Never}",
+        "1ms",
+    ));
+    h.pod_seen(pending_pod("web"));
+    let first = loop {
+        if let Some(name) = h.creates().first() {
+            break name.clone();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    std::thread::sleep(Duration::from_millis(5));
+    h.until("the first claim gone", |cs| {
+        cs.iter().all(|c| c.name() != first)
+    })
+    .await;
+    let deletes = h.deletes();
+    assert_eq!(deletes.len(), 1, "{:?}", h.cloud.calls());
+    let instance = &deletes[0][0];
+    assert_eq!(
+        h.cloud.instance(instance).unwrap().claim.as_deref(),
+        Some(first.as_str())
+    );
+    assert_eq!(h.nodes_terminated("registration_timeout"), 1);
+    assert_eq!(
+        h.metrics
+            .terminations
+            .with_label_values(&["registration_timeout"])
+            .get(),
+        1
+    );
+    // Its pod is planned again: a new claim, a new launch.
+    h.until("a second claim", |cs| cs.iter().any(|c| c.name() != first))
+        .await;
+    assert!(h.creates().len() >= 2);
+    assert_ne!(h.creates()[1], first);
+}
