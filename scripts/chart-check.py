@@ -14,7 +14,7 @@ lines) for check-manifests.sh to validate against the Kubernetes schemas.
 Once: the CRD in crds/ equals webhook-config/crds/, every ci/invalid/*.yaml is refused (by
 values.schema.json or a template check) with the message its "# expect:" line names, the chart
 refuses a cluster older than its kubeVersion, the dashboard and the alerts query only metrics
-src/metrics.rs defines, the alerts' capacity codes are src/cloud/launch.rs's, and README.md's
+src/metrics.rs defines, the alerts' capacity codes are src/cloud/launch/retry.rs's, and README.md's
 values table is up to date (scripts/chart-readme.py).
 
 Prints one "ok"/"FAIL" line per value set and check; exits 1 if anything failed.
@@ -1175,14 +1175,14 @@ def check_dashboard(c: Checks) -> str:
 
 
 def check_capacity_codes(chart: "helm.Chart", c: Checks) -> str:
-    src = (REPO / "src" / "cloud" / "launch.rs").read_text()
+    src = (REPO / "src" / "cloud" / "launch" / "retry.rs").read_text()
     block = re.search(r"pub const ICE_CODES: &\[&str\] = &\[(.*?)\];", src, re.S)
-    if not c.that(block, "ICE_CODES not found in src/cloud/launch.rs"):
+    if not c.that(block, "ICE_CODES not found in src/cloud/launch/retry.rs"):
         return ""
     codes = set(re.findall(r'"([A-Za-z]+)"', block.group(1))) | {"InsufficientCapacity"}
     ours = set(chart.values["metrics"]["prometheusRule"]["ec2CapacityErrorCodes"])
     c.equal(ours, codes, "metrics.prometheusRule.ec2CapacityErrorCodes vs ICE_CODES + InsufficientCapacity")
-    return f"{len(codes)} capacity codes match src/cloud/launch.rs"
+    return f"{len(codes)} capacity codes match src/cloud/launch/retry.rs"
 
 
 def check_readme(c: Checks) -> str:

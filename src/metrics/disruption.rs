@@ -39,7 +39,7 @@ impl DisruptionMetrics {
             decisions: IntCounterVec::new(
                 Opts::new(
                     "disruption_decisions_total",
-                    "Voluntary and expiry disruption decisions, by node pool, reason (empty, expired) and outcome (disrupted, budget_blocked, revalidation_failed).",
+                    "Voluntary and expiry disruption decisions, by node pool, reason (empty, expired, drifted) and outcome (disrupted, budget_blocked, revalidation_failed).",
                 ),
                 &["node_pool", "reason", "outcome"],
             )

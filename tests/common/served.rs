@@ -114,6 +114,11 @@ impl World {
         }
     }
 
+    /// The config file nodewright serves with; it reloads it when it changes.
+    pub fn config_path(&self) -> PathBuf {
+        self._dir.path().join("config.yaml")
+    }
+
     pub fn logs(&self) -> String {
         format!(
             "--- nodewright\n{}\n--- kube-scheduler\n{}\n--- kubelet stand-in errors\n{:?}",
