@@ -179,7 +179,7 @@ async fn a_changed_template_replaces_drifted_nodes_one_budget_at_a_time() {
         "template changed → 3 drifted nodes replaced one at a time: {:.1} s",
         changed.elapsed().as_secs_f64()
     );
-    assert_eq!(most, 1, "a drifted node was replaced");
+    assert_eq!(most, 1, "a drifted node was replaced\n{}", world.logs());
     // The new nodes carry the new label.
     let nodes: Vec<Node> = Api::<Node>::all(world.client.clone())
         .list(&ListParams::default().labels("karpenter.sh/nodepool=drifting"))
