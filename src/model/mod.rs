@@ -1,6 +1,7 @@
 //! Pure domain types shared by the decisions: requirements, taints and tolerations, resources and
 //! the instance catalog.
 
+pub mod backoff;
 pub mod catalog;
 pub mod labels;
 pub mod requirements;

@@ -166,7 +166,7 @@ impl Run {
                     tracing::error!(claim = %name, code = %code, error = %e, attempts, "launch failed for good; its pods will be planned again");
                     self.requeue_pods(&claim);
                 } else {
-                    let backoff = Duration::from_secs(2u64.saturating_pow(attempts).min(60));
+                    let backoff = LAUNCH_RETRY.ceiling(attempts);
                     self.next_attempt
                         .insert(name.clone(), Instant::now() + backoff);
                     tracing::warn!(claim = %name, code = %code, error = %e, attempts, retry_in_s = backoff.as_secs(), "launch failed; will retry");

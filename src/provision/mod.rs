@@ -63,6 +63,13 @@ pub const UNREGISTERED_TAINT: &str = "nodewright.io/unregistered";
 
 /// How many times a claim's launch is tried before it is marked Failed.
 const MAX_LAUNCH_ATTEMPTS: u32 = 5;
+/// The wait after the n-th failed launch of a claim: 2 s doubling to 60 s.
+const LAUNCH_RETRY: crate::model::backoff::Backoff = crate::model::backoff::Backoff {
+    base: Duration::from_secs(2),
+    cap: Duration::from_secs(60),
+    max_attempts: MAX_LAUNCH_ATTEMPTS,
+    jitter: false,
+};
 /// How long Failed claims stay visible before they are deleted.
 const FAILED_CLAIM_TTL: Duration = Duration::from_secs(600);
 /// How long free capacity stays promised to planned pods that have not been bound yet.
@@ -226,7 +233,9 @@ impl Run {
             return;
         }
         self.leading = leading;
-        self.p.metrics.leader.set(i64::from(leading));
+        if !leading {
+            self.p.metrics.leader.set(0);
+        }
         if leading {
             match self.p.claims.list().await {
                 Ok(list) => {
@@ -251,6 +260,8 @@ impl Run {
                 self.try_register(&node).await;
             }
             self.reconcile().await;
+            // Leading for the metric once the claims are resumed and reconciled.
+            self.p.metrics.leader.set(1);
         }
         self.update_gauges();
     }
@@ -287,12 +298,12 @@ impl Run {
                 }
             }
             ClusterEvent::Interruption { message, done } => {
+                // Only a leader that acted answers; otherwise the poller leaves the message on
+                // the queue (it is received again, by whoever leads then).
                 if self.leading {
                     self.on_interruption(&message).await;
+                    let _ = done.send(());
                 }
-                // A follower answers too: the message goes back to the queue only when the
-                // poller's leader check and ours disagree, and the new leader sees it again.
-                let _ = done.send(());
             }
         }
     }

@@ -24,12 +24,17 @@ use crate::cluster::nodes::{
     ClusterError, ClusterOps, Eviction, TERMINATION_FINALIZER, has_finalizer, with_taint,
 };
 use crate::metrics::disruption::DisruptionMetrics;
+use crate::model::backoff::Backoff;
 use crate::model::taints::{Taint, TaintEffect};
 use crate::scheduling::disruption::pods::{DISRUPTED_TAINT, PodDrain, classify, grace_seconds};
 
-/// First wait after a refused eviction; doubles up to [`EVICTION_BACKOFF_CAP`].
-const EVICTION_BACKOFF: Duration = Duration::from_secs(1);
-const EVICTION_BACKOFF_CAP: Duration = Duration::from_secs(30);
+/// The wait after a pod's n-th refused eviction: 1 s doubling to 30 s.
+const EVICTION_RETRY: Backoff = Backoff {
+    base: Duration::from_secs(1),
+    cap: Duration::from_secs(30),
+    max_attempts: u32::MAX,
+    jitter: false,
+};
 /// How often a blocked drain says so again (an Event).
 const BLOCKED_EVENT_EVERY: Duration = Duration::from_secs(120);
 
@@ -483,11 +488,8 @@ impl Terminator {
 
 fn backoff(map: &mut HashMap<String, (u32, Instant)>, uid: String, now: Instant) {
     let entry = map.entry(uid).or_insert((0, now));
-    let wait = EVICTION_BACKOFF
-        .saturating_mul(2u32.saturating_pow(entry.0))
-        .min(EVICTION_BACKOFF_CAP);
     entry.0 += 1;
-    entry.1 = now + wait;
+    entry.1 = now + EVICTION_RETRY.ceiling(entry.0);
 }
 
 fn claim_condition(claim: &NodeClaim, type_: &str) -> Option<bool> {
