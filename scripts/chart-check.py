@@ -195,9 +195,10 @@ def one(args: dict[str, list[str]], flag: str) -> str | None:
 
 
 def metric_names() -> tuple[set[str], set[str]]:
-    """Every series name src/metrics.rs exports: (all names, histogram base names)."""
+    """Every series name src/metrics.rs and src/metrics/*.rs export: (all names, histogram base names)."""
     src = (REPO / "src" / "metrics.rs").read_text()
     prefix = re.search(r'Registry::new_custom\(Some\("([a-z_]+)"', src).group(1)
+    src += "".join(p.read_text() for p in sorted((REPO / "src" / "metrics").glob("*.rs")))
     names: set[str] = set()
     histograms: set[str] = set()
     for ctor, name in re.findall(
@@ -351,6 +352,7 @@ def expected_rbac(r: Rendered) -> tuple[set, set]:
     add(cluster, "", "persistentvolumeclaims", ["list", "watch"])
     add(cluster, "", "persistentvolumes", ["list", "watch"])
     add(cluster, "storage.k8s.io", "storageclasses", ["list", "watch"])
+    add(cluster, "storage.k8s.io", "volumeattachments", ["list"])
     add(cluster, "nodewright.io", "nodeclaims", ["list", "get", "create", "patch", "delete"])
     add(cluster, "nodewright.io", "nodeclaims/status", ["patch"])
     add(cluster, "events.k8s.io", "events", ["create", "patch"])
@@ -994,7 +996,7 @@ def check_schemaless(r: Rendered, c: Checks, svc: dict, tmp: Path, promtool: str
         extra = {x.get("alert") for x in r.v["metrics"]["prometheusRule"]["additionalRules"]}
         for rule in alerts:
             for m in referenced_metrics(rule["expr"]):
-                c.that(m in names, f"alert {rule.get('alert')} queries {m}, which src/metrics.rs does not define")
+                c.that(m in names, f"alert {rule.get('alert')} queries {m}, which src/metrics.rs and src/metrics/ do not define")
             if "alert" in rule:
                 c.that(rule.get("labels", {}).get("severity") in ("critical", "warning", "info"),
                        f"alert {rule['alert']} without a severity")
@@ -1157,7 +1159,7 @@ def check_dashboard(c: Checks) -> str:
     for e in exprs:
         for m in referenced_metrics(e):
             used.add(m)
-            c.that(m in names, f"dashboard queries {m}, which src/metrics.rs does not define")
+            c.that(m in names, f"dashboard queries {m}, which src/metrics.rs and src/metrics/ do not define")
         for h in histograms:
             c.that(not re.search(rf"\b{h}\b(?!_)", e), f"dashboard uses histogram {h} without _bucket/_sum/_count")
     ids = [p["id"] for p in dash["panels"]]
@@ -1170,7 +1172,7 @@ def check_dashboard(c: Checks) -> str:
             c.that(m in names, f"variable {t['name']} queries unknown {m}")
     unused = sorted({n for n in names if not n.endswith(("_sum", "_count"))} - used
                     - {f"{h}_bucket" for h in histograms if f"{h}_count" in used or f"{h}_bucket" in used})
-    return f"{len(exprs)} queries over {len(used)} metrics, all in src/metrics.rs" + (
+    return f"{len(exprs)} queries over {len(used)} metrics, all in src/metrics.rs and src/metrics/" + (
         f" (not charted: {', '.join(unused)})" if unused else "")
 
 

@@ -25,6 +25,8 @@ pub struct World {
     pub deletions: Vec<(String, i64)>,
     /// `pods_on` fails (the API server cannot be reached) while set.
     pub fail_pods_on: bool,
+    /// VolumeAttachments: (node, persistent volume).
+    pub attachments: Vec<(String, String)>,
     pub rv: u64,
 }
 
@@ -195,6 +197,20 @@ impl ClusterOps for FakeCluster {
                 stored.metadata.finalizers = Some(finalizers);
             }
             Ok(())
+        })
+    }
+    fn volume_attachments<'a>(
+        &'a self,
+        node: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<String>, ClusterError>> {
+        Box::pin(async move {
+            Ok(self
+                .world()
+                .attachments
+                .iter()
+                .filter(|(n, _)| n == node)
+                .map(|(_, pv)| pv.clone())
+                .collect())
         })
     }
     fn delete_node<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<(), ClusterError>> {

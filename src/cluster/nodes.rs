@@ -77,6 +77,11 @@ pub trait ClusterOps: Send + Sync {
         finalizers: Vec<String>,
     ) -> BoxFuture<'a, Result<(), ClusterError>>;
     fn delete_node<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<(), ClusterError>>;
+    /// The VolumeAttachments still naming the node (their persistent volumes' names).
+    fn volume_attachments<'a>(
+        &'a self,
+        node: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<String>, ClusterError>>;
 }
 
 /// The node's taints with `taint` added (if missing); `None` when it is there already.
@@ -256,6 +261,31 @@ impl ClusterOps for KubeCluster {
         })
     }
 
+    fn volume_attachments<'a>(
+        &'a self,
+        node: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<String>, ClusterError>> {
+        Box::pin(async move {
+            // VolumeAttachments have no field selector on the node: list and filter.
+            let api: Api<k8s_openapi::api::storage::v1::VolumeAttachment> =
+                Api::all(self.client.clone());
+            Ok(api
+                .list(&ListParams::default())
+                .await?
+                .items
+                .into_iter()
+                .filter(|va| va.spec.node_name == node)
+                .map(|va| {
+                    va.spec
+                        .source
+                        .persistent_volume_name
+                        .or(va.metadata.name)
+                        .unwrap_or_default()
+                })
+                .collect())
+        })
+    }
+
     fn delete_node<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<(), ClusterError>> {
         Box::pin(async move {
             match self.nodes().delete(name, &DeleteParams::default()).await {
@@ -301,5 +331,11 @@ impl ClusterOps for NoCluster {
     }
     fn delete_node<'a>(&'a self, _: &'a str) -> BoxFuture<'a, Result<(), ClusterError>> {
         Box::pin(async { Ok(()) })
+    }
+    fn volume_attachments<'a>(
+        &'a self,
+        _: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<String>, ClusterError>> {
+        Box::pin(async { Ok(Vec::new()) })
     }
 }

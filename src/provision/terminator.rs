@@ -35,6 +35,8 @@ const EVICTION_RETRY: Backoff = Backoff {
     max_attempts: u32::MAX,
     jitter: false,
 };
+/// The longest wait for a drained node's volumes to detach (without a grace period to bound it).
+const VOLUME_DETACH_WAIT: Duration = Duration::from_secs(300);
 /// How often a blocked drain says so again (an Event).
 const BLOCKED_EVENT_EVERY: Duration = Duration::from_secs(120);
 
@@ -80,6 +82,8 @@ struct Drain {
     /// Pods evicted (UIDs), one Event each.
     evicted: HashSet<String>,
     last_blocked_event: Option<Instant>,
+    /// When no pod held the node any more (the volume wait counts from it).
+    drained_at: Option<Instant>,
 }
 
 pub struct Terminator {
@@ -143,6 +147,18 @@ impl Terminator {
                     Ok(None) => {}
                     Ok(Some(left)) => return Step::Draining(left),
                     Err(e) => return Step::Retry(format!("draining node {node_name}: {e}")),
+                }
+                // Volumes detach before the instance goes, so their next pods can attach them
+                // elsewhere at once (an instance terminated with attached EBS volumes keeps
+                // them attached until EC2 has shut it down).
+                match self.volumes_left(claim, node_name, cx).await {
+                    Ok(None) => {}
+                    Ok(Some(left)) => return Step::Draining(left),
+                    Err(e) => {
+                        return Step::Retry(format!(
+                            "listing the volumes of node {node_name}: {e}"
+                        ));
+                    }
                 }
             }
         }
@@ -378,6 +394,43 @@ impl Terminator {
         }
         if claim_condition_message(claim, "Drained").as_deref() != Some(left.as_str()) {
             claim.set_condition("Drained", false, "Draining", &left);
+            self.write_status(claim).await;
+        }
+        Ok(Some(left))
+    }
+
+    /// The volumes still attached to the drained node, while they are waited for: until the
+    /// pool's terminationGracePeriod runs out, and at most [`VOLUME_DETACH_WAIT`] after the
+    /// drain (a volume of a pod the drain leaves, a DaemonSet's, never detaches by itself).
+    async fn volumes_left(
+        &mut self,
+        claim: &mut NodeClaim,
+        node_name: &str,
+        cx: &Context<'_>,
+    ) -> Result<Option<String>, ClusterError> {
+        let attached = self.cluster.volume_attachments(node_name).await?;
+        let drain = self.drains.entry(claim.name().to_owned()).or_default();
+        let drained_at = *drain.drained_at.get_or_insert_with(Instant::now);
+        let past_deadline = cx.grace.is_some_and(|grace| {
+            claim
+                .status
+                .as_ref()
+                .and_then(|s| s.termination_started_at.as_ref())
+                .is_some_and(|t| crate::cluster::nodeclaims::since_at(&t.0, cx.now) >= grace)
+        });
+        if attached.is_empty() || past_deadline || drained_at.elapsed() >= VOLUME_DETACH_WAIT {
+            if !attached.is_empty() {
+                tracing::warn!(claim = claim.name(), node = %node_name, volumes = ?attached, "terminating with volumes still attached");
+            }
+            return Ok(None);
+        }
+        let left = format!(
+            "drained; waiting for {} volumes to detach: {}",
+            attached.len(),
+            attached.join(", ")
+        );
+        if claim_condition_message(claim, "Drained").as_deref() != Some(left.as_str()) {
+            claim.set_condition("Drained", true, "VolumesAttached", &left);
             self.write_status(claim).await;
         }
         Ok(Some(left))

@@ -310,3 +310,56 @@ fn reasons_become_metric_labels() {
     assert_eq!(metric_reason("RegistrationTimeout"), "registration_timeout");
     assert_eq!(metric_reason("InstanceGone"), "instance_gone");
 }
+
+#[tokio::test(start_paused = true)]
+async fn attached_volumes_hold_the_instance_until_they_detach_or_the_wait_runs_out() {
+    let mut s = setup().await;
+    s.cluster
+        .world()
+        .attachments
+        .push(("n1".into(), "pv-data".into()));
+    let step = s.terminator.step(&mut s.claim, &cx(1, None)).await;
+    assert_eq!(
+        step,
+        Step::Draining("drained; waiting for 1 volumes to detach: pv-data".into())
+    );
+    assert_eq!(
+        deletes(&s.cloud),
+        0,
+        "no terminate while a volume is attached"
+    );
+    s.cluster.world().attachments.clear();
+    assert_eq!(
+        s.terminator.step(&mut s.claim, &cx(2, None)).await,
+        Step::Done
+    );
+    assert_eq!(s.cloud.deletes_of("i-1"), 1);
+
+    // A volume that never detaches (a pod the drain leaves holds it) is waited for 5 minutes.
+    let mut stuck = setup().await;
+    stuck
+        .cluster
+        .world()
+        .attachments
+        .push(("n1".into(), "pv-agent".into()));
+    assert!(matches!(
+        stuck.terminator.step(&mut stuck.claim, &cx(1, None)).await,
+        Step::Draining(_)
+    ));
+    tokio::time::advance(Duration::from_secs(299)).await;
+    assert!(matches!(
+        stuck
+            .terminator
+            .step(&mut stuck.claim, &cx(300, None))
+            .await,
+        Step::Draining(_)
+    ));
+    tokio::time::advance(Duration::from_secs(2)).await;
+    assert_eq!(
+        stuck
+            .terminator
+            .step(&mut stuck.claim, &cx(302, None))
+            .await,
+        Step::Done
+    );
+}
