@@ -951,7 +951,8 @@ async fn deleting_the_node_drains_it_and_terminates_its_claim() {
 
 /// An expired node gets its replacement first: the new claim registers while the old node
 /// still runs its pods untouched, then the old node is drained and terminated, and the pods run
-/// on the new node.
+/// on the new node. The pool removes empty nodes at once (`consolidateAfter: 0s`): the
+/// replacement, empty until the pods arrive, must not be taken for an empty node.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_expired_node_is_replaced_before_it_is_drained() {
     let _serial = SERIAL.lock().await;
@@ -961,7 +962,7 @@ async fn an_expired_node_is_replaced_before_it_is_drained() {
             ns,
             "expiring",
             "c5.large, c5.xlarge",
-            "{consolidationPolicy: WhenEmpty, consolidateAfter: Never}",
+            r#"{consolidationPolicy: WhenEmpty, consolidateAfter: 0s, budgets: [{nodes: "100%"}]}"#,
             "\n      expireAfter: 30s",
         )
     })

@@ -121,6 +121,18 @@ impl Run {
                                 .any(|p| self.waiting.contains_key(p) && !self.p.state.is_bound(p)),
                         idle_for,
                         initializing: !self.startup.is_initialized(&node_name),
+                        // Launched for the pods of a node being drained: kept until that node
+                        // is gone and a grace after, or consolidateAfter 0s would remove it
+                        // before the pods arrive.
+                        replacing: c
+                            .metadata
+                            .annotations
+                            .as_ref()
+                            .and_then(|a| a.get(super::replacement::REPLACES))
+                            .is_some_and(|origin| {
+                                self.claims.contains_key(origin)
+                                    || registered_for < super::replacement::REPLACEMENT_GRACE
+                            }),
                     })
                 })
                 .collect();

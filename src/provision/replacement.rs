@@ -6,6 +6,12 @@
 use super::*;
 use crate::scheduling::disruption::pods::{PodDrain, classify};
 
+/// Annotation on a replacement claim: the claim whose pods it was launched for.
+pub(super) const REPLACES: &str = "nodewright.io/replaces";
+/// A replacement stays out of empty-node removal this long after it registered, even once the
+/// node it replaces is gone (the evicted pods' successors may still be on their way).
+pub(super) const REPLACEMENT_GRACE: Duration = Duration::from_secs(60);
+
 /// What was launched for a node's pods.
 pub(super) struct Replaced {
     /// The claims written and launched.
@@ -111,7 +117,12 @@ impl Run {
             let Some(pool) = config.node_pools.get(&node.node_pool) else {
                 continue;
             };
-            let replacement = claim_for(node, pool, &pools, &catalog);
+            let mut replacement = claim_for(node, pool, &pools, &catalog);
+            replacement
+                .metadata
+                .annotations
+                .get_or_insert_with(BTreeMap::new)
+                .insert(REPLACES.to_owned(), name.clone());
             match self.create_claim(replacement).await {
                 Ok(created) => {
                     self.claims

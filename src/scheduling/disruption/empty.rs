@@ -22,6 +22,8 @@ pub struct NodeUse {
     pub idle_for: Duration,
     /// Its startup taints are not all gone yet (not initialized).
     pub initializing: bool,
+    /// It was launched for the pods of a node being drained, which have not all arrived yet.
+    pub replacing: bool,
 }
 
 /// How long a node must have been empty before it goes, `None` when the pool keeps empty nodes.
@@ -42,6 +44,7 @@ pub enum Emptiness {
     DoNotDisrupt,
     Promised,
     Initializing,
+    Replacing,
     /// Empty, but not for `consolidateAfter` yet; the time left.
     NotYet(Duration),
 }
@@ -55,6 +58,8 @@ pub fn emptiness(node: &NodeUse, after: Duration) -> Emptiness {
         Emptiness::Promised
     } else if node.initializing {
         Emptiness::Initializing
+    } else if node.replacing {
+        Emptiness::Replacing
     } else if node.idle_for < after {
         Emptiness::NotYet(after - node.idle_for)
     } else {
@@ -90,6 +95,7 @@ mod tests {
             promised: false,
             idle_for: Duration::from_secs(idle),
             initializing: false,
+            replacing: false,
         }
     }
 
@@ -104,6 +110,8 @@ mod tests {
         promised.promised = true;
         let mut starting = node("starting", 9.0, 100);
         starting.initializing = true;
+        let mut replacement = node("replacement", 9.0, 100);
+        replacement.replacing = true;
         let nodes = vec![
             node("cheap", 0.1, 31),
             node("dear", 1.0, 30),
@@ -112,6 +120,7 @@ mod tests {
             held.clone(),
             promised.clone(),
             starting.clone(),
+            replacement.clone(),
             node("also-dear", 1.0, 300),
         ];
         let names: Vec<&str> = empty_nodes(&nodes, after)
@@ -123,6 +132,7 @@ mod tests {
         assert_eq!(emptiness(&held, after), Emptiness::DoNotDisrupt);
         assert_eq!(emptiness(&promised, after), Emptiness::Promised);
         assert_eq!(emptiness(&starting, after), Emptiness::Initializing);
+        assert_eq!(emptiness(&replacement, after), Emptiness::Replacing);
         assert_eq!(
             emptiness(&node("young", 5.0, 29), after),
             Emptiness::NotYet(Duration::from_secs(1))
