@@ -220,6 +220,20 @@ impl NodeClaim {
         self.status.get_or_insert_with(NodeClaimStatus::default)
     }
 
+    /// The condition of this type, if set.
+    pub fn condition(&self, type_: &str) -> Option<&Condition> {
+        self.status
+            .as_ref()?
+            .conditions
+            .iter()
+            .find(|c| c.type_ == type_)
+    }
+
+    /// Whether the condition of this type is `True` (`None`: not set).
+    pub fn condition_is(&self, type_: &str) -> Option<bool> {
+        self.condition(type_).map(|c| c.status == "True")
+    }
+
     /// Set (or replace) a condition; the transition time moves only when the status changes.
     pub fn set_condition(&mut self, type_: &str, status: bool, reason: &str, message: &str) {
         let status = if status { "True" } else { "False" };

@@ -18,6 +18,15 @@ const INTERRUPTED_WAIT: Duration = Duration::from_secs(60);
 /// How often a node kept by a budget says so again.
 const BLOCKED_EVENT_EVERY: Duration = Duration::from_secs(300);
 
+/// Where a pool's budget stands for a reason, for [`Run::budget_blocked`].
+pub(super) struct Blocked<'a> {
+    pub pool: &'a str,
+    pub reason: DisruptionReason,
+    pub pool_nodes: usize,
+    pub disrupting: usize,
+    pub now_ts: jiff::Timestamp,
+}
+
 impl Run {
     /// One pass of the disruption controller (leader only).
     pub(super) async fn disrupt(&mut self) {
@@ -58,6 +67,54 @@ impl Run {
             })
             .count();
         (registered, disrupting)
+    }
+
+    /// A node the pool's budget keeps: counted, and said (an Event at most every
+    /// [`BLOCKED_EVENT_EVERY`] per claim).
+    pub(super) fn budget_blocked(&mut self, claim: &str, b: &Blocked<'_>, what: &str) {
+        let label = match b.reason {
+            DisruptionReason::Empty => "empty",
+            DisruptionReason::Drifted => "drifted",
+            DisruptionReason::Underutilized => "underutilized",
+        };
+        self.terminator
+            .metrics
+            .decisions
+            .with_label_values(&[b.pool, label, "budget_blocked"])
+            .inc();
+        let now = Instant::now();
+        if self
+            .blocked_events
+            .get(claim)
+            .is_some_and(|t| now.duration_since(*t) < BLOCKED_EVENT_EVERY)
+        {
+            return;
+        }
+        let Some(claim) = self.claims.get(claim) else {
+            return;
+        };
+        self.blocked_events.insert(claim.name().to_owned(), now);
+        let budgets = self
+            .p
+            .config
+            .load()
+            .node_pools
+            .get(b.pool)
+            .map(|p| p.spec.disruption.budgets.clone())
+            .unwrap_or_default();
+        let why = binding_budget(&budgets, b.reason, b.pool_nodes, b.now_ts)
+            .map(|(_, why)| why)
+            .unwrap_or_else(|| "the disruption budget".to_owned());
+        self.p.events.claim(
+            claim,
+            Kind::Normal,
+            "DisruptionBlocked",
+            "Disrupt",
+            format!(
+                "{what} but stays for now: {why} ({} already disrupting in NodePool {})",
+                b.disrupting, b.pool
+            ),
+        );
     }
 
     /// Nodes by name, from the node watch.
@@ -148,31 +205,15 @@ impl Run {
             for node in empties {
                 let decisions = &self.terminator.metrics.decisions;
                 if room == 0 {
-                    decisions
-                        .with_label_values(&[pool_name, "empty", "budget_blocked"])
-                        .inc();
-                    if self
-                        .blocked_events
-                        .get(&node.claim)
-                        .is_none_or(|t| now.duration_since(*t) >= BLOCKED_EVENT_EVERY)
-                        && let Some(claim) = self.claims.get(&node.claim)
-                    {
-                        self.blocked_events.insert(node.claim.clone(), now);
-                        let why =
-                            binding_budget(budgets, DisruptionReason::Empty, pool_nodes, now_ts)
-                                .map(|(_, why)| why)
-                                .unwrap_or_else(|| "the disruption budget".to_owned());
-                        self.p.events.claim(
-                            claim,
-                            Kind::Normal,
-                            "DisruptionBlocked",
-                            "Disrupt",
-                            format!(
-                                "Node {} is empty but stays for now: {why} ({disrupting} already disrupting in NodePool {pool_name})",
-                                node.name
-                            ),
-                        );
-                    }
+                    let blocked = Blocked {
+                        pool: pool_name,
+                        reason: DisruptionReason::Empty,
+                        pool_nodes,
+                        disrupting,
+                        now_ts,
+                    };
+                    let what = format!("Node {} is empty", node.name);
+                    self.budget_blocked(&node.claim, &blocked, &what);
                     continue;
                 }
                 if !self.still_empty(&node.name).await {

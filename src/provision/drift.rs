@@ -6,11 +6,8 @@
 
 use super::*;
 use crate::config::DisruptionReason;
+use crate::scheduling::disruption::allowed_disruptions;
 use crate::scheduling::disruption::drift::{Drift, Launched, static_drift};
-use crate::scheduling::disruption::{allowed_disruptions, binding_budget};
-
-/// How often a drifted node kept by a budget says so again.
-const BLOCKED_EVENT_EVERY: Duration = Duration::from_secs(300);
 
 impl Run {
     /// The claim's drift now, if any.
@@ -44,7 +41,7 @@ impl Run {
         let mut drifted_count = 0i64;
         for mut claim in candidates {
             let drift = self.drift_of(&claim, config);
-            let marked = condition(&claim, "Drifted") == Some(true);
+            let marked = claim.condition_is("Drifted") == Some(true);
             match (&drift, marked) {
                 (Some(d), false) => {
                     tracing::info!(claim = claim.name(), reason = d.reason(), "claim drifted");
@@ -74,13 +71,12 @@ impl Run {
         self.terminator.metrics.drifted.set(drifted_count);
         // Replace, as budgets allow.
         let now_ts = crate::cluster::nodeclaims::now();
-        let now = Instant::now();
         for (pool_name, pool) in &config.node_pools {
             let (registered, disrupting) = self.pool_nodes(pool_name);
             let pool_nodes = registered.len() + disrupting;
             let mut drifted: Vec<NodeClaim> = registered
                 .into_iter()
-                .filter(|c| condition(c, "Drifted") == Some(true))
+                .filter(|c| c.condition_is("Drifted") == Some(true))
                 .cloned()
                 .collect();
             if drifted.is_empty() {
@@ -100,27 +96,14 @@ impl Run {
             for mut claim in drifted {
                 let decisions = self.terminator.metrics.decisions.clone();
                 if room == 0 {
-                    decisions
-                        .with_label_values(&[pool_name, "drifted", "budget_blocked"])
-                        .inc();
-                    if self
-                        .blocked_events
-                        .get(claim.name())
-                        .is_none_or(|t| now.duration_since(*t) >= BLOCKED_EVENT_EVERY)
-                    {
-                        self.blocked_events.insert(claim.name().to_owned(), now);
-                        let why =
-                            binding_budget(budgets, DisruptionReason::Drifted, pool_nodes, now_ts)
-                                .map(|(_, why)| why)
-                                .unwrap_or_else(|| "the disruption budget".to_owned());
-                        self.p.events.claim(
-                            &claim,
-                            Kind::Normal,
-                            "DisruptionBlocked",
-                            "Disrupt",
-                            format!("Drifted, but stays for now: {why} ({disrupting} already disrupting in NodePool {pool_name})"),
-                        );
-                    }
+                    let blocked = super::disruption::Blocked {
+                        pool: pool_name,
+                        reason: DisruptionReason::Drifted,
+                        pool_nodes,
+                        disrupting,
+                        now_ts,
+                    };
+                    self.budget_blocked(claim.name(), &blocked, "Drifted");
                     continue;
                 }
                 let Some(replaced) = self.launch_replacements(&claim, config).await else {
@@ -150,14 +133,4 @@ impl Run {
             }
         }
     }
-}
-
-fn condition(claim: &NodeClaim, type_: &str) -> Option<bool> {
-    claim
-        .status
-        .as_ref()?
-        .conditions
-        .iter()
-        .find(|c| c.type_ == type_)
-        .map(|c| c.status == "True")
 }

@@ -106,6 +106,14 @@ pub struct Provisioner {
     pub volumes: Arc<crate::cluster::volumes::Volumes>,
 }
 
+/// A plan and what it was made from.
+struct Planned {
+    catalog: Catalog,
+    pools: Vec<Pool>,
+    pending: Vec<PendingPod>,
+    plan: crate::scheduling::solver::Plan,
+}
+
 /// Per-pod bookkeeping.
 struct Waiting {
     pod: Arc<Pod>,
@@ -377,27 +385,12 @@ impl Run {
             return;
         };
         let started = Instant::now();
-        let mut catalog = (*(self.p.catalog)()).clone();
-        if let Some(cloud) = &self.p.cloud {
-            for (it, zone, ct) in cloud.unavailable() {
-                catalog.set_available(&it, &zone, ct, false);
-            }
-        }
-        let mut nodes = self.p.state.existing_nodes();
-        self.startup.relax(&mut nodes, &config);
-        let pools = self.pools(&config, &catalog, &nodes);
-        let usable_zones = volumes::usable_zones(&pools, &catalog, &nodes);
-        let pending: Vec<PendingPod> = self.p.volumes.read(|objects| {
-            pods.iter()
-                .map(|p| volumes::pending_pod(p, objects, &usable_zones))
-                .collect()
-        });
-        let plan = solve(&Input {
-            pods: &pending,
-            pools: &pools,
-            catalog: &catalog,
-            nodes: &nodes,
-        });
+        let Planned {
+            catalog,
+            pools,
+            pending,
+            plan,
+        } = self.plan_pods(&pods, &config);
         let plan_secs = started.elapsed().as_secs_f64();
         self.p.metrics.plan_duration.observe(plan_secs);
         let m = &self.p.metrics.plan_decisions;
@@ -511,6 +504,38 @@ impl Run {
         }
         self.update_gauges();
         self.launch_claims(&written, &cluster).await;
+    }
+
+    /// Plan `pods` onto the cluster's nodes and new nodes of the pools, with the offerings the
+    /// cloud found short left out: the batch's plan, and a drained node's replacements.
+    fn plan_pods(&self, pods: &[Arc<Pod>], config: &Config) -> Planned {
+        let mut catalog = (*(self.p.catalog)()).clone();
+        if let Some(cloud) = &self.p.cloud {
+            for (it, zone, ct) in cloud.unavailable() {
+                catalog.set_available(&it, &zone, ct, false);
+            }
+        }
+        let mut nodes = self.p.state.existing_nodes();
+        self.startup.relax(&mut nodes, config);
+        let pools = self.pools(config, &catalog, &nodes);
+        let usable_zones = volumes::usable_zones(&pools, &catalog, &nodes);
+        let pending: Vec<PendingPod> = self.p.volumes.read(|objects| {
+            pods.iter()
+                .map(|p| volumes::pending_pod(p, objects, &usable_zones))
+                .collect()
+        });
+        let plan = solve(&Input {
+            pods: &pending,
+            pools: &pools,
+            catalog: &catalog,
+            nodes: &nodes,
+        });
+        Planned {
+            catalog,
+            pools,
+            pending,
+            plan,
+        }
     }
 
     async fn create_claim(&self, mut claim: NodeClaim) -> Result<NodeClaim, String> {

@@ -90,27 +90,12 @@ impl Run {
         let Some(cluster) = cluster_info(config) else {
             return Some(replaced);
         };
-        let mut catalog = (*(self.p.catalog)()).clone();
-        if let Some(cloud) = &self.p.cloud {
-            for (it, zone, ct) in cloud.unavailable() {
-                catalog.set_available(&it, &zone, ct, false);
-            }
-        }
-        let mut nodes = self.p.state.existing_nodes();
-        self.startup.relax(&mut nodes, config);
-        let pools = self.pools(config, &catalog, &nodes);
-        let usable_zones = volumes::usable_zones(&pools, &catalog, &nodes);
-        let pending: Vec<PendingPod> = self.p.volumes.read(|objects| {
-            pods.iter()
-                .map(|p| volumes::pending_pod(p, objects, &usable_zones))
-                .collect()
-        });
-        let plan = solve(&Input {
-            pods: &pending,
-            pools: &pools,
-            catalog: &catalog,
-            nodes: &nodes,
-        });
+        let Planned {
+            catalog,
+            pools,
+            plan,
+            ..
+        } = self.plan_pods(&pods, config);
         replaced.placed = plan.placements.len();
         replaced.unschedulable = plan.unschedulable.len();
         for node in &plan.nodes {

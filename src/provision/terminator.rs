@@ -247,7 +247,7 @@ impl Terminator {
             .filter(|(_, c)| c.holds())
             .collect();
         if holding.is_empty() {
-            if claim_condition(claim, "Drained") != Some(true) {
+            if claim.condition_is("Drained") != Some(true) {
                 claim.set_condition("Drained", true, "Drained", "no pods left to evict");
                 self.write_status(claim).await;
             }
@@ -392,7 +392,7 @@ impl Terminator {
             self.events
                 .claim(claim, Kind::Warning, "DisruptionBlocked", "Drain", note);
         }
-        if claim_condition_message(claim, "Drained").as_deref() != Some(left.as_str()) {
+        if claim.condition("Drained").map(|c| c.message.as_str()) != Some(left.as_str()) {
             claim.set_condition("Drained", false, "Draining", &left);
             self.write_status(claim).await;
         }
@@ -429,7 +429,7 @@ impl Terminator {
             attached.len(),
             attached.join(", ")
         );
-        if claim_condition_message(claim, "Drained").as_deref() != Some(left.as_str()) {
+        if claim.condition("Drained").map(|c| c.message.as_str()) != Some(left.as_str()) {
             claim.set_condition("Drained", true, "VolumesAttached", &left);
             self.write_status(claim).await;
         }
@@ -543,26 +543,6 @@ fn backoff(map: &mut HashMap<String, (u32, Instant)>, uid: String, now: Instant)
     let entry = map.entry(uid).or_insert((0, now));
     entry.0 += 1;
     entry.1 = now + EVICTION_RETRY.ceiling(entry.0);
-}
-
-fn claim_condition(claim: &NodeClaim, type_: &str) -> Option<bool> {
-    claim
-        .status
-        .as_ref()?
-        .conditions
-        .iter()
-        .find(|c| c.type_ == type_)
-        .map(|c| c.status == "True")
-}
-
-fn claim_condition_message(claim: &NodeClaim, type_: &str) -> Option<String> {
-    claim
-        .status
-        .as_ref()?
-        .conditions
-        .iter()
-        .find(|c| c.type_ == type_)
-        .map(|c| c.message.clone())
 }
 
 /// `Empty` → `empty`, `RegistrationTimeout` → `registration_timeout`: the metric's label.

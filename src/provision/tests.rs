@@ -12,7 +12,6 @@ use serde_json::json;
 use super::*;
 use crate::cloud::fake::{Call, FakeCloud};
 use crate::cluster::fake::FakeCluster;
-use crate::cluster::nodeclaims::Condition;
 use crate::cluster::nodes::TERMINATION_FINALIZER;
 use crate::metrics::Metrics;
 use crate::metrics::disruption::DisruptionMetrics;
@@ -332,15 +331,6 @@ fn instance_of(claim: &NodeClaim) -> String {
         .expect("a launched claim")
 }
 
-fn condition<'c>(claim: &'c NodeClaim, type_: &str) -> Option<&'c Condition> {
-    claim
-        .status
-        .as_ref()?
-        .conditions
-        .iter()
-        .find(|c| c.type_ == type_)
-}
-
 // ---- launch and registration ------------------------------------------------------------------
 
 #[tokio::test(start_paused = true)]
@@ -384,7 +374,7 @@ async fn an_unschedulable_pod_gets_a_claim_launched_and_registered() {
     let status = claims[0].status.as_ref().unwrap();
     assert_eq!(status.node_name.as_deref(), Some(node.as_str()));
     assert!(status.registered_at.is_some());
-    assert_eq!(condition(&claims[0], "Registered").unwrap().status, "True");
+    assert_eq!(claims[0].condition("Registered").unwrap().status, "True");
     // Without a kube client the labels and taints are not patched; the termination finalizer
     // goes on through ClusterOps.
     assert_eq!(
@@ -477,7 +467,7 @@ async fn a_launch_failing_on_every_offering_leaves_the_claim_pending_for_a_retry
     let claim = &claims[0];
     assert_eq!(claim.phase(), Phase::Pending);
     const { assert!(MAX_LAUNCH_ATTEMPTS > 1) };
-    let launched = condition(claim, "Launched").unwrap();
+    let launched = claim.condition("Launched").unwrap();
     assert_eq!(
         (launched.status.as_str(), launched.reason.as_str()),
         ("False", "InsufficientInstanceCapacity")

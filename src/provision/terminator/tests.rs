@@ -119,7 +119,12 @@ async fn a_node_is_drained_before_its_instance_is_terminated_once() {
     assert_eq!(s.cluster.world().evictions, ["web"]);
     assert_eq!(deletes(&s.cloud), 0, "nothing terminated while pods remain");
     assert_eq!(
-        claim_condition(&s.claims.get("pool-abc").await.unwrap().unwrap(), "Drained"),
+        s.claims
+            .get("pool-abc")
+            .await
+            .unwrap()
+            .unwrap()
+            .condition_is("Drained"),
         Some(false)
     );
     // The pod is gone by the next step: the instance goes, then the Node and the claim.
