@@ -17,7 +17,9 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use common::controlplane::{self, ControlPlane};
-use common::served::{World, clear_nodes_and_claims, nodeclaim_resource};
+use common::served::{
+    World, clear_nodes_and_claims, ended, instance_state, metric_sum, nodeclaim_resource,
+};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
@@ -149,35 +151,6 @@ async fn finish(world: World, plane: &'static ControlPlane) {
     clear_nodes_and_claims(&plane.client().await).await;
 }
 
-/// EC2's state of instance `id`: `pending`, `running`, `shutting-down`, `terminated`, or
-/// `gone` when EC2 no longer knows it.
-async fn instance_state(ec2: &aws_sdk_ec2::Client, id: &str) -> String {
-    match ec2.describe_instances().instance_ids(id).send().await {
-        Ok(out) => out
-            .reservations()
-            .iter()
-            .flat_map(|r| r.instances())
-            .find_map(|i| {
-                i.state()
-                    .and_then(|s| s.name())
-                    .map(|n| n.as_str().to_owned())
-            })
-            .unwrap_or_else(|| "gone".into()),
-        Err(e) => {
-            let text = format!("{e:?}");
-            if text.contains("NotFound") {
-                "gone".into()
-            } else {
-                format!("error: {text}")
-            }
-        }
-    }
-}
-
-fn ended(state: &str) -> bool {
-    matches!(state, "shutting-down" | "terminated" | "gone")
-}
-
 trait Queries {
     async fn claim(&self, name: &str) -> Option<Value>;
     async fn registered_claims(&self) -> Vec<Value>;
@@ -284,15 +257,6 @@ fn tainted_disrupted(node: &Node) -> bool {
         .into_iter()
         .flatten()
         .any(|t| t.key == DISRUPTED && t.effect == "NoSchedule")
-}
-
-/// The sum of the samples of `name` whose labels contain every one of `labels`.
-fn metric_sum(text: &str, name: &str, labels: &[&str]) -> f64 {
-    text.lines()
-        .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
-        .filter(|l| labels.iter().all(|x| l.contains(x)))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
 }
 
 /// Wait until `n` pods of `app` run, on nodes of registered claims; returns the claims.

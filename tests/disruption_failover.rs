@@ -22,7 +22,9 @@ use common::controlplane::{self, ExtenderSetup, Install, Process};
 use common::ec2proxy::Ec2Proxy;
 use common::kubelet::{KubeletConfig, Kubelets, ec2_client};
 use common::moto::Moto;
-use common::served::{clear_nodes_and_claims, nodeclaim_resource};
+use common::served::{
+    clear_nodes_and_claims, ended, instance_state, metric_sum, nodeclaim_resource,
+};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, Pod};
@@ -380,35 +382,6 @@ impl Failover {
     }
 }
 
-/// EC2's state of instance `id`: `pending`, `running`, `shutting-down`, `terminated`, or
-/// `gone` when EC2 no longer knows it.
-async fn instance_state(ec2: &aws_sdk_ec2::Client, id: &str) -> String {
-    match ec2.describe_instances().instance_ids(id).send().await {
-        Ok(out) => out
-            .reservations()
-            .iter()
-            .flat_map(|r| r.instances())
-            .find_map(|i| {
-                i.state()
-                    .and_then(|s| s.name())
-                    .map(|n| n.as_str().to_owned())
-            })
-            .unwrap_or_else(|| "gone".into()),
-        Err(e) => {
-            let text = format!("{e:?}");
-            if text.contains("NotFound") {
-                "gone".into()
-            } else {
-                format!("error: {text}")
-            }
-        }
-    }
-}
-
-fn ended(state: &str) -> bool {
-    matches!(state, "shutting-down" | "terminated" | "gone")
-}
-
 fn claim_name(claim: &Value) -> String {
     claim["metadata"]["name"].as_str().unwrap().to_owned()
 }
@@ -453,15 +426,6 @@ fn pdb_blocked(claim: &Value) -> bool {
                     .as_str()
                     .is_some_and(|m| m.contains("PodDisruptionBudget"))
         })
-}
-
-/// The sum of the samples of `name` whose labels contain every one of `labels`.
-fn metric_sum(text: &str, name: &str, labels: &[&str]) -> f64 {
-    text.lines()
-        .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
-        .filter(|l| labels.iter().all(|x| l.contains(x)))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
 }
 
 /// The JSON log lines of `logs` whose message is `message` and whose every (field, value) of

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use common::aws::REGION;
 use common::controlplane::{self, ControlPlane};
-use common::served::{World, clear_nodes_and_claims, nodeclaim_resource};
+use common::served::{World, clear_nodes_and_claims, instance_state, nodeclaim_resource};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
@@ -116,22 +116,6 @@ fn spot_warning(instance: &str) -> String {
         "detail": {"instance-id": instance, "instance-action": "terminate"}
     })
     .to_string()
-}
-
-async fn instance_state(ec2: &aws_sdk_ec2::Client, id: &str) -> String {
-    let out = ec2.describe_instances().instance_ids(id).send().await;
-    out.ok()
-        .and_then(|o| {
-            o.reservations()
-                .iter()
-                .flat_map(|r| r.instances())
-                .find_map(|i| {
-                    i.state()
-                        .and_then(|s| s.name())
-                        .map(|n| n.as_str().to_owned())
-                })
-        })
-        .unwrap_or_else(|| "gone".to_owned())
 }
 
 async fn claims(world: &World) -> Vec<Value> {

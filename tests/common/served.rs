@@ -198,3 +198,41 @@ pub async fn clear_nodes_and_claims(client: &Client) {
         .delete_collection(&DeleteParams::default(), &ListParams::default())
         .await;
 }
+
+/// EC2's state of instance `id`: `pending`, `running`, `shutting-down`, `terminated`, or
+/// `gone` when EC2 no longer knows it.
+pub async fn instance_state(ec2: &aws_sdk_ec2::Client, id: &str) -> String {
+    match ec2.describe_instances().instance_ids(id).send().await {
+        Ok(out) => out
+            .reservations()
+            .iter()
+            .flat_map(|r| r.instances())
+            .find_map(|i| {
+                i.state()
+                    .and_then(|s| s.name())
+                    .map(|n| n.as_str().to_owned())
+            })
+            .unwrap_or_else(|| "gone".into()),
+        Err(e) => {
+            let text = format!("{e:?}");
+            if text.contains("NotFound") {
+                "gone".into()
+            } else {
+                format!("error: {text}")
+            }
+        }
+    }
+}
+
+pub fn ended(state: &str) -> bool {
+    matches!(state, "shutting-down" | "terminated" | "gone")
+}
+
+/// The sum of the samples of `name` whose labels contain every one of `labels`.
+pub fn metric_sum(text: &str, name: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+        .filter(|l| labels.iter().all(|x| l.contains(x)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
