@@ -13,13 +13,12 @@ use kube::{Api, Client};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::model::catalog::{CapacityType, Catalog, labels};
+use crate::model::catalog::Catalog;
 use crate::model::resources::Resources;
-use crate::model::taints::{Taint, TaintEffect};
 use crate::scheduling::PendingPod;
 use crate::scheduling::pod::PodTerm;
 use crate::scheduling::solver::{BoundPod, ExistingNode};
-use crate::scheduling::view::{ClusterView, NodeFacts, NodeState};
+use crate::scheduling::view::{ClusterView, NodeState};
 
 /// What the watches tell the provisioner.
 #[derive(Debug)]
@@ -376,76 +375,7 @@ pub fn is_daemon_pod(pod: &Pod) -> bool {
         .any(|o| o.kind == "DaemonSet" && o.controller == Some(true))
 }
 
-/// The facts the extender needs from a Node object.
-pub fn node_facts(node: &Node, catalog: &Catalog) -> NodeFacts {
-    let labels = node.metadata.labels.clone().unwrap_or_default();
-    let mut allocatable = Resources::default();
-    if let Some(alloc) = node.status.as_ref().and_then(|s| s.allocatable.as_ref()) {
-        for (name, q) in alloc {
-            // Resources without a slot (hugepages, other extended resources) are not tracked.
-            let _ = allocatable.add_named(name, &q.0);
-        }
-    }
-    let taints: Vec<Taint> = node
-        .spec
-        .as_ref()
-        .and_then(|s| s.taints.as_ref())
-        .map(|ts| {
-            ts.iter()
-                .filter_map(|t| {
-                    let effect = match t.effect.as_str() {
-                        "NoSchedule" => TaintEffect::NoSchedule,
-                        "PreferNoSchedule" => TaintEffect::PreferNoSchedule,
-                        "NoExecute" => TaintEffect::NoExecute,
-                        _ => return None,
-                    };
-                    Some(Taint {
-                        key: t.key.clone(),
-                        value: t.value.clone(),
-                        effect,
-                    })
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    let disrupted = taints
-        .iter()
-        .any(|t| t.key == "karpenter.sh/disrupted" || t.key == "nodewright.io/disrupted");
-    let state = if node.metadata.deletion_timestamp.is_some() {
-        NodeState::Terminating
-    } else if disrupted {
-        NodeState::Draining
-    } else {
-        NodeState::Ready
-    };
-    let price_per_hour = price_of(&labels, catalog);
-    let claim = labels
-        .get(crate::cluster::nodeclaims::CLAIM_TAG)
-        .map(|c| Arc::from(c.as_str()));
-    NodeFacts {
-        labels,
-        taints,
-        allocatable,
-        requested: Resources::default(),
-        price_per_hour,
-        state,
-        claim,
-    }
-}
-
-/// The price of the node's offering from its well-known labels.
-fn price_of(node_labels: &BTreeMap<String, String>, catalog: &Catalog) -> Option<f64> {
-    let it = catalog.get(node_labels.get(labels::INSTANCE_TYPE)?)?;
-    let zone = node_labels.get(labels::ZONE)?;
-    let ct = node_labels
-        .get(labels::CAPACITY_TYPE)
-        .and_then(|c| CapacityType::parse(c))
-        .unwrap_or(CapacityType::OnDemand);
-    it.offerings
-        .iter()
-        .find(|o| &o.zone == zone && o.capacity_type == ct)
-        .map(|o| o.price)
-}
+pub use crate::scheduling::view::node_facts;
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)

@@ -3,6 +3,8 @@
 //! Karpenter's restricted domains (as Karpenter v1.14's NodePool CRD allows them).
 
 pub const NODEPOOL: &str = "karpenter.sh/nodepool";
+/// Label on nodewright's nodes and tag on their instances: the NodeClaim they were launched for.
+pub const NODECLAIM: &str = "nodewright.io/nodeclaim";
 pub const CAPACITY_TYPE: &str = "karpenter.sh/capacity-type";
 pub const ZONE: &str = "topology.kubernetes.io/zone";
 pub const ZONE_BETA: &str = "failure-domain.beta.kubernetes.io/zone";

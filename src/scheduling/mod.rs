@@ -2,6 +2,7 @@
 //! disruption decisions (drains, empty nodes, budgets) that bound how nodes are removed.
 
 pub mod batcher;
+pub mod consolidation;
 pub mod disruption;
 pub mod extender;
 pub mod lp;

@@ -11,7 +11,7 @@ use crate::model::catalog::CapacityType;
 use crate::model::taints::Taint;
 
 /// Instance tag (and node label) naming the NodeClaim.
-pub const CLAIM_TAG: &str = "nodewright.io/nodeclaim";
+pub use crate::model::labels::NODECLAIM as CLAIM_TAG;
 /// Instance tag naming the NodePool.
 pub const NODEPOOL_TAG: &str = "karpenter.sh/nodepool";
 /// Instance and launch template tag naming the EC2NodeClass. Not Karpenter's
