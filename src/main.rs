@@ -51,6 +51,47 @@ enum Command {
     Certs(CertsArgs),
     /// Offline: which nodes would be launched for these manifests, and at what price.
     Plan(PlanArgs),
+    /// Which nodes consolidation would remove or replace, move by move, and what keeps the
+    /// others; changes nothing.
+    Consolidate(ConsolidateArgs),
+}
+
+#[derive(Args)]
+#[command(group(clap::ArgGroup::new("source").required(true).args(["from_file", "from_cluster"])))]
+struct ConsolidateArgs {
+    /// Config file (NodePools, EC2NodeClasses, a Policy). Default: the embedded example.
+    #[arg(long, env = "NODEWRIGHT_CONFIG")]
+    config: Option<PathBuf>,
+    /// A `kubectl get nodes,pods,pdb -A -o json` dump (`-` reads stdin).
+    #[arg(long, value_name = "SNAPSHOT")]
+    from_file: Option<PathBuf>,
+    /// Read nodes, pods and PodDisruptionBudgets from the cluster (KUBECONFIG, in-cluster).
+    #[arg(long)]
+    from_cluster: bool,
+    /// `table` for people, `json` for programs.
+    #[arg(long, value_enum, default_value = "table")]
+    output: PlanOutput,
+    #[command(flatten)]
+    catalog: CatalogArgs,
+    /// The time the snapshot is judged at (RFC 3339): budgets' schedules, consolidateAfter.
+    /// Default: now.
+    #[arg(long)]
+    now: Option<String>,
+    /// Take any saving, as Karpenter does: no minimum saving, no eviction cost, no stability
+    /// check. For comparison.
+    #[arg(long)]
+    no_thresholds: bool,
+}
+
+#[derive(Args)]
+struct CatalogArgs {
+    /// AWS region of the catalog. Embedded data covers us-east-1 (default) and eu-west-1.
+    #[arg(long)]
+    region: Option<String>,
+    /// Where instance types and prices come from: the data compiled in, or live EC2 calls
+    /// (standard AWS credential and endpoint chain, e.g. AWS_ENDPOINT_URL_EC2).
+    #[arg(long, value_enum, default_value = "embedded")]
+    catalog: CatalogChoice,
 }
 
 #[derive(Args)]
@@ -61,13 +102,8 @@ struct PlanArgs {
     /// `table` for people, `json` for programs.
     #[arg(long, value_enum, default_value = "table")]
     output: PlanOutput,
-    /// AWS region of the catalog. Embedded data covers us-east-1 (default) and eu-west-1.
-    #[arg(long)]
-    region: Option<String>,
-    /// Where instance types and prices come from: the data compiled in, or live EC2 calls
-    /// (standard AWS credential and endpoint chain, e.g. AWS_ENDPOINT_URL_EC2).
-    #[arg(long, value_enum, default_value = "embedded")]
-    catalog: CatalogChoice,
+    #[command(flatten)]
+    catalog: CatalogArgs,
     /// Manifests: YAML or JSON files, multi-document, `v1 List`s; `-` reads stdin.
     #[arg(required = true)]
     manifests: Vec<PathBuf>,
@@ -190,7 +226,7 @@ fn main() -> ExitCode {
     // `plan` is a command-line tool: its output is the answer, so only warnings are logged unless
     // NODEWRIGHT_LOG asks for more.
     let default_level = match cli.command {
-        Command::Plan(_) => "warn",
+        Command::Plan(_) | Command::Consolidate(_) => "warn",
         _ => "info",
     };
     init_tracing(cli.log_format, default_level);
@@ -198,6 +234,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve(*args),
         Command::Certs(args) => make_certs(args),
         Command::Plan(args) => plan(args),
+        Command::Consolidate(args) => consolidate(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -323,32 +360,7 @@ fn plan(args: PlanArgs) -> anyhow::Result<()> {
     let read = started.elapsed();
     let workloads = plan::manifests::expand(objects, &steering)?;
     let expanded = started.elapsed();
-    let region = args.region.clone();
-    let catalog = match args.catalog {
-        CatalogChoice::Embedded => nodewright::cloud::catalog::embedded(
-            region.as_deref().unwrap_or("us-east-1"),
-            &config.policy.pricing,
-        )?,
-        CatalogChoice::Ec2 => {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            runtime.block_on(async {
-                let client = nodewright::cloud::ec2::client_from_env(region.as_deref()).await;
-                let region = client
-                    .config()
-                    .region()
-                    .map(|r| r.to_string())
-                    .ok_or_else(|| {
-                        anyhow::anyhow!("no AWS region: pass --region or set AWS_REGION")
-                    })?;
-                anyhow::Ok(
-                    nodewright::cloud::ec2::load_catalog(&client, &region, &config.policy.pricing)
-                        .await?,
-                )
-            })?
-        }
-    };
+    let catalog = load_catalog(&args.catalog, &config)?;
     let catalog_ready = started.elapsed();
     let pools = plan::pools_from_config(&config, &workloads.daemonsets);
     let usable_zones = scheduling::volumes::usable_zones(&pools, &catalog, &[]);
@@ -389,6 +401,107 @@ fn plan(args: PlanArgs) -> anyhow::Result<()> {
     let text = match args.output {
         PlanOutput::Table => plan::to_table(&result),
         PlanOutput::Json => plan::to_json(&result),
+    };
+    use std::io::Write as _;
+    let mut stdout = std::io::stdout().lock();
+    stdout.write_all(text.as_bytes())?;
+    stdout.flush()?;
+    Ok(())
+}
+
+/// The catalog `plan` and `consolidate` price with.
+fn load_catalog(
+    args: &CatalogArgs,
+    config: &nodewright::config::Config,
+) -> anyhow::Result<nodewright::model::Catalog> {
+    let region = args.region.clone();
+    Ok(match args.catalog {
+        CatalogChoice::Embedded => nodewright::cloud::catalog::embedded(
+            region.as_deref().unwrap_or("us-east-1"),
+            &config.policy.pricing,
+        )?,
+        CatalogChoice::Ec2 => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(async {
+                let client = nodewright::cloud::ec2::client_from_env(region.as_deref()).await;
+                let region = client
+                    .config()
+                    .region()
+                    .map(|r| r.to_string())
+                    .ok_or_else(|| {
+                        anyhow::anyhow!("no AWS region: pass --region or set AWS_REGION")
+                    })?;
+                anyhow::Ok(
+                    nodewright::cloud::ec2::load_catalog(&client, &region, &config.policy.pricing)
+                        .await?,
+                )
+            })?
+        }
+    })
+}
+
+fn consolidate(args: ConsolidateArgs) -> anyhow::Result<()> {
+    use nodewright::scheduling::consolidation::{Settings, snapshot};
+    let config = match &args.config {
+        Some(path) => nodewright::config::Config::load(path)?,
+        None => nodewright::config::embedded_example(),
+    };
+    app::log_config_warnings(&config);
+    let now: jiff::Timestamp = match &args.now {
+        Some(text) => text
+            .parse()
+            .map_err(|e| anyhow::anyhow!("--now {text:?}: not an RFC 3339 time: {e}"))?,
+        None => jiff::Timestamp::now(),
+    };
+    let snap = if let Some(path) = &args.from_file {
+        let text = if path.as_os_str() == "-" {
+            std::io::read_to_string(std::io::stdin())?
+        } else {
+            std::fs::read_to_string(path)
+                .map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?
+        };
+        snapshot::Snapshot::from_json(&text)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
+    } else {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        runtime.block_on(async {
+            let client = nodewright::cluster::client_from_env()
+                .await
+                .ok_or_else(|| anyhow::anyhow!("--from-cluster: no Kubernetes configuration found (KUBECONFIG, ~/.kube/config, in-cluster)"))?;
+            anyhow::Ok(nodewright::cluster::snapshot::list(&client).await?)
+        })?
+    };
+    let catalog = load_catalog(&args.catalog, &config)?;
+    let settings = if args.no_thresholds {
+        Settings::no_threshold()
+    } else {
+        Settings::from_spec(&config.policy.consolidation)
+    };
+    let ctx = snapshot::Context {
+        config: &config,
+        catalog: &catalog,
+        now,
+        busy: Default::default(),
+        idle: Default::default(),
+        skip: Default::default(),
+    };
+    let started = std::time::Instant::now();
+    let report = snapshot::decide(&snap, &ctx, &settings, usize::MAX);
+    tracing::info!(
+        nodes = snap.nodes.len(),
+        pods = snap.pods.len(),
+        candidates = report.candidates,
+        simulations = report.simulations,
+        decide_ms = started.elapsed().as_secs_f64() * 1e3,
+        "consolidation planned"
+    );
+    let text = match args.output {
+        PlanOutput::Table => nodewright::plan::consolidate::to_table(&report),
+        PlanOutput::Json => nodewright::plan::consolidate::to_json(&report, &settings),
     };
     use std::io::Write as _;
     let mut stdout = std::io::stdout().lock();

@@ -12,6 +12,7 @@ pub mod nodeclaims;
 pub mod nodes;
 pub mod pods;
 pub mod quota;
+pub mod snapshot;
 pub mod state;
 pub mod volumes;
 

@@ -50,6 +50,47 @@ pub struct PolicySpec {
     /// Spot interruptions and instance events, from an SQS queue EventBridge rules feed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interruption: Option<InterruptionSpec>,
+    /// Thresholds for consolidating underused nodes (pools with `WhenEmptyOrUnderutilized` or
+    /// `Balanced`): a move is taken only if it saves enough for the pods it restarts.
+    #[serde(default)]
+    pub consolidation: ConsolidationSpec,
+}
+
+/// What a consolidation move must save.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ConsolidationSpec {
+    /// USD per hour a move must save after eviction costs.
+    #[serde(default = "default_min_savings_per_hour")]
+    pub min_savings_per_hour: f64,
+    /// Percent of the removed nodes' price a move must save.
+    #[serde(default = "default_min_savings_percent")]
+    pub min_savings_percent: f64,
+    /// USD per hour charged against a move for each pod it evicts (the cost of a restart).
+    #[serde(default = "default_pod_eviction_cost")]
+    pub pod_eviction_cost_per_hour: f64,
+}
+
+impl Default for ConsolidationSpec {
+    fn default() -> Self {
+        Self {
+            min_savings_per_hour: default_min_savings_per_hour(),
+            min_savings_percent: default_min_savings_percent(),
+            pod_eviction_cost_per_hour: default_pod_eviction_cost(),
+        }
+    }
+}
+
+fn default_min_savings_per_hour() -> f64 {
+    0.01
+}
+
+fn default_min_savings_percent() -> f64 {
+    10.0
+}
+
+fn default_pod_eviction_cost() -> f64 {
+    0.002
 }
 
 /// Where instance events come from, and which pools act on rebalance recommendations.
@@ -80,6 +121,7 @@ impl Default for PolicySpec {
             provisioning: ProvisioningSpec::default(),
             scheduler_name: None,
             interruption: None,
+            consolidation: ConsolidationSpec::default(),
         }
     }
 }

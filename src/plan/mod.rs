@@ -3,6 +3,7 @@
 //! Reads manifests ([`manifests`]), mutates their pods as the webhook would, and runs the same
 //! solver the provisioner uses ([`crate::scheduling`]) against a catalog, with no cluster.
 
+pub mod consolidate;
 pub mod manifests;
 pub mod volumes;
 
@@ -33,14 +34,14 @@ pub fn to_table(plan: &Plan) -> String {
         "$/HOUR",
         "PODS",
     ];
-    let mut rows: Vec<[String; 7]> = Vec::new();
+    let mut rows: Vec<Vec<String>> = Vec::new();
     for (i, n) in plan.nodes.iter().enumerate() {
         let pods = if n.pods.len() <= 3 {
             n.pods.join(", ")
         } else {
             format!("{}, {} and {} more", n.pods[0], n.pods[1], n.pods.len() - 2)
         };
-        rows.push([
+        rows.push(vec![
             format!("{}", i + 1),
             n.node_pool.clone(),
             n.instance_type.clone(),
@@ -54,32 +55,10 @@ pub fn to_table(plan: &Plan) -> String {
             format!("{} ({})", n.pods.len(), pods),
         ]);
     }
-    let mut widths = headers.map(str::len);
-    for r in &rows {
-        for (w, c) in widths.iter_mut().zip(r.iter()) {
-            *w = (*w).max(c.chars().count());
-        }
-    }
-    let line = |cells: &[String]| {
-        let mut l = String::new();
-        for (i, c) in cells.iter().enumerate() {
-            if i + 1 == cells.len() {
-                l.push_str(c);
-            } else {
-                let _ = write!(l, "{c:<w$}  ", w = widths[i]);
-            }
-        }
-        l.trim_end().to_owned()
-    };
     if rows.is_empty() {
         out.push_str("No new nodes.\n");
     } else {
-        out.push_str(&line(&headers.map(str::to_owned)));
-        out.push('\n');
-        for r in &rows {
-            out.push_str(&line(r));
-            out.push('\n');
-        }
+        out.push_str(&table(&headers, &rows));
     }
     let pods: usize = plan.nodes.iter().map(|n| n.pods.len()).sum();
     let _ = writeln!(
@@ -104,6 +83,35 @@ pub fn to_table(plan: &Plan) -> String {
         for u in &plan.unschedulable {
             let _ = writeln!(out, "  {}: {}", u.pod, u.reason);
         }
+    }
+    out
+}
+
+/// Columns padded to their widest cell, the last one left ragged; one line per row.
+pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    for r in rows {
+        for (w, c) in widths.iter_mut().zip(r.iter()) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let line = |cells: &mut dyn Iterator<Item = &str>, out: &mut String| {
+        let mut l = String::new();
+        let cells: Vec<&str> = cells.collect();
+        for (i, c) in cells.iter().enumerate() {
+            if i + 1 == cells.len() {
+                l.push_str(c);
+            } else {
+                let _ = write!(l, "{c:<w$}  ", w = widths[i]);
+            }
+        }
+        out.push_str(l.trim_end());
+        out.push('\n');
+    };
+    let mut out = String::new();
+    line(&mut headers.iter().copied(), &mut out);
+    for r in rows {
+        line(&mut r.iter().map(String::as_str), &mut out);
     }
     out
 }

@@ -50,6 +50,26 @@ pub(super) fn policy(spec: &PolicySpec, parsed: &Parsed, issues: &mut Issues<'_>
             issues.check(rule_path.key("schedulerName"), scheduler_name(name));
         }
     }
+    let c = &spec.consolidation;
+    let at = path.key("consolidation");
+    for (field, value, max) in [
+        ("minSavingsPerHour", c.min_savings_per_hour, f64::MAX),
+        ("minSavingsPercent", c.min_savings_percent, 100.0),
+        (
+            "podEvictionCostPerHour",
+            c.pod_eviction_cost_per_hour,
+            f64::MAX,
+        ),
+    ] {
+        if !value.is_finite() || value < 0.0 || value > max {
+            let range = if max == 100.0 {
+                "0 to 100"
+            } else {
+                "0 or more"
+            };
+            issues.add(at.key(field), format!("{value} is out of range: {range}"));
+        }
+    }
     if let Some(interruption) = &spec.interruption {
         let at = path.key("interruption");
         if interruption.queue.trim().is_empty() {

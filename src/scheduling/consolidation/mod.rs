@@ -60,19 +60,25 @@ pub struct Settings {
 }
 
 impl Default for Settings {
+    /// The Policy's defaults.
     fn default() -> Self {
+        Self::from_spec(&crate::config::ConsolidationSpec::default())
+    }
+}
+
+impl Settings {
+    /// The Policy's `spec.consolidation`.
+    pub fn from_spec(spec: &crate::config::ConsolidationSpec) -> Self {
         Self {
-            min_saving: 0.01,
-            min_saving_percent: 10.0,
-            eviction_cost: 0.002,
+            min_saving: spec.min_savings_per_hour,
+            min_saving_percent: spec.min_savings_percent,
+            eviction_cost: spec.pod_eviction_cost_per_hour,
             spot_alternatives: 15,
             max_multi: 100,
             stable_only: true,
         }
     }
-}
 
-impl Settings {
     /// Karpenter's behaviour: any saving is taken.
     pub fn no_threshold() -> Self {
         Self {

@@ -421,3 +421,16 @@ fn matching_pdbs(pdbs: &[PodDisruptionBudget], pod: &Pod) -> Vec<(String, String
         .map(|p| (ns.to_owned(), p.metadata.name.clone().unwrap_or_default()))
         .collect()
 }
+
+/// The consolidation plan for a snapshot: what `nodewright consolidate` prints and what the live
+/// controller carries out (its first round).
+pub fn decide(
+    snap: &Snapshot,
+    ctx: &Context<'_>,
+    settings: &super::Settings,
+    rounds: usize,
+) -> super::Report {
+    let pools = pools(ctx.config, snap, ctx.catalog);
+    let world = world(snap, ctx, &pools);
+    super::plan(&world, settings, rounds)
+}
