@@ -416,10 +416,13 @@ async fn start_provisioning(
                     "spec.provisioning lacks bootstrap fields: AL2023 nodes (nodeadm) cannot join without clusterEndpoint, clusterCaBundle and serviceCidr (AL2's bootstrap.sh looks them up with eks:DescribeCluster)"
                 );
             }
-            Some(Arc::new(Launcher::new(
-                ec2,
-                Unavailable::new(provisioning.unavailable_offering_ttl()),
-            ))
+            Some(Arc::new(
+                Launcher::new(
+                    ec2,
+                    Unavailable::new(provisioning.unavailable_offering_ttl()),
+                )
+                .with_resolve_ttl(provisioning.node_class_resolve_ttl()),
+            )
                 as Arc<dyn crate::cloud::provider::CloudProvider>)
         }
         _ => {

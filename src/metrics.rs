@@ -509,7 +509,7 @@ impl ProvisionMetrics {
             ec2_errors: IntCounterVec::new(
                 Opts::new(
                     "ec2_errors_total",
-                    "EC2 errors seen while launching or cleaning up, by error code.",
+                    "EC2 errors seen while launching, cleaning up or checking drift, by error code.",
                 ),
                 &["code"],
             )

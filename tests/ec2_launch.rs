@@ -1283,3 +1283,75 @@ async fn describe_calls_are_paced_by_the_client_side_bucket() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_launch_reports_what_it_launched_with_and_the_drift_view_follows_a_newer_ami() {
+    let env = env().await;
+    let arm = register_image(
+        &env.direct,
+        "amazon-eks-node-al2023-arm64-standard-1.31-v20250101",
+        "arm64",
+    )
+    .await;
+    let launcher = env.launcher().with_resolve_ttl(Duration::from_secs(2));
+    let launched = launcher
+        .launch(&request(
+            "default-drift",
+            vec![spot("m7g.medium", "us-east-1b", 0.015)],
+        ))
+        .await
+        .unwrap();
+    assert_eq!(launched.image_id.as_deref(), Some(arm.as_str()));
+    assert_eq!(
+        launched.subnet_id.as_deref(),
+        Some(env.subnets["us-east-1b"].as_str())
+    );
+    assert_eq!(launched.security_group_ids, [env.security_group.as_str()]);
+    let instance = env.instance(&launched.instance_id).await;
+    assert_eq!(instance.image_id(), launched.image_id.as_deref());
+    assert_eq!(instance.subnet_id(), launched.subnet_id.as_deref());
+    // Found again (a retry): what EC2 describes.
+    let again = launcher
+        .launch(&request(
+            "default-drift",
+            vec![spot("m7g.medium", "us-east-1b", 0.015)],
+        ))
+        .await
+        .unwrap();
+    assert!(again.reused);
+    assert_eq!(
+        (&again.image_id, &again.subnet_id),
+        (&launched.image_id, &launched.subnet_id)
+    );
+
+    let class = node_class(NODE_CLASS);
+    let types = ["m7g.medium".to_owned(), "c7a.medium".to_owned()];
+    let view = launcher.node_class_view(&class, &types).await.unwrap();
+    assert_eq!(view.amis_for("m7g.medium"), [arm.as_str()]);
+    assert_eq!(view.amis_for("c7a.medium"), [env.ami.as_str()]);
+    let mut subnets: Vec<String> = env.subnets.values().cloned().collect();
+    subnets.sort();
+    assert_eq!(view.subnets, subnets);
+    assert_eq!(view.security_groups, [env.security_group.as_str()]);
+    let images = env.proxy.count("DescribeImages");
+    assert_eq!(
+        images, 2,
+        "resolved once (two alias queries), for the launch"
+    );
+
+    // A newer arm64 AMI (a second later: creation dates have whole seconds).
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let newer = register_image(
+        &env.direct,
+        "amazon-eks-node-al2023-arm64-standard-1.31-v20250201",
+        "arm64",
+    )
+    .await;
+    let cached = launcher.node_class_view(&class, &types).await.unwrap();
+    assert_eq!(cached.amis_for("m7g.medium"), [arm], "within the TTL");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let fresh = launcher.node_class_view(&class, &types).await.unwrap();
+    assert_eq!(fresh.amis_for("m7g.medium"), [newer]);
+    assert_eq!(fresh.amis_for("c7a.medium"), [env.ami.as_str()]);
+    assert_eq!(env.proxy.count("DescribeImages"), images + 2);
+}

@@ -10,8 +10,11 @@ use std::time::SystemTime;
 
 use futures::future::BoxFuture;
 
-use super::launch::{InstanceInfo, LaunchError, LaunchRequest, Launched, OfferingKey, provider_id};
+use super::launch::{
+    InstanceInfo, LaunchError, LaunchRequest, Launched, NodeClassView, OfferingKey, provider_id,
+};
 use super::provider::CloudProvider;
+use crate::config::EC2NodeClass;
 use crate::model::catalog::CapacityType;
 
 /// One recorded call.
@@ -22,6 +25,7 @@ pub enum Call {
     FindByClaim { claim: String },
     List,
     Delete { instance_ids: Vec<String> },
+    NodeClassView { node_class: String },
 }
 
 /// Which operation a queued failure applies to.
@@ -32,6 +36,7 @@ pub enum Op {
     FindByClaim,
     List,
     Delete,
+    NodeClassView,
 }
 
 #[derive(Default)]
@@ -44,6 +49,8 @@ struct Inner {
     next: HashMap<Op, VecDeque<LaunchError>>,
     unavailable: Vec<OfferingKey>,
     seq: u64,
+    /// What every node class selects; [`FakeCloud::node_class_view`] when not set.
+    view: Option<NodeClassView>,
 }
 
 /// The fake. Cheap to clone; clones share state.
@@ -113,6 +120,37 @@ impl FakeCloud {
     fn take_failure(inner: &mut Inner, op: Op) -> Option<LaunchError> {
         inner.next.get_mut(&op).and_then(VecDeque::pop_front)
     }
+
+    /// What every node class selects from now on: launches use it, and the drift check sees it.
+    /// Instance types it gives no architectures for are `x86_64`.
+    pub fn set_node_class_view(&self, view: NodeClassView) {
+        self.lock().view = Some(view);
+    }
+
+    /// What every node class selects: as set, else `ami-1` (x86_64) and `ami-arm-1` (arm64),
+    /// `subnet-1`, `sg-1`.
+    pub fn node_class_view(&self) -> NodeClassView {
+        self.lock().view.clone().unwrap_or_else(|| NodeClassView {
+            amis: BTreeMap::from([
+                ("x86_64".to_owned(), "ami-1".to_owned()),
+                ("arm64".to_owned(), "ami-arm-1".to_owned()),
+            ]),
+            subnets: vec!["subnet-1".to_owned()],
+            security_groups: vec!["sg-1".to_owned()],
+            architectures: BTreeMap::new(),
+        })
+    }
+
+    /// The view with `instance_types`' architectures filled in (`x86_64` unless set).
+    fn view_for(&self, instance_types: &[String]) -> NodeClassView {
+        let mut view = self.node_class_view();
+        for t in instance_types {
+            view.architectures
+                .entry(t.clone())
+                .or_insert_with(|| vec!["x86_64".to_owned()]);
+        }
+        view
+    }
 }
 
 /// An EC2-shaped error for tests.
@@ -129,6 +167,12 @@ impl CloudProvider for FakeCloud {
         &'a self,
         req: &'a LaunchRequest,
     ) -> BoxFuture<'a, Result<Launched, LaunchError>> {
+        let types: Vec<String> = req
+            .offerings
+            .iter()
+            .map(|o| o.instance_type.clone())
+            .collect();
+        let view = self.view_for(&types);
         Box::pin(async move {
             let mut inner = self.lock();
             inner.calls.push(Call::Create {
@@ -149,6 +193,9 @@ impl CloudProvider for FakeCloud {
                     provider_id: existing.provider_id.clone(),
                     reused: true,
                     unavailable: Vec::new(),
+                    image_id: existing.image_id.clone(),
+                    subnet_id: existing.subnet_id.clone(),
+                    security_group_ids: existing.security_group_ids.clone(),
                 });
             }
             let mut unavailable = Vec::new();
@@ -163,6 +210,8 @@ impl CloudProvider for FakeCloud {
                 }
                 inner.seq += 1;
                 let id = format!("i-{:017x}", inner.seq);
+                let image_id = view.amis_for(&o.instance_type).into_iter().next();
+                let subnet_id = view.subnets.first().cloned();
                 let info = InstanceInfo {
                     instance_id: id.clone(),
                     instance_type: o.instance_type.clone(),
@@ -173,6 +222,9 @@ impl CloudProvider for FakeCloud {
                     launch_time: Some(SystemTime::now()),
                     provider_id: provider_id(&o.zone, &id),
                     capacity_type: o.capacity_type,
+                    image_id: image_id.clone(),
+                    subnet_id: subnet_id.clone(),
+                    security_group_ids: view.security_groups.clone(),
                 };
                 inner.instances.insert(id.clone(), info);
                 return Ok(Launched {
@@ -183,6 +235,9 @@ impl CloudProvider for FakeCloud {
                     provider_id: provider_id(&o.zone, &id),
                     reused: false,
                     unavailable,
+                    image_id,
+                    subnet_id,
+                    security_group_ids: view.security_groups,
                 });
             }
             Err(last_error.unwrap_or(LaunchError::InsufficientCapacity {
@@ -289,5 +344,24 @@ impl CloudProvider for FakeCloud {
         v.sort();
         v.dedup();
         v
+    }
+
+    fn node_class_view<'a>(
+        &'a self,
+        node_class: &'a EC2NodeClass,
+        instance_types: &'a [String],
+    ) -> BoxFuture<'a, Result<NodeClassView, LaunchError>> {
+        Box::pin(async move {
+            {
+                let mut inner = self.lock();
+                inner.calls.push(Call::NodeClassView {
+                    node_class: node_class.name().to_owned(),
+                });
+                if let Some(e) = Self::take_failure(&mut inner, Op::NodeClassView) {
+                    return Err(e);
+                }
+            }
+            Ok(self.view_for(instance_types))
+        })
     }
 }

@@ -5,7 +5,10 @@
 
 use futures::future::BoxFuture;
 
-use super::launch::{InstanceInfo, LaunchError, LaunchRequest, Launched, Launcher, OfferingKey};
+use super::launch::{
+    InstanceInfo, LaunchError, LaunchRequest, Launched, Launcher, NodeClassView, OfferingKey,
+};
+use crate::config::EC2NodeClass;
 use crate::model::catalog::CapacityType;
 
 /// What the controllers need from a cloud.
@@ -43,6 +46,15 @@ pub trait CloudProvider: Send + Sync {
 
     /// Leave an offering out for a while (a spot interruption says it is short).
     fn mark_unavailable(&self, instance_type: &str, zone: &str, ct: CapacityType);
+
+    /// What the node class selects now (AMIs per architecture, subnets, security groups),
+    /// resolved as a launch resolves it, and the architectures of `instance_types`: the drift
+    /// check's view (Karpenter's `CloudProvider.IsDrifted` reads the same).
+    fn node_class_view<'a>(
+        &'a self,
+        node_class: &'a EC2NodeClass,
+        instance_types: &'a [String],
+    ) -> BoxFuture<'a, Result<NodeClassView, LaunchError>>;
 }
 
 /// Whether an instance in this state is gone for the controllers (Karpenter's AWS provider
@@ -91,5 +103,13 @@ impl CloudProvider for Launcher {
 
     fn mark_unavailable(&self, instance_type: &str, zone: &str, ct: CapacityType) {
         Launcher::unavailable(self).mark(instance_type, zone, ct);
+    }
+
+    fn node_class_view<'a>(
+        &'a self,
+        node_class: &'a EC2NodeClass,
+        instance_types: &'a [String],
+    ) -> BoxFuture<'a, Result<NodeClassView, LaunchError>> {
+        Box::pin(Launcher::node_class_view(self, node_class, instance_types))
     }
 }

@@ -163,6 +163,19 @@ pub struct NodeClaimStatus {
     pub capacity_type: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub price_per_hour: Option<f64>,
+    /// The AMI the instance launched with (Karpenter's `status.imageID`); with the subnet and
+    /// security groups, what the drift check compares with the EC2NodeClass as it resolves now.
+    /// Unset on claims launched before nodewright recorded it: they are not checked.
+    #[serde(default, skip_serializing_if = "Option::is_none", rename = "imageID")]
+    pub image_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none", rename = "subnetID")]
+    pub subnet_id: Option<String>,
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        rename = "securityGroupIDs"
+    )]
+    pub security_group_ids: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node_name: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -530,11 +543,17 @@ mod tests {
             ..Default::default()
         };
         c.status_mut().instance_id = Some("i-1".into());
+        c.status_mut().image_id = Some("ami-1".into());
+        c.status_mut().subnet_id = Some("subnet-1".into());
+        c.status_mut().security_group_ids = vec!["sg-1".into()];
         c.set_condition("Launched", true, "Launched", "ok");
         let v = serde_json::to_value(&c).unwrap();
         assert_eq!(v["apiVersion"], "nodewright.io/v1alpha1");
         assert_eq!(v["kind"], "NodeClaim");
         assert_eq!(v["status"]["instanceID"], "i-1");
+        assert_eq!(v["status"]["imageID"], "ami-1");
+        assert_eq!(v["status"]["subnetID"], "subnet-1");
+        assert_eq!(v["status"]["securityGroupIDs"][0], "sg-1");
         assert_eq!(v["status"]["phase"], "Pending");
         assert_eq!(v["status"]["conditions"][0]["type"], "Launched");
         let back: NodeClaim = serde_json::from_value(v).unwrap();

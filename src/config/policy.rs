@@ -349,6 +349,11 @@ pub struct ProvisioningSpec {
     /// How long an offering that reported insufficient capacity is left out (Karpenter: 3m).
     #[serde(default = "default_unavailable_ttl")]
     pub unavailable_offering_ttl: String,
+    /// How long what an EC2NodeClass selects (AMIs, subnets, security groups) is reused by
+    /// launches and the drift check before it is resolved again: how late a new AMI or a
+    /// re-tagged subnet is seen.
+    #[serde(default = "default_node_class_resolve_ttl")]
+    pub node_class_resolve_ttl: String,
 }
 
 impl Default for ProvisioningSpec {
@@ -361,6 +366,7 @@ impl Default for ProvisioningSpec {
             registration_timeout: default_registration_timeout(),
             orphan_grace_period: default_orphan_grace_period(),
             unavailable_offering_ttl: default_unavailable_ttl(),
+            node_class_resolve_ttl: default_node_class_resolve_ttl(),
         }
     }
 }
@@ -381,6 +387,11 @@ impl ProvisioningSpec {
         super::parse_go_duration(&self.unavailable_offering_ttl)
             .unwrap_or(std::time::Duration::from_secs(180))
     }
+    /// `nodeClassResolveTtl` (validated when the config is parsed).
+    pub fn node_class_resolve_ttl(&self) -> std::time::Duration {
+        super::parse_go_duration(&self.node_class_resolve_ttl)
+            .unwrap_or(std::time::Duration::from_secs(60))
+    }
 }
 
 fn default_registration_timeout() -> String {
@@ -393,4 +404,8 @@ fn default_orphan_grace_period() -> String {
 
 fn default_unavailable_ttl() -> String {
     "3m".to_owned()
+}
+
+fn default_node_class_resolve_ttl() -> String {
+    "1m".to_owned()
 }

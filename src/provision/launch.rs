@@ -84,6 +84,9 @@ impl Run {
                 s.zone = Some(l.zone.clone());
                 s.capacity_type = Some(l.capacity_type.as_str().to_owned());
                 s.price_per_hour = price;
+                s.image_id = l.image_id.clone();
+                s.subnet_id = l.subnet_id.clone();
+                s.security_group_ids = l.security_group_ids.clone();
                 claim.status_mut().launched_at = Some(time_now());
                 claim.set_condition(
                     "Launched",

@@ -140,6 +140,8 @@ struct Run {
     terminator: terminator::Terminator,
     /// When each claim last got a `DisruptionBlocked` Event from the budgets.
     blocked_events: HashMap<String, Instant>,
+    /// When resolving each EC2NodeClass for the drift check last failed.
+    class_resolve_failed: HashMap<String, Instant>,
 }
 
 impl Provisioner {
@@ -174,6 +176,7 @@ impl Provisioner {
             startup: startup::Initialization::default(),
             terminator,
             blocked_events: HashMap::new(),
+            class_resolve_failed: HashMap::new(),
         };
         if !run.p.claims.is_durable() {
             tracing::warn!(

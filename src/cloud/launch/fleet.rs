@@ -263,7 +263,7 @@ impl Launcher {
                 Err(err) => return Err(err),
             };
             *first_fleet = false;
-            return self.fleet_outcome(req, resolved, ct, out).await;
+            return self.fleet_outcome(req, resolved, ct, batch, out).await;
         }
     }
 
@@ -273,6 +273,7 @@ impl Launcher {
         req: &LaunchRequest,
         resolved: &Resolved,
         ct: CapacityType,
+        batch: &[&Candidate],
         out: CreateFleetOutput,
     ) -> Result<(FleetResult, Vec<OfferingKey>), LaunchError> {
         let zone_of = |az: Option<&str>, subnet: Option<&str>| -> Option<String> {
@@ -314,7 +315,15 @@ impl Launcher {
                 other.push((code.to_owned(), message.to_owned(), instance_type, zone));
             }
         }
-        let mut launched: Vec<(String, String, Option<String>, CapacityType)> = Vec::new();
+        // (id, type, zone, capacity type, (AMI, subnet) as the override says)
+        type Instance = (
+            String,
+            String,
+            Option<String>,
+            CapacityType,
+            (Option<String>, Option<String>),
+        );
+        let mut launched: Vec<Instance> = Vec::new();
         for i in out.instances() {
             let overrides = i
                 .launch_template_and_overrides()
@@ -334,11 +343,23 @@ impl Launcher {
                 Some(InstanceLifecycle::OnDemand) => CapacityType::OnDemand,
                 _ => ct,
             };
+            let from = (
+                overrides.and_then(|o| o.image_id()).map(str::to_owned),
+                overrides.and_then(|o| o.subnet_id()).map(str::to_owned),
+            );
             for id in i.instance_ids() {
-                launched.push((id.clone(), instance_type.clone(), zone.clone(), lifecycle));
+                launched.push((
+                    id.clone(),
+                    instance_type.clone(),
+                    zone.clone(),
+                    lifecycle,
+                    from.clone(),
+                ));
             }
         }
-        if let Some((id, instance_type, zone, capacity_type)) = launched.first().cloned() {
+        if let Some((id, instance_type, zone, capacity_type, (image_id, subnet_id))) =
+            launched.first().cloned()
+        {
             if launched.len() > 1 {
                 let extras: Vec<String> = launched[1..].iter().map(|l| l.0.clone()).collect();
                 warn!(claim = %req.claim_name, kept = %id, ?extras, "CreateFleet returned more than one instance; terminating the extras");
@@ -350,6 +371,10 @@ impl Launcher {
                 Some(zone) => zone,
                 None => self.instance_zone(&id).await?,
             };
+            // What the answer leaves out, the override it was launched from says.
+            let candidate = batch
+                .iter()
+                .find(|c| c.instance_type == instance_type && c.zone == zone);
             let launched = Launched {
                 provider_id: provider_id(&zone, &id),
                 instance_id: id,
@@ -358,6 +383,9 @@ impl Launcher {
                 capacity_type,
                 reused: false,
                 unavailable: Vec::new(),
+                image_id: image_id.or_else(|| candidate.map(|c| c.ami.clone())),
+                subnet_id: subnet_id.or_else(|| candidate.map(|c| c.subnet.clone())),
+                security_group_ids: resolved.security_groups.clone(),
             };
             return Ok((FleetResult::Launched(launched), marked));
         }

@@ -166,6 +166,9 @@ pub(super) fn reused(found: InstanceInfo) -> Launched {
         provider_id: found.provider_id,
         reused: true,
         unavailable: Vec::new(),
+        image_id: found.image_id,
+        subnet_id: found.subnet_id,
+        security_group_ids: found.security_group_ids,
     }
 }
 
@@ -205,6 +208,18 @@ fn instance_info(i: &Instance) -> Option<InstanceInfo> {
         capacity_type: match i.instance_lifecycle() {
             Some(InstanceLifecycleType::Spot) => CapacityType::Spot,
             _ => CapacityType::OnDemand,
+        },
+        image_id: i.image_id().map(str::to_owned),
+        subnet_id: i.subnet_id().map(str::to_owned),
+        security_group_ids: {
+            let mut groups: Vec<String> = i
+                .security_groups()
+                .iter()
+                .filter_map(|g| g.group_id().map(str::to_owned))
+                .collect();
+            groups.sort();
+            groups.dedup();
+            groups
         },
         instance_id,
     })

@@ -13,7 +13,10 @@
 //!    answers `IdempotentParameterMismatch` to the first one, an earlier incarnation used the token:
 //!    the claim's instance is looked for again (a few seconds, for DescribeInstances' eventual
 //!    consistency) before launching with a derived token.
-//! 2. **The EC2NodeClass is resolved** (cached per content hash for [`RESOLVE_TTL`]): subnets
+//! 2. **The EC2NodeClass is resolved** (cached per content hash for [`RESOLVE_TTL`], or the
+//!    launcher's [`Launcher::with_resolve_ttl`]; the drift check reads the same cache through
+//!    [`Launcher::node_class_view`], so a drifted node's replacement launches with what the check
+//!    saw): subnets
 //!    (`DescribeSubnets`, terms ORed; per zone the subnet with the most free addresses, as
 //!    Karpenter), security groups (`DescribeSecurityGroups` by id / name / tags), AMIs
 //!    (`DescribeImages`, newest `CreationDate` per architecture) and the instance profile.
@@ -106,7 +109,7 @@ pub use retry::{Backoff, Bucket, ICE_CODES, RateLimits};
 pub use types::{
     CAPACITY_TYPE_LABEL, CLAIM_TAG, ClusterInfo, InstanceInfo, LAUNCH_TEMPLATE_IDLE_TTL,
     LAUNCH_TEMPLATE_PREFIX, LaunchError, LaunchOffering, LaunchRequest, Launched, MAX_OVERRIDES,
-    NODECLASS_TAG, NODEPOOL_TAG, OfferingKey, RESOLVE_TTL, cluster_tag, provider_id,
+    NODECLASS_TAG, NODEPOOL_TAG, NodeClassView, OfferingKey, RESOLVE_TTL, cluster_tag, provider_id,
 };
 pub use unavailable::Unavailable;
 
@@ -123,6 +126,8 @@ struct Inner {
     mutating: TokenBucket,
     terminations: TokenBucket,
     template_idle_ttl: Duration,
+    /// How long a resolved node class is reused.
+    resolve_ttl: Duration,
     /// node class content hash → (resolved at, resolution)
     resolved: Mutex<HashMap<u64, (Instant, Arc<Resolved>)>>,
     /// instance type → architectures
@@ -155,6 +160,7 @@ impl Launcher {
             Backoff::default(),
             RateLimits::default(),
             LAUNCH_TEMPLATE_IDLE_TTL,
+            RESOLVE_TTL,
         )
     }
 
@@ -164,6 +170,7 @@ impl Launcher {
         backoff: Backoff,
         limits: RateLimits,
         template_idle_ttl: Duration,
+        resolve_ttl: Duration,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
@@ -173,6 +180,7 @@ impl Launcher {
                 mutating: TokenBucket::new(limits.mutating),
                 terminations: TokenBucket::new(limits.terminations),
                 template_idle_ttl,
+                resolve_ttl,
                 resolved: Mutex::default(),
                 architectures: Mutex::default(),
                 templates: Mutex::default(),
@@ -191,6 +199,7 @@ impl Launcher {
             backoff,
             limits,
             self.inner.template_idle_ttl,
+            self.inner.resolve_ttl,
         )
     }
 
@@ -202,6 +211,7 @@ impl Launcher {
             self.inner.backoff,
             limits,
             self.inner.template_idle_ttl,
+            self.inner.resolve_ttl,
         )
     }
 
@@ -213,6 +223,22 @@ impl Launcher {
             self.unavailable,
             self.inner.backoff,
             limits,
+            ttl,
+            self.inner.resolve_ttl,
+        )
+    }
+
+    /// The same launcher reusing a resolved EC2NodeClass for `ttl` (fresh caches): how stale
+    /// the AMIs, subnets and security groups that launches use and the drift check compares
+    /// with may be.
+    pub fn with_resolve_ttl(self, ttl: Duration) -> Self {
+        let limits = self.limits();
+        Self::build(
+            self.inner.client.clone(),
+            self.unavailable,
+            self.inner.backoff,
+            limits,
+            self.inner.template_idle_ttl,
             ttl,
         )
     }

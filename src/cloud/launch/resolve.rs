@@ -10,7 +10,7 @@ use aws_sdk_ec2::types::{Filter, InstanceType};
 use tracing::debug;
 
 use super::retry::Class;
-use super::types::{LaunchError, RESOLVE_TTL};
+use super::types::{LaunchError, NodeClassView};
 use super::{Launcher, filter, fnv1a64};
 use crate::config::{AmiFamily, AmiSelectorTerm, EC2NodeClass, Tags};
 
@@ -41,7 +41,7 @@ impl Launcher {
     ) -> Result<Arc<Resolved>, LaunchError> {
         let key = fnv1a64(&serde_json::to_vec(node_class).unwrap_or_default());
         if let Some((at, hit)) = self.inner.resolved.lock().unwrap().get(&key)
-            && at.elapsed() < RESOLVE_TTL
+            && at.elapsed() < self.inner.resolve_ttl
         {
             return Ok(Arc::clone(hit));
         }
@@ -69,9 +69,30 @@ impl Launcher {
         });
         debug!(node_class = name, ?resolved, "resolved EC2NodeClass");
         let mut cache = self.inner.resolved.lock().unwrap();
-        cache.retain(|_, (at, _)| at.elapsed() < RESOLVE_TTL);
+        let ttl = self.inner.resolve_ttl;
+        cache.retain(|_, (at, _)| at.elapsed() < ttl);
         cache.insert(key, (Instant::now(), Arc::clone(&resolved)));
         Ok(resolved)
+    }
+
+    /// What the node class selects now, from the cache launches use, and the architectures of
+    /// `instance_types`: what the drift check compares launched claims with.
+    pub async fn node_class_view(
+        &self,
+        node_class: &EC2NodeClass,
+        instance_types: &[String],
+    ) -> Result<NodeClassView, LaunchError> {
+        let resolved = self.resolve(node_class).await?;
+        let types: Vec<&str> = instance_types.iter().map(String::as_str).collect();
+        let architectures = self.architectures(&types).await?;
+        let mut subnets: Vec<String> = resolved.subnet_zones.keys().cloned().collect();
+        subnets.sort();
+        Ok(NodeClassView {
+            amis: resolved.amis.clone(),
+            subnets,
+            security_groups: resolved.security_groups.clone(),
+            architectures: architectures.into_iter().collect(),
+        })
     }
 
     /// The subnet of each zone (zone → subnet id) and the zone of every selected subnet.

@@ -24,8 +24,11 @@ pub const CAPACITY_TYPE_LABEL: &str = "karpenter.sh/capacity-type";
 pub const LAUNCH_TEMPLATE_PREFIX: &str = "nodewright-";
 /// Overrides per CreateFleet.
 pub const MAX_OVERRIDES: usize = 60;
-/// How long a resolved EC2NodeClass (subnets, security groups, AMIs) is reused.
-pub const RESOLVE_TTL: Duration = Duration::from_secs(300);
+/// How long a resolved EC2NodeClass (subnets, security groups, AMIs) is reused, by launches
+/// and by the drift check alike, unless the launcher is given another
+/// ([`Launcher::with_resolve_ttl`](super::Launcher::with_resolve_ttl), from the Policy's
+/// `spec.provisioning.nodeClassResolveTtl`).
+pub const RESOLVE_TTL: Duration = Duration::from_secs(60);
 /// Launch templates unused this long are deleted.
 pub const LAUNCH_TEMPLATE_IDLE_TTL: Duration = Duration::from_secs(600);
 
@@ -96,6 +99,42 @@ pub struct Launched {
     pub reused: bool,
     /// Offerings found out of capacity on the way (type, zone, capacity type).
     pub unavailable: Vec<OfferingKey>,
+    /// The AMI, subnet and security groups it launched with (what the drift check compares
+    /// with the node class later); `None` / empty when not known.
+    pub image_id: Option<String>,
+    pub subnet_id: Option<String>,
+    pub security_group_ids: Vec<String>,
+}
+
+/// What an EC2NodeClass selects in EC2 now, resolved as a launch resolves it (and from the
+/// same cache): what the drift check compares launched claims with.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NodeClassView {
+    /// Architecture (`x86_64`, `arm64`) → the AMI a launch uses for it.
+    pub amis: BTreeMap<String, String>,
+    /// Every selected subnet, sorted.
+    pub subnets: Vec<String>,
+    /// The selected security groups, sorted.
+    pub security_groups: Vec<String>,
+    /// Instance type → its architectures, for the types asked about that EC2 knows.
+    pub architectures: BTreeMap<String, Vec<String>>,
+}
+
+impl NodeClassView {
+    /// The AMIs an instance of this type launches with now (one per architecture it supports
+    /// that has an AMI); empty when its architectures are unknown.
+    pub fn amis_for(&self, instance_type: &str) -> Vec<String> {
+        let mut amis: Vec<String> = self
+            .architectures
+            .get(instance_type)
+            .into_iter()
+            .flatten()
+            .filter_map(|arch| self.amis.get(arch).cloned())
+            .collect();
+        amis.sort();
+        amis.dedup();
+        amis
+    }
 }
 
 /// Why a launch failed.
@@ -150,6 +189,10 @@ pub struct InstanceInfo {
     pub provider_id: String,
     /// Spot when EC2 says the instance's lifecycle is spot.
     pub capacity_type: CapacityType,
+    pub image_id: Option<String>,
+    pub subnet_id: Option<String>,
+    /// Sorted.
+    pub security_group_ids: Vec<String>,
 }
 
 #[cfg(test)]
@@ -176,5 +219,28 @@ mod tests {
             ec2.to_string(),
             "EC2 CreateFleet failed: UnauthorizedOperation: no"
         );
+    }
+
+    #[test]
+    fn an_instance_type_launches_with_the_amis_of_its_architectures() {
+        let view = NodeClassView {
+            amis: BTreeMap::from([
+                ("x86_64".to_owned(), "ami-x".to_owned()),
+                ("arm64".to_owned(), "ami-a".to_owned()),
+            ]),
+            architectures: BTreeMap::from([
+                ("c5.large".to_owned(), vec!["x86_64".to_owned()]),
+                ("c7g.large".to_owned(), vec!["arm64".to_owned()]),
+                (
+                    "t1.micro".to_owned(),
+                    vec!["i386".to_owned(), "x86_64".to_owned()],
+                ),
+            ]),
+            ..Default::default()
+        };
+        assert_eq!(view.amis_for("c5.large"), ["ami-x"]);
+        assert_eq!(view.amis_for("c7g.large"), ["ami-a"]);
+        assert_eq!(view.amis_for("t1.micro"), ["ami-x"]);
+        assert!(view.amis_for("m5.large").is_empty(), "unknown type");
     }
 }

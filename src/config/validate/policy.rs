@@ -132,6 +132,7 @@ fn provisioning(spec: &ProvisioningSpec, path: &FieldPath, issues: &mut Issues<'
         ("registrationTimeout", &spec.registration_timeout),
         ("orphanGracePeriod", &spec.orphan_grace_period),
         ("unavailableOfferingTtl", &spec.unavailable_offering_ttl),
+        ("nodeClassResolveTtl", &spec.node_class_resolve_ttl),
     ] {
         match parse_go_duration(value) {
             Ok(d) if d.is_zero() => issues.add(path.key(field), "must be longer than 0s"),

@@ -29,6 +29,9 @@ fn instance(id: &str) -> InstanceInfo {
         launch_time: None,
         provider_id: format!("aws:///us-east-1a/{id}"),
         capacity_type: CapacityType::OnDemand,
+        image_id: None,
+        subnet_id: None,
+        security_group_ids: Vec::new(),
     }
 }
 

@@ -1,8 +1,13 @@
-//! Drift, the static part (Karpenter's `nodeclaim/disruption/drift.go`): a claim records hashes
-//! of its NodePool's template and of its EC2NodeClass when it is written; a claim whose pool or
-//! class hashes differ now, or whose launched offering no longer meets the pool's requirements,
-//! has drifted. The dynamic part (AMIs, subnets, security groups resolved again) is the cloud's
-//! (`CloudProvider::drift`). Pure.
+//! Drift (Karpenter's `nodeclaim/disruption/drift.go` and the AWS provider's `drift.go`). Pure.
+//!
+//! The static part ([`static_drift`]): a claim records hashes of its NodePool's template and of
+//! its EC2NodeClass when it is written; a claim whose pool or class hashes differ now, or whose
+//! launched offering no longer meets the pool's requirements, has drifted.
+//!
+//! The dynamic part ([`dynamic_drift`]): a claim records the AMI, subnet and security groups
+//! its instance launched with; the node class's selector terms, resolved again now (by the
+//! cloud, as a launch resolves them), may select others: a newer AMI behind an alias or a name,
+//! a subnet no longer tagged, another set of security groups.
 //!
 //! What the hashes cover follows Karpenter's `hash:"ignore"` tags: the pool's template labels,
 //! annotations, taints, startup taints and node class reference (not its requirements, checked
@@ -29,8 +34,18 @@ pub enum Drift {
     NodeClass,
     /// The launched offering no longer meets the pool's requirements (the key named).
     Requirements(String),
-    /// The cloud says: AMI, subnet or security groups no longer what the node class resolves to.
-    Cloud(String),
+    /// The AMI it launched with is not what the node class selects now for its architecture.
+    Ami {
+        launched: String,
+        selected: Vec<String>,
+    },
+    /// The subnet it launched in is no longer selected.
+    Subnet { launched: String },
+    /// The security groups it launched with are not those selected now.
+    SecurityGroups {
+        launched: Vec<String>,
+        selected: Vec<String>,
+    },
 }
 
 impl Drift {
@@ -40,7 +55,10 @@ impl Drift {
             Self::NodePool => "NodePoolDrifted",
             Self::NodeClass => "NodeClassDrifted",
             Self::Requirements(_) => "RequirementsDrifted",
-            Self::Cloud(_) => "CloudDrifted",
+            // Karpenter's AWS provider's names.
+            Self::Ami { .. } => "AMIDrift",
+            Self::Subnet { .. } => "SubnetDrift",
+            Self::SecurityGroups { .. } => "SecurityGroupDrift",
         }
     }
 
@@ -53,7 +71,18 @@ impl Drift {
             Self::Requirements(key) => {
                 format!("the node no longer meets the NodePool's requirement on {key}")
             }
-            Self::Cloud(why) => why.clone(),
+            Self::Ami { launched, selected } => format!(
+                "the node runs AMI {launched}; its EC2NodeClass now selects {}",
+                selected.join(", ")
+            ),
+            Self::Subnet { launched } => format!(
+                "the node runs in subnet {launched}, which its EC2NodeClass no longer selects"
+            ),
+            Self::SecurityGroups { launched, selected } => format!(
+                "the node has security groups {}; its EC2NodeClass now selects {}",
+                launched.join(", "),
+                selected.join(", ")
+            ),
         }
     }
 }
@@ -145,6 +174,63 @@ pub fn static_drift(
         if !r.allows(value) {
             return Some(Drift::Requirements(r.key.clone()));
         }
+    }
+    None
+}
+
+/// What a claim's instance launched with, as recorded on the claim.
+pub struct LaunchedWith<'a> {
+    pub image_id: Option<&'a str>,
+    pub subnet_id: Option<&'a str>,
+    pub security_group_ids: &'a [String],
+}
+
+/// What the claim's node class selects now, for the claim's instance type.
+pub struct Selected<'a> {
+    /// The AMIs an instance of its type launches with now (empty: its architecture is unknown,
+    /// or no AMI is selected for it: then the AMI is not judged).
+    pub images: &'a [String],
+    pub subnets: &'a [String],
+    pub security_groups: &'a [String],
+}
+
+/// The dynamic drift of a claim (Karpenter's `isAMIDrifted`, `isSubnetDrifted`,
+/// `areSecurityGroupsDrifted`, in that order). What was not recorded (claims launched before
+/// nodewright recorded it) is not judged, nor is an empty selection: it tells nothing about the
+/// node.
+pub fn dynamic_drift(launched: &LaunchedWith<'_>, now: &Selected<'_>) -> Option<Drift> {
+    if let Some(image) = launched.image_id
+        && !now.images.is_empty()
+        && !now.images.iter().any(|i| i == image)
+    {
+        return Some(Drift::Ami {
+            launched: image.to_owned(),
+            selected: now.images.to_vec(),
+        });
+    }
+    if let Some(subnet) = launched.subnet_id
+        && !now.subnets.is_empty()
+        && !now.subnets.iter().any(|s| s == subnet)
+    {
+        return Some(Drift::Subnet {
+            launched: subnet.to_owned(),
+        });
+    }
+    let sorted = |groups: &[String]| {
+        let mut v = groups.to_vec();
+        v.sort();
+        v.dedup();
+        v
+    };
+    let (had, selected) = (
+        sorted(launched.security_group_ids),
+        sorted(now.security_groups),
+    );
+    if !had.is_empty() && !selected.is_empty() && had != selected {
+        return Some(Drift::SecurityGroups {
+            launched: had,
+            selected,
+        });
     }
     None
 }
@@ -263,5 +349,89 @@ spec:
             claim(&annotations, "c5.large", "spot"),
             Some(Drift::NodePool)
         );
+    }
+
+    fn strings(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[test]
+    fn a_claim_drifts_when_its_ami_subnet_or_security_groups_are_no_longer_selected() {
+        let groups = strings(&["sg-b", "sg-a"]);
+        let launched = LaunchedWith {
+            image_id: Some("ami-1"),
+            subnet_id: Some("subnet-1"),
+            security_group_ids: &groups,
+        };
+        let check = |images: &[&str], subnets: &[&str], sgs: &[&str]| {
+            dynamic_drift(
+                &launched,
+                &Selected {
+                    images: &strings(images),
+                    subnets: &strings(subnets),
+                    security_groups: &strings(sgs),
+                },
+            )
+        };
+        let (subnets, sgs) = (["subnet-1", "subnet-2"], ["sg-a", "sg-b"]);
+        assert_eq!(check(&["ami-1"], &subnets, &sgs), None);
+        assert_eq!(
+            check(&[], &subnets, &["sg-b", "sg-a", "sg-a"]),
+            None,
+            "no AMI known for the architecture: not judged; groups compared as sets"
+        );
+        let ami = check(&["ami-2"], &subnets, &sgs).unwrap();
+        assert_eq!(
+            ami,
+            Drift::Ami {
+                launched: "ami-1".into(),
+                selected: strings(&["ami-2"])
+            }
+        );
+        assert_eq!(ami.reason(), "AMIDrift");
+        assert!(ami.message().contains("ami-2"), "{}", ami.message());
+        let subnet = check(&["ami-1"], &["subnet-2"], &sgs).unwrap();
+        assert_eq!(subnet.reason(), "SubnetDrift");
+        assert_eq!(
+            check(&["ami-1"], &subnets, &["sg-a"]),
+            Some(Drift::SecurityGroups {
+                launched: strings(&["sg-a", "sg-b"]),
+                selected: strings(&["sg-a"])
+            })
+        );
+        assert_eq!(
+            check(&["ami-1"], &subnets, &["sg-a", "sg-b", "sg-c"])
+                .unwrap()
+                .reason(),
+            "SecurityGroupDrift",
+            "an added group drifts too"
+        );
+        assert_eq!(
+            check(&["ami-2"], &["subnet-2"], &["sg-c"])
+                .unwrap()
+                .reason(),
+            "AMIDrift",
+            "the AMI is judged first"
+        );
+    }
+
+    #[test]
+    fn what_was_not_recorded_is_not_judged() {
+        let none = LaunchedWith {
+            image_id: None,
+            subnet_id: None,
+            security_group_ids: &[],
+        };
+        let (images, subnets, sgs) = (
+            strings(&["ami-2"]),
+            strings(&["subnet-2"]),
+            strings(&["sg-c"]),
+        );
+        let now = Selected {
+            images: &images,
+            subnets: &subnets,
+            security_groups: &sgs,
+        };
+        assert_eq!(dynamic_drift(&none, &now), None);
     }
 }
