@@ -213,6 +213,22 @@ impl ClusterOps for FakeCluster {
                 .collect())
         })
     }
+    fn snapshot(
+        &self,
+    ) -> BoxFuture<'_, Result<crate::scheduling::consolidation::snapshot::Snapshot, ClusterError>>
+    {
+        Box::pin(async move {
+            let w = self.world();
+            if w.fail_pods_on {
+                return Err(ClusterError::Api("injected: pods cannot be listed".into()));
+            }
+            Ok(crate::scheduling::consolidation::snapshot::Snapshot {
+                nodes: w.nodes.values().cloned().collect(),
+                pods: w.pods.values().cloned().collect(),
+                pdbs: Vec::new(),
+            })
+        })
+    }
     fn delete_node<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<(), ClusterError>> {
         Box::pin(async move {
             let mut w = self.world();

@@ -7,6 +7,7 @@
 //! precondition, so a concurrent change makes them fail with a conflict instead of losing it;
 //! the caller reads again and retries.
 
+use crate::scheduling::consolidation::snapshot::Snapshot;
 use futures::future::BoxFuture;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{DeleteParams, EvictParams, ListParams, Patch, PatchParams};
@@ -82,6 +83,8 @@ pub trait ClusterOps: Send + Sync {
         &'a self,
         node: &'a str,
     ) -> BoxFuture<'a, Result<Vec<String>, ClusterError>>;
+    /// Nodes, unfinished pods and PodDisruptionBudgets, for consolidation.
+    fn snapshot(&self) -> BoxFuture<'_, Result<Snapshot, ClusterError>>;
 }
 
 /// The node's taints with `taint` added (if missing); `None` when it is there already.
@@ -286,6 +289,10 @@ impl ClusterOps for KubeCluster {
         })
     }
 
+    fn snapshot(&self) -> BoxFuture<'_, Result<Snapshot, ClusterError>> {
+        Box::pin(async move { Ok(super::snapshot::list(&self.client).await?) })
+    }
+
     fn delete_node<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<(), ClusterError>> {
         Box::pin(async move {
             match self.nodes().delete(name, &DeleteParams::default()).await {
@@ -337,5 +344,8 @@ impl ClusterOps for NoCluster {
         _: &'a str,
     ) -> BoxFuture<'a, Result<Vec<String>, ClusterError>> {
         Box::pin(async { Ok(Vec::new()) })
+    }
+    fn snapshot(&self) -> BoxFuture<'_, Result<Snapshot, ClusterError>> {
+        Box::pin(async { Ok(Snapshot::default()) })
     }
 }

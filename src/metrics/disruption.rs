@@ -1,6 +1,8 @@
 //! Metrics of the node's end: disruption decisions, budgets, evictions and terminations.
 
-use prometheus::{Histogram, HistogramOpts, IntCounterVec, IntGauge, IntGaugeVec, Opts};
+use prometheus::{
+    CounterVec, Histogram, HistogramOpts, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+};
 
 use super::Metrics;
 
@@ -31,6 +33,14 @@ pub struct DisruptionMetrics {
     pub interruption_latency: Histogram,
     /// Registered claims found drifted (not yet being replaced).
     pub drifted: IntGauge,
+    /// Consolidation moves by `method` (delete, replace) and `outcome` (started).
+    pub consolidation_moves: IntCounterVec,
+    /// USD per hour saved by the consolidation moves started, by `method`.
+    pub consolidation_savings: CounterVec,
+    /// Candidates consolidation keeps, by `reason` (the kinds of `BlockKind`), last pass.
+    pub unconsolidatable: IntGaugeVec,
+    /// One consolidation decision (snapshot to plan, listing excluded).
+    pub consolidation_decision: Histogram,
 }
 
 impl DisruptionMetrics {
@@ -112,6 +122,38 @@ impl DisruptionMetrics {
                 "Registered NodeClaims whose NodePool template or EC2NodeClass changed since launch, or whose offering no longer meets the pool's requirements, not yet being replaced.",
             )
             .expect("static metric"),
+            consolidation_moves: IntCounterVec::new(
+                Opts::new(
+                    "consolidation_moves_total",
+                    "Consolidation moves of underused nodes started, by method (delete, replace) and outcome (started).",
+                ),
+                &["method", "outcome"],
+            )
+            .expect("static metric"),
+            consolidation_savings: CounterVec::new(
+                Opts::new(
+                    "consolidation_savings_usd_per_hour_total",
+                    "Sum of the hourly savings (USD per hour, before eviction costs) of the consolidation moves started, by method.",
+                ),
+                &["method"],
+            )
+            .expect("static metric"),
+            unconsolidatable: IntGaugeVec::new(
+                Opts::new(
+                    "unconsolidatable_nodes",
+                    "Nodes of consolidating pools that consolidation keeps, by reason (policy, not_yet, do_not_disrupt, pdb, unowned, busy, budget, no_cheaper, small_saving, spot_to_spot, unstable), at the last pass.",
+                ),
+                &["reason"],
+            )
+            .expect("static metric"),
+            consolidation_decision: Histogram::with_opts(
+                HistogramOpts::new(
+                    "consolidation_decision_seconds",
+                    "Time to decide one consolidation pass (the cluster's objects to the moves), listing excluded.",
+                )
+                .buckets(vec![0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+            )
+            .expect("static metric"),
         };
         let registry = metrics.registry();
         for c in [
@@ -125,6 +167,10 @@ impl DisruptionMetrics {
             Box::new(m.interruption_actions.clone()),
             Box::new(m.interruption_latency.clone()),
             Box::new(m.drifted.clone()),
+            Box::new(m.consolidation_moves.clone()),
+            Box::new(m.consolidation_savings.clone()),
+            Box::new(m.unconsolidatable.clone()),
+            Box::new(m.consolidation_decision.clone()),
         ] {
             // Registering twice (two provisioners on one registry in tests) keeps the first.
             let _ = registry.register(c);

@@ -35,6 +35,7 @@ impl Run {
         self.expire(&config).await;
         self.replace_drifted(&config).await;
         self.remove_empty(&config).await;
+        self.consolidate(&config).await;
     }
 
     /// A pool's registered claims that are not being disrupted, and how many of its nodes are
@@ -181,15 +182,7 @@ impl Run {
                         // Launched for the pods of a node being drained: kept until that node
                         // is gone and a grace after, or consolidateAfter 0s would remove it
                         // before the pods arrive.
-                        replacing: c
-                            .metadata
-                            .annotations
-                            .as_ref()
-                            .and_then(|a| a.get(super::replacement::REPLACES))
-                            .is_some_and(|origin| {
-                                self.claims.contains_key(origin)
-                                    || registered_for < super::replacement::REPLACEMENT_GRACE
-                            }),
+                        replacing: self.is_fresh_replacement(c),
                     })
                 })
                 .collect();
@@ -347,6 +340,13 @@ impl Run {
                 .as_ref()
                 .map(|s| s.replacements.clone())
                 .unwrap_or_default();
+            if reason == super::consolidation::UNDERUTILIZED
+                && claim.metadata.deletion_timestamp.is_none()
+            {
+                self.settle_consolidation(claim, &replacements, timeout)
+                    .await;
+                continue;
+            }
             let ready = replacements.iter().all(|r| match self.claims.get(r) {
                 None => true,
                 Some(c) => {

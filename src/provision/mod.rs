@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 mod capacity;
 mod claims;
+mod consolidation;
 mod disruption;
 mod drift;
 mod gc;
@@ -142,6 +143,8 @@ struct Run {
     blocked_events: HashMap<String, Instant>,
     /// When resolving each EC2NodeClass for the drift check last failed.
     class_resolve_failed: HashMap<String, Instant>,
+    /// Consolidation's memory between passes.
+    consolidation: consolidation::Consolidation,
 }
 
 impl Provisioner {
@@ -177,6 +180,7 @@ impl Provisioner {
             terminator,
             blocked_events: HashMap::new(),
             class_resolve_failed: HashMap::new(),
+            consolidation: consolidation::Consolidation::default(),
         };
         if !run.p.claims.is_durable() {
             tracing::warn!(

@@ -125,4 +125,22 @@ impl Run {
         }
         Some(replaced)
     }
+
+    /// A replacement whose origin is still there, or registered less than
+    /// [`REPLACEMENT_GRACE`] ago: not disrupted yet (the evicted pods may still be on their way).
+    pub(super) fn is_fresh_replacement(&self, c: &NodeClaim) -> bool {
+        let registered_for = c
+            .status
+            .as_ref()
+            .and_then(|s| s.registered_at.as_ref())
+            .map(|t| crate::cluster::nodeclaims::since_at(&t.0, crate::cluster::nodeclaims::now()))
+            .unwrap_or_default();
+        c.metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(REPLACES))
+            .is_some_and(|origin| {
+                self.claims.contains_key(origin) || registered_for < REPLACEMENT_GRACE
+            })
+    }
 }
