@@ -12,15 +12,13 @@
 
 mod common;
 
-use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use common::failover::{
-    Failover, claim_has_finalizer, claim_instance, claim_name, claim_node, condition, deployment,
-    log_lines, node_has_finalizer, terminate_requests,
+    Failover, claim_has_finalizer, claim_instance, claim_name, claim_node, condition, log_lines,
+    node_has_finalizer, terminate_requests,
 };
 use common::served::{ended, instance_state, metric_sum, nodeclaim_resource};
-use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::Api;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
@@ -44,24 +42,7 @@ async fn a_leader_killed_mid_drain_resumes_without_a_second_terminate_or_a_lost_
     let began = Instant::now();
     let mut w = Failover::new(None).await;
 
-    // replica-0 first, so it leads; replica-1 stands by and serves the scheduler's extender
-    // (every replica serves it), so scheduling outlives the leader.
-    let first = w.start_replica();
-    w.wait_until("replica-0 leading", Duration::from_secs(30), || async {
-        w.leading(first).await
-    })
-    .await;
-    let second = w.start_replica();
-    w.start_peers(second).await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    assert!(w.leading(first).await, "{}", w.logs());
-    assert!(!w.leading(second).await, "{}", w.logs());
-    assert_eq!(
-        w.lease_holder().await.as_deref(),
-        Some("replica-0"),
-        "{}",
-        w.logs()
-    );
+    let (first, second) = w.start_leader_and_standby().await;
 
     let ns = w.namespace.clone();
     let pdbs: Api<PodDisruptionBudget> = Api::namespaced(w.client.clone(), &ns);
@@ -77,29 +58,7 @@ async fn a_leader_killed_mid_drain_resumes_without_a_second_terminate_or_a_lost_
     .await
     .unwrap();
     const PODS: usize = 4;
-    Api::<Deployment>::namespaced(w.client.clone(), &ns)
-        .create(
-            &PostParams::default(),
-            &deployment("app", PODS as i32, "200m"),
-        )
-        .await
-        .unwrap();
-
-    // Running on one registered node.
-    w.wait_until(
-        "4 pods running on a registered node",
-        Duration::from_secs(120),
-        || async {
-            let pods = w.pods_of("app").await;
-            let nodes: HashSet<String> =
-                w.registered_claims().await.iter().map(claim_node).collect();
-            pods.len() == PODS
-                && pods.iter().all(|(_, node, running)| {
-                    *running && node.as_ref().is_some_and(|n| nodes.contains(n))
-                })
-        },
-    )
-    .await;
+    w.deploy_app(PODS, "200m", Duration::from_secs(120)).await;
     let claims = w.registered_claims().await;
     assert_eq!(claims.len(), 1, "{claims:#?}\n{}", w.logs());
     let (claim, node, instance) = (

@@ -19,13 +19,9 @@ use std::time::{Duration, Instant};
 use common::aws;
 use common::ec2proxy::Ec2Proxy;
 use common::failover::{
-    CLUSTER, Failover, claim_instance, claim_name, claim_node, deployment, log_lines,
-    terminate_requests,
+    CLUSTER, Failover, claim_instance, claim_name, claim_node, log_lines, terminate_requests,
 };
 use common::served::{ended, instance_state};
-use k8s_openapi::api::apps::v1::Deployment;
-use kube::Api;
-use kube::api::PostParams;
 use serde_json::Value;
 
 /// The tests share the control plane's nodes and claims: one at a time.
@@ -88,38 +84,8 @@ async fn a_leader_killed_mid_replacement(at: KillAt) {
     let _serial = SERIAL.lock().await;
     let began = Instant::now();
     let mut w = Failover::new(Some(EXPIRE_AFTER)).await;
-    let first = w.start_replica();
-    w.wait_until("replica-0 leading", Duration::from_secs(30), || async {
-        w.leading(first).await
-    })
-    .await;
-    let second = w.start_replica();
-    w.start_peers(second).await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    assert!(w.leading(first).await, "{}", w.logs());
-    assert!(!w.leading(second).await, "{}", w.logs());
-
-    Api::<Deployment>::namespaced(w.client.clone(), &w.namespace)
-        .create(
-            &PostParams::default(),
-            &deployment("app", PODS as i32, "200m"),
-        )
-        .await
-        .unwrap();
-    w.wait_until(
-        "the pods running on one registered node",
-        Duration::from_secs(40),
-        || async {
-            let pods = w.pods_of("app").await;
-            let nodes: Vec<String> = w.registered_claims().await.iter().map(claim_node).collect();
-            pods.len() == PODS
-                && nodes.len() == 1
-                && pods
-                    .iter()
-                    .all(|(_, node, running)| *running && node.as_ref() == Some(&nodes[0]))
-        },
-    )
-    .await;
+    let (first, second) = w.start_leader_and_standby().await;
+    w.deploy_app(PODS, "200m", Duration::from_secs(40)).await;
     let claims = w.claims().await;
     assert_eq!(claims.len(), 1, "expired too early? {claims:#?}");
     assert!(replacements(&claims[0]).is_empty(), "{claims:#?}");

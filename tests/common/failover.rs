@@ -6,13 +6,14 @@
 //! ([`Failover::kill`]: no graceful Lease release, as in a crash).
 #![allow(dead_code)] // each test binary uses its own part of the harness
 
+use std::collections::HashSet;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, Pod};
-use kube::api::{DeleteParams, ListParams};
+use kube::api::{DeleteParams, ListParams, PostParams};
 use kube::core::DynamicObject;
 use kube::{Api, Client};
 use serde_json::{Value, json};
@@ -213,6 +214,56 @@ impl Failover {
 
     pub fn server(&self, i: usize) -> &Server {
         self.servers[i].as_ref().expect("a live replica")
+    }
+
+    /// replica-0 first, so it leads; once it does, replica-1 as the standby, whose extender the
+    /// scheduler calls (every replica serves it), so scheduling outlives the leader; and the
+    /// peers. Their indices.
+    pub async fn start_leader_and_standby(&mut self) -> (usize, usize) {
+        let first = self.start_replica();
+        self.wait_until("replica-0 leading", Duration::from_secs(30), || async {
+            self.leading(first).await
+        })
+        .await;
+        let second = self.start_replica();
+        self.start_peers(second).await;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        assert!(self.leading(first).await, "{}", self.logs());
+        assert!(!self.leading(second).await, "{}", self.logs());
+        assert_eq!(
+            self.lease_holder().await.as_deref(),
+            Some("replica-0"),
+            "{}",
+            self.logs()
+        );
+        (first, second)
+    }
+
+    /// Create the Deployment `app` ([`deployment`]) and wait until its `pods` pods run on
+    /// registered nodes.
+    pub async fn deploy_app(&self, pods: usize, cpu: &str, within: Duration) {
+        Api::<Deployment>::namespaced(self.client.clone(), &self.namespace)
+            .create(&PostParams::default(), &deployment("app", pods as i32, cpu))
+            .await
+            .unwrap();
+        self.wait_until(
+            &format!("{pods} pods running on registered nodes"),
+            within,
+            || async {
+                let running = self.pods_of("app").await;
+                let nodes: HashSet<String> = self
+                    .registered_claims()
+                    .await
+                    .iter()
+                    .map(claim_node)
+                    .collect();
+                running.len() == pods
+                    && running.iter().all(|(_, node, running)| {
+                        *running && node.as_ref().is_some_and(|n| nodes.contains(n))
+                    })
+            },
+        )
+        .await;
     }
 
     /// The kubelet stand-in (kwok running its Nodes) and the real kube-scheduler calling
