@@ -21,10 +21,19 @@ pub(super) struct Replaced {
     pub placed: usize,
     /// Pods that fit nowhere.
     pub unschedulable: usize,
+    /// The claims were found in the store, written by an earlier leader, not launched now.
+    pub earlier: bool,
 }
 
 impl Replaced {
     pub fn summary(&self) -> String {
+        if self.earlier {
+            return format!(
+                "{} pods; replacements written earlier, by a leader that stopped before recording them: {}",
+                self.pods,
+                self.claims.join(", ")
+            );
+        }
         if self.pods == 0 {
             return "no pods to move".to_owned();
         }
@@ -78,7 +87,34 @@ impl Run {
             pods: pods.len(),
             placed: 0,
             unschedulable: 0,
+            earlier: false,
         };
+        // A leader that stopped between writing the replacements and recording them on this
+        // claim left them in the store: they are this claim's replacements (a Pending one is
+        // launched by the reconcile's retry), and none are planned again.
+        let earlier: Vec<String> = self
+            .claims
+            .values()
+            .filter(|c| {
+                c.metadata
+                    .annotations
+                    .as_ref()
+                    .and_then(|a| a.get(REPLACES))
+                    .is_some_and(|origin| *origin == name)
+            })
+            .map(|c| c.name().to_owned())
+            .collect();
+        if !earlier.is_empty() {
+            tracing::info!(claim = %name, replacements = ?earlier, "replacements found, written by an earlier leader; none launched again");
+            if let Some(node) = &node_name {
+                self.p
+                    .state
+                    .set_node_state(node, crate::scheduling::view::NodeState::Draining);
+            }
+            replaced.claims = earlier;
+            replaced.earlier = true;
+            return Some(replaced);
+        }
         if pods.is_empty() {
             return Some(replaced);
         }

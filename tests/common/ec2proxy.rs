@@ -11,6 +11,10 @@
 //!   instance.
 //! - **Throttling**: the next N requests of an Action are answered `503` with EC2's
 //!   `RequestLimitExceeded` error document; [`Ec2Proxy::fail`] answers any other error code.
+//! - **Hold**: requests of an Action wait at the proxy until [`Ec2Proxy::release`]d, then go on
+//!   to moto, or are answered `500` without reaching it (as if the client had never sent them).
+//!   A request is handled to its end even when its client has gone (a killed process), so a
+//!   request released after its sender died still reaches EC2, as one in flight would.
 //! - **Log**: every request, in order, with its Action, arrival time, answer status and
 //!   (decoded) form parameters.
 #![allow(dead_code)] // each test binary uses its own part of the harness
@@ -61,6 +65,16 @@ struct Knobs {
     faults: HashMap<String, (u16, String, u32)>,
     log: Vec<Logged>,
     fleets: u32,
+    /// Requests of each held Action waiting now.
+    holding: HashMap<String, usize>,
+}
+
+/// What a held Action's requests do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Hold {
+    Wait,
+    Forward,
+    Drop,
 }
 
 /// The running proxy; stops on drop.
@@ -68,6 +82,7 @@ pub struct Ec2Proxy {
     /// `http://127.0.0.1:PORT`
     pub endpoint: String,
     knobs: Arc<Mutex<Knobs>>,
+    held: tokio::sync::watch::Sender<HashMap<String, Hold>>,
     stop: CancellationToken,
 }
 
@@ -76,6 +91,8 @@ struct ProxyState {
     upstream: String,
     http: reqwest::Client,
     knobs: Arc<Mutex<Knobs>>,
+    /// Held Actions.
+    held: tokio::sync::watch::Sender<HashMap<String, Hold>>,
 }
 
 impl Ec2Proxy {
@@ -83,10 +100,12 @@ impl Ec2Proxy {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let endpoint = format!("http://{}", listener.local_addr().unwrap());
         let knobs = Arc::new(Mutex::new(Knobs::default()));
+        let held = tokio::sync::watch::Sender::new(HashMap::new());
         let state = ProxyState {
             upstream: upstream.to_owned(),
             http: reqwest::Client::new(),
             knobs: Arc::clone(&knobs),
+            held: held.clone(),
         };
         let app = axum::Router::new().fallback(handle).with_state(state);
         let stop = CancellationToken::new();
@@ -100,8 +119,36 @@ impl Ec2Proxy {
         Ec2Proxy {
             endpoint,
             knobs,
+            held,
             stop,
         }
+    }
+
+    /// Requests of `action` wait at the proxy from now on, until [`Self::release`].
+    pub fn hold(&self, action: &str) {
+        self.held.send_modify(|h| {
+            h.insert(action.to_owned(), Hold::Wait);
+        });
+    }
+
+    /// How many requests of `action` are held now.
+    pub fn holding(&self, action: &str) -> usize {
+        self.knobs
+            .lock()
+            .unwrap()
+            .holding
+            .get(action)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Stop holding `action`: the held requests go on to moto (`forward`), or are answered
+    /// `500 InternalError` without reaching it; later ones pass as usual.
+    pub fn release(&self, action: &str, forward: bool) {
+        let what = if forward { Hold::Forward } else { Hold::Drop };
+        self.held.send_modify(|h| {
+            h.insert(action.to_owned(), what);
+        });
     }
 
     /// CreateFleet overrides of `instance_type` are out of capacity for `capacity_type`
@@ -170,6 +217,17 @@ async fn handle(
     headers: HeaderMap,
     body: Bytes,
 ) -> (StatusCode, [(&'static str, &'static str); 1], String) {
+    // On its own task: a client that goes away does not cancel the request.
+    tokio::spawn(handle_to_the_end(state, headers, body))
+        .await
+        .expect("the proxy's handler")
+}
+
+async fn handle_to_the_end(
+    state: ProxyState,
+    headers: HeaderMap,
+    body: Bytes,
+) -> (StatusCode, [(&'static str, &'static str); 1], String) {
     let at = Instant::now();
     let params = form_decode(&String::from_utf8_lossy(&body));
     let action = params
@@ -177,7 +235,16 @@ async fn handle(
         .find(|(k, _)| k == "Action")
         .map(|(_, v)| v.clone())
         .unwrap_or_default();
-    let (status, text) = answer(&state, &headers, &action, &params, body).await;
+    let (status, text) = if wait_while_held(&state, &action).await {
+        answer(&state, &headers, &action, &params, body).await
+    } else {
+        (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Response><Errors><Error><Code>InternalError</Code>\
+             <Message>Dropped by the test proxy.</Message></Error></Errors><RequestID>ec2proxy-drop</RequestID></Response>"
+                .to_owned(),
+        )
+    };
     state.knobs.lock().unwrap().log.push(Logged {
         action,
         at,
@@ -185,6 +252,34 @@ async fn handle(
         params,
     });
     (status, [("content-type", "text/xml")], text)
+}
+
+/// Wait while `action` is held; whether the request goes on (false: drop it).
+async fn wait_while_held(state: &ProxyState, action: &str) -> bool {
+    let mut held = state.held.subscribe();
+    if held.borrow_and_update().get(action) != Some(&Hold::Wait) {
+        return true;
+    }
+    *state
+        .knobs
+        .lock()
+        .unwrap()
+        .holding
+        .entry(action.to_owned())
+        .or_default() += 1;
+    let outcome = held
+        .wait_for(|h| h.get(action) != Some(&Hold::Wait))
+        .await
+        .map(|h| h.get(action).copied())
+        .expect("the proxy's hold knob");
+    *state
+        .knobs
+        .lock()
+        .unwrap()
+        .holding
+        .entry(action.to_owned())
+        .or_default() -= 1;
+    outcome != Some(Hold::Drop)
 }
 
 async fn answer(

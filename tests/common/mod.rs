@@ -13,6 +13,7 @@ use serde_json::Value;
 pub mod aws;
 pub mod controlplane;
 pub mod ec2proxy;
+pub mod failover;
 pub mod kubelet;
 pub mod moto;
 pub mod served;
