@@ -353,6 +353,7 @@ def expected_rbac(r: Rendered) -> tuple[set, set]:
     add(cluster, "", "persistentvolumes", ["list", "watch"])
     add(cluster, "storage.k8s.io", "storageclasses", ["list", "watch"])
     add(cluster, "storage.k8s.io", "volumeattachments", ["list"])
+    add(cluster, "policy", "poddisruptionbudgets", ["list"])
     add(cluster, "nodewright.io", "nodeclaims", ["list", "get", "create", "patch", "delete"])
     add(cluster, "nodewright.io", "nodeclaims/status", ["patch"])
     add(cluster, "events.k8s.io", "events", ["create", "patch"])

@@ -36,20 +36,14 @@ fn edit(from: &str, to: &str) -> (String, usize) {
 }
 
 #[test]
-fn the_base_manifests_load_with_only_not_acted_on_warnings() {
+fn the_base_manifests_load_without_warnings() {
     let config = Config::parse(BASE, "base.yaml").unwrap();
     let warnings: Vec<(&str, WarningReason)> = config
         .warnings
         .iter()
         .map(|w| (w.path.as_str(), w.reason))
         .collect();
-    assert_eq!(
-        warnings,
-        [(
-            "spec.disruption.consolidationPolicy",
-            WarningReason::NotActedOn
-        )]
-    );
+    assert_eq!(warnings, []);
 }
 
 #[test]
@@ -148,18 +142,12 @@ fn fields_not_acted_on_are_warned_once_each_where_they_are() {
     let config = Config::parse(EVERY_FIELD, "every-field.yaml").unwrap();
     let at =
         |needle: &str, after: &str| line_of(EVERY_FIELD, EVERY_FIELD.find(after).unwrap(), needle);
-    let pool = "name: general-purpose";
     let class = "kind: EC2NodeClass\nmetadata";
     let expected: Vec<(usize, &str, usize)> = vec![
         (
             1,
             "spec.template.metadata.annotations",
             at("annotations:", "labels:\n        team"),
-        ),
-        (
-            1,
-            "spec.disruption.consolidationPolicy",
-            at("consolidationPolicy:", pool),
         ),
         (2, "spec.replicas", at("replicas: 3", "name: static")),
         (
@@ -463,7 +451,7 @@ fn what_karpenter_accepts_loads_with_the_right_warning() {
 }
 
 /// The not-acted-on warnings base.yaml itself raises.
-const BASE_WARNINGS: [&str; 1] = ["spec.disruption.consolidationPolicy"];
+const BASE_WARNINGS: [&str; 0] = [];
 
 /// Karpenter's CRD requires `requirements`; a NodePool without them loads with a warning at the
 /// template's spec, as having none.

@@ -33,7 +33,8 @@ pub struct DisruptionMetrics {
     pub interruption_latency: Histogram,
     /// Registered claims found drifted (not yet being replaced).
     pub drifted: IntGauge,
-    /// Consolidation moves by `method` (delete, replace) and `outcome` (started).
+    /// Consolidation moves by `method` (delete, replace) and `outcome` (started,
+    /// revalidation_failed, replacement_failed).
     pub consolidation_moves: IntCounterVec,
     /// USD per hour saved by the consolidation moves started, by `method`.
     pub consolidation_savings: CounterVec,
@@ -125,7 +126,7 @@ impl DisruptionMetrics {
             consolidation_moves: IntCounterVec::new(
                 Opts::new(
                     "consolidation_moves_total",
-                    "Consolidation moves of underused nodes started, by method (delete, replace) and outcome (started).",
+                    "Consolidation moves of underused nodes, by method (delete, replace) and outcome: started, revalidation_failed (not found again by the confirming pass), replacement_failed (called off: the new node did not come up).",
                 ),
                 &["method", "outcome"],
             )

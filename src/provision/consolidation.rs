@@ -8,6 +8,8 @@
 //! ([`Run::await_replacements`]). Nodes that stay get an `Unconsolidatable` Event saying why,
 //! once per reason.
 
+use tokio::time::Instant as TokioInstant;
+
 use super::*;
 use crate::config::ConsolidationPolicy;
 use crate::scheduling::consolidation::snapshot::{self, Context};
@@ -25,11 +27,12 @@ pub(super) const UNDERUTILIZED: &str = "Underutilized";
 /// What consolidation remembers between passes.
 #[derive(Default)]
 pub(super) struct Consolidation {
-    last_pass: Option<Instant>,
+    /// Tokio's clock, so that tests can run passes on a paused clock.
+    last_pass: Option<TokioInstant>,
     /// Moves decided and waiting for confirmation: their keys, since when.
-    pending: Option<(Instant, Vec<String>)>,
+    pending: Option<(TokioInstant, Vec<String>)>,
     /// Per claim: the last `Unconsolidatable` reason said, and when.
-    said: HashMap<String, (String, Instant)>,
+    said: HashMap<String, (String, TokioInstant)>,
 }
 
 /// A move's identity across passes: method and nodes.
@@ -42,7 +45,7 @@ fn key(m: &Move) -> String {
 impl Run {
     /// One consolidation pass (leader only), if one is due.
     pub(super) async fn consolidate(&mut self, config: &Config) {
-        let now = Instant::now();
+        let now = TokioInstant::now();
         let due = self
             .consolidation
             .last_pass
@@ -50,22 +53,51 @@ impl Run {
         if !due || !consolidates(config) || cluster_info(config).is_none() {
             return;
         }
-        // One move at a time: none while a consolidation replacement is still coming up.
+        // One move at a time: none while a replacement (for consolidation, expiry, drift or an
+        // interruption) is still coming up, recorded on its origin or not yet (a leader that
+        // died between writing the replacement and recording it).
+        let coming_up = |c: &NodeClaim| {
+            c.metadata
+                .annotations
+                .as_ref()
+                .is_some_and(|a| a.contains_key(super::replacement::REPLACES))
+                && !matches!(
+                    c.phase(),
+                    Phase::Registered | Phase::Failed | Phase::Terminating
+                )
+        };
         if self.claims.values().any(|c| {
-            c.status.as_ref().is_some_and(|s| {
-                !s.replacements.is_empty() && s.disruption_reason.as_deref() == Some(UNDERUTILIZED)
-            })
+            coming_up(c)
+                || c.status.as_ref().is_some_and(|s| {
+                    !s.replacements.is_empty()
+                        && s.disruption_reason.as_deref() == Some(UNDERUTILIZED)
+                })
         }) {
             return;
         }
         self.consolidation.last_pass = Some(now);
-        let snap = match self.p.nodes.snapshot().await {
+        let mut snap = match self.p.nodes.snapshot().await {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(error = %e, "listing nodes, pods and PodDisruptionBudgets for consolidation failed; next pass");
                 return;
             }
         };
+        // Which claim each node is (the label is on nodes nodewright launched; older nodes are
+        // matched by name).
+        let by_node: HashMap<&str, &str> = self
+            .claims
+            .values()
+            .filter_map(|c| Some((c.status.as_ref()?.node_name.as_deref()?, c.name())))
+            .collect();
+        for node in &mut snap.nodes {
+            if let Some(claim) = node.metadata.name.as_deref().and_then(|n| by_node.get(n)) {
+                node.metadata
+                    .labels
+                    .get_or_insert_with(BTreeMap::new)
+                    .insert(CLAIM_TAG.to_owned(), (*claim).to_owned());
+            }
+        }
         let started = Instant::now();
         let mut catalog = (*(self.p.catalog)()).clone();
         if let Some(cloud) = &self.p.cloud {
@@ -90,11 +122,22 @@ impl Run {
         self.say_unconsolidatable(&report.kept);
         let keys: Vec<String> = report.moves.iter().map(key).collect();
         let confirmed: Vec<&Move> = match self.consolidation.pending.take() {
-            Some((since, pending)) if now.duration_since(since) >= VALIDATE_AFTER => report
-                .moves
-                .iter()
-                .filter(|m| pending.contains(&key(m)))
-                .collect(),
+            Some((since, pending)) if now.duration_since(since) >= VALIDATE_AFTER => {
+                for gone in pending.iter().filter(|k| !keys.contains(k)) {
+                    let method = gone.split(':').next().unwrap_or_default();
+                    tracing::info!(decision = %gone, "consolidation: the move no longer holds; not taken");
+                    self.terminator
+                        .metrics
+                        .consolidation_moves
+                        .with_label_values(&[method, "revalidation_failed"])
+                        .inc();
+                }
+                report
+                    .moves
+                    .iter()
+                    .filter(|m| pending.contains(&key(m)))
+                    .collect()
+            }
             Some(p) => {
                 // Too early to confirm: keep waiting.
                 self.consolidation.pending = Some(p);
@@ -343,7 +386,7 @@ impl Run {
     /// `Unconsolidatable` Events: once per claim and reason, again after
     /// [`UNCONSOLIDATABLE_EVERY`]. Reasons that only say "not yet" stay quiet.
     fn say_unconsolidatable(&mut self, kept: &[crate::scheduling::consolidation::Kept]) {
-        let now = Instant::now();
+        let now = TokioInstant::now();
         for k in kept {
             if matches!(
                 k.kind,

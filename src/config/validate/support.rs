@@ -4,7 +4,7 @@
 //! Keep this list true: when code outside `config` starts acting on a field, remove it here.
 
 use super::super::nodeclass::{AmiFamily, EC2NodeClass};
-use super::super::nodepool::{ConsolidationPolicy, Disruption, NodePool};
+use super::super::nodepool::NodePool;
 use super::super::warning::WarningReason;
 use super::super::yaml::FieldPath;
 use super::Issues;
@@ -34,15 +34,6 @@ pub(super) fn node_pool(pool: &NodePool, issues: &mut Issues<'_>) {
             FieldPath::of("spec.replicas"),
             WarningReason::NotActedOn,
             "parsed, not acted on: replicas going down (nodewright launches the nodes a static pool is missing, but removes none; it does not disrupt nodes yet)",
-        );
-    }
-    if spec.disruption != Disruption::crd_default()
-        && spec.disruption.consolidation_policy != ConsolidationPolicy::WhenEmpty
-    {
-        not_acted_on(
-            issues,
-            FieldPath::of("spec.disruption.consolidationPolicy"),
-            "only empty nodes are consolidated; nodewright does not replace or merge underutilized nodes yet",
         );
     }
     if spec

@@ -10,8 +10,11 @@
 //! is *simulated*: their pods (DaemonSet pods aside) become pending pods, next to the pods
 //! already waiting for capacity, and the planner ([`crate::scheduling::solve`]) places them on
 //! the other nodes and, if needed, new ones. The set can go if every one of its pods finds a
-//! place and at most one new node holds them. First several nodes at once (the longest prefix of
-//! the candidates, up to [`Settings::max_multi`], found by binary search), then single nodes.
+//! place and at most one new node holds them. Several nodes at once (the longest prefix of the
+//! candidates, up to [`Settings::max_multi`], found by binary search) and the first single node
+//! that can go are both looked for; the bigger move is taken only if it nets at least
+//! [`Settings::min_saving`] more than the single one (so two nodes are not replaced by one new
+//! node when deleting one of them saves nearly as much with fewer evictions and no launch).
 //!
 //! # Against churn
 //! A move is taken only if

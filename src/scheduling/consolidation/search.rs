@@ -87,17 +87,31 @@ pub fn plan(world: &World<'_>, settings: &Settings, rounds: usize) -> Report {
             }
             break;
         }
-        let found = search.multi(&open).or_else(|| {
-            for c in &open {
-                match search.simulate(&[c]) {
-                    Ok(m) => return Some(m),
-                    Err(b) => {
-                        kept.insert(&c.node, b);
-                    }
+        let multi = search.multi(&open);
+        let mut single = None;
+        for c in &open {
+            match search.simulate(&[c]) {
+                Ok(m) => {
+                    single = Some(m);
+                    break;
+                }
+                Err(b) => {
+                    kept.insert(&c.node, b);
                 }
             }
-            None
-        });
+        }
+        // The bigger move only if what it adds is itself worth a move.
+        let found = match (multi, single) {
+            (Some(m), Some(s)) => {
+                let margin = settings.min_saving.max(1e-9);
+                if m.0.net_saving_per_hour >= s.0.net_saving_per_hour + margin {
+                    Some(m)
+                } else {
+                    Some(s)
+                }
+            }
+            (m, s) => m.or(s),
+        };
         let Some((mut mv, sim)) = found else {
             continue;
         };
