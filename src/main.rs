@@ -488,6 +488,7 @@ fn consolidate(args: ConsolidateArgs) -> anyhow::Result<()> {
         busy: Default::default(),
         idle: Default::default(),
         skip: Default::default(),
+        reserve: Default::default(),
     };
     let started = std::time::Instant::now();
     let report = snapshot::decide(&snap, &ctx, &settings, usize::MAX);

@@ -69,6 +69,18 @@ pub struct ConsolidationSpec {
     /// USD per hour charged against a move for each pod it evicts (the cost of a restart).
     #[serde(default = "default_pod_eviction_cost")]
     pub pod_eviction_cost_per_hour: f64,
+    /// A move must leave each pool the free room its pods asked for at their peak within this
+    /// window (Go duration), beyond what they ask for now: scale-down stabilization.
+    #[serde(default = "default_stabilization_window")]
+    pub stabilization_window: String,
+}
+
+impl ConsolidationSpec {
+    /// The window; the default if it does not parse (validation reports it).
+    pub fn stabilization_window(&self) -> std::time::Duration {
+        super::parse_go_duration(&self.stabilization_window)
+            .unwrap_or(std::time::Duration::from_secs(30 * 60))
+    }
 }
 
 impl Default for ConsolidationSpec {
@@ -77,6 +89,7 @@ impl Default for ConsolidationSpec {
             min_savings_per_hour: default_min_savings_per_hour(),
             min_savings_percent: default_min_savings_percent(),
             pod_eviction_cost_per_hour: default_pod_eviction_cost(),
+            stabilization_window: default_stabilization_window(),
         }
     }
 }
@@ -91,6 +104,10 @@ fn default_min_savings_percent() -> f64 {
 
 fn default_pod_eviction_cost() -> f64 {
     0.002
+}
+
+fn default_stabilization_window() -> String {
+    "30m".to_owned()
 }
 
 /// Where instance events come from, and which pools act on rebalance recommendations.

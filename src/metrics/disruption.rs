@@ -142,7 +142,7 @@ impl DisruptionMetrics {
             unconsolidatable: IntGaugeVec::new(
                 Opts::new(
                     "unconsolidatable_nodes",
-                    "Nodes of consolidating pools that consolidation keeps, by reason (policy, not_yet, do_not_disrupt, pdb, unowned, busy, budget, no_cheaper, small_saving, spot_to_spot, unstable), at the last pass.",
+                    "Nodes of consolidating pools that consolidation keeps, by reason (policy, not_yet, do_not_disrupt, pdb, unowned, busy, budget, no_cheaper, small_saving, spot_to_spot, unstable, stabilizing), at the last pass.",
                 ),
                 &["reason"],
             )

@@ -33,6 +33,42 @@ pub(super) struct Consolidation {
     pending: Option<(TokioInstant, Vec<String>)>,
     /// Per claim: the last `Unconsolidatable` reason said, and when.
     said: HashMap<String, (String, TokioInstant)>,
+    /// What each pool's pods asked for at each pass within the stabilization window.
+    demand: std::collections::VecDeque<(TokioInstant, BTreeMap<String, Resources>)>,
+}
+
+impl Consolidation {
+    /// Records the pools' demand now and returns, per pool, how much more it was at its peak
+    /// within `window` (CPU and memory).
+    fn reserve(
+        &mut self,
+        now: TokioInstant,
+        demand: BTreeMap<String, Resources>,
+        window: Duration,
+    ) -> BTreeMap<String, Resources> {
+        use crate::model::resources::{CPU, MEMORY};
+        while self
+            .demand
+            .front()
+            .is_some_and(|(t, _)| now.duration_since(*t) > window)
+        {
+            self.demand.pop_front();
+        }
+        let mut reserve = BTreeMap::new();
+        for (pool, current) in &demand {
+            let mut peak = *current;
+            for (_, past) in &self.demand {
+                if let Some(p) = past.get(pool) {
+                    for d in [CPU, MEMORY] {
+                        peak.0[d] = peak.0[d].max(p.0[d]);
+                    }
+                }
+            }
+            reserve.insert(pool.clone(), peak.saturating_sub(current));
+        }
+        self.demand.push_back((now, demand));
+        reserve
+    }
 }
 
 /// A move's identity across passes: method and nodes.
@@ -105,7 +141,18 @@ impl Run {
                 catalog.set_available(&it, &zone, ct, false);
             }
         }
-        let ctx = self.consolidation_context(config, &catalog);
+        let mut ctx = self.consolidation_context(config, &catalog);
+        let mut demand: BTreeMap<String, Resources> = BTreeMap::new();
+        for n in self.p.state.existing_nodes() {
+            if let Some(pool) = n.labels.get(crate::model::labels::NODEPOOL) {
+                *demand.entry(pool.clone()).or_default() += n.requested;
+            }
+        }
+        ctx.reserve = self.consolidation.reserve(
+            now,
+            demand,
+            config.policy.consolidation.stabilization_window(),
+        );
         let pools = snapshot::pools(config, &snap, &catalog);
         let world = snapshot::world(&snap, &ctx, &pools);
         let settings = Settings::from_spec(&config.policy.consolidation);
@@ -113,7 +160,7 @@ impl Run {
         let m = &self.terminator.metrics;
         m.consolidation_decision
             .observe(started.elapsed().as_secs_f64());
-        for kind in ALL_KINDS {
+        for kind in BlockKind::ALL {
             let n = report.kept.iter().filter(|k| k.kind == *kind).count();
             m.unconsolidatable
                 .with_label_values(&[kind.as_str()])
@@ -223,6 +270,7 @@ impl Run {
             busy,
             idle,
             skip,
+            reserve: Default::default(),
         }
     }
 
@@ -423,20 +471,6 @@ impl Run {
             .retain(|c, _| self.claims.contains_key(c));
     }
 }
-
-const ALL_KINDS: &[BlockKind] = &[
-    BlockKind::Policy,
-    BlockKind::NotYet,
-    BlockKind::DoNotDisrupt,
-    BlockKind::Pdb,
-    BlockKind::Unowned,
-    BlockKind::Busy,
-    BlockKind::Budget,
-    BlockKind::NoCheaper,
-    BlockKind::SmallSaving,
-    BlockKind::SpotToSpot,
-    BlockKind::Unstable,
-];
 
 /// Does any pool consolidate underused nodes?
 fn consolidates(config: &Config) -> bool {

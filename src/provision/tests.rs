@@ -31,6 +31,16 @@ fn config(disruption: &str, registration_timeout: &str) -> Config {
 
 /// As [`config`], with `template` (lines indented for the pool's `template.spec`) added.
 fn config_with(disruption: &str, registration_timeout: &str, template: &str) -> Config {
+    config_full(disruption, registration_timeout, template, "")
+}
+
+/// As [`config_with`], with `policy` (lines indented for the Policy's `spec`) added.
+fn config_full(
+    disruption: &str,
+    registration_timeout: &str,
+    template: &str,
+    policy: &str,
+) -> Config {
     let types = TYPES.join(", ");
     let text = format!(
         r#"apiVersion: karpenter.sh/v1
@@ -67,7 +77,7 @@ spec:
     clusterName: workshop
     clusterEndpoint: https://workshop.eks.example.com
     registrationTimeout: {registration_timeout}
-"#
+{policy}"#
     );
     Config::parse(&text, "provision-test.yaml").expect("a valid config")
 }
@@ -881,8 +891,9 @@ fn owned_pod_on(h: &Harness, name: &str, node: &str, cpu: &str) {
     h.pod_seen(serde_json::from_value(v).unwrap());
 }
 
-/// Two registered nodes with one small pod each (a filler pod made the second one necessary).
-async fn two_half_used_nodes(h: &Harness) -> [(NodeClaim, String); 2] {
+/// Two registered nodes with one small pod each (a filler pod made the second one necessary,
+/// and left `filler_for` after both nodes were up).
+async fn two_half_used_nodes(h: &Harness, filler_for: Duration) -> [(NodeClaim, String); 2] {
     let (a, node_a) = h.registered_node().await;
     owned_pod_on(h, "web", &node_a, "500m");
     owned_pod_on(h, "filler", &node_a, "1400m");
@@ -899,23 +910,61 @@ async fn two_half_used_nodes(h: &Harness) -> [(NodeClaim, String); 2] {
     })
     .await;
     owned_pod_on(h, "web2", &node_b, "500m");
+    h.run_for(filler_for).await;
     h.pod_gone("filler");
     let stored = h.stored().await;
     let find = |n: &str| stored.iter().find(|c| c.name() == n).unwrap().clone();
     [(find(a.name()), node_a), (find(b.name()), node_b)]
 }
 
+/// Consolidation at once, every node at a time, no stabilization window.
 fn underutilized() -> Config {
-    config(
+    config_full(
         "{consolidationPolicy: WhenEmptyOrUnderutilized, consolidateAfter: 0s, budgets: [{nodes: '100%'}]}",
         "15m",
+        "",
+        "  consolidation: {stabilizationWindow: 0s}\n",
     )
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_stabilization_window_keeps_room_the_pool_needed_a_moment_ago() {
+    let mut config = underutilized();
+    config.policy.consolidation.stabilization_window = "10m".into();
+    let h = start(config);
+    let _ = two_half_used_nodes(&h, consolidation::PASS_EVERY * 2).await;
+    // The filler's 1.4 CPU were asked for a moment ago: removing a node would leave less.
+    h.run_for(consolidation::VALIDATE_AFTER * 4).await;
+    assert_eq!(h.stored().await.len(), 2);
+    assert!(h.deletes().is_empty());
+    let kept = |kind: &str| {
+        h.disruption
+            .unconsolidatable
+            .with_label_values(&[kind])
+            .get()
+    };
+    assert_eq!(
+        kept("stabilizing"),
+        2,
+        "{:?}",
+        [
+            "no_cheaper",
+            "small_saving",
+            "not_yet",
+            "unstable",
+            "budget"
+        ]
+        .map(kept)
+    );
+    // Once the window has passed, the move is taken.
+    h.run_for(Duration::from_secs(600)).await;
+    h.until("one claim left", |cs| cs.len() == 1).await;
 }
 
 #[tokio::test(start_paused = true)]
 async fn two_half_used_nodes_become_one_after_the_decision_is_confirmed() {
     let h = start(underutilized());
-    let [(a, node_a), (b, node_b)] = two_half_used_nodes(&h).await;
+    let [(a, node_a), (b, node_b)] = two_half_used_nodes(&h, Duration::ZERO).await;
     // Found on one pass, carried out on a later one (VALIDATE_AFTER): nothing before that.
     h.run_for(consolidation::VALIDATE_AFTER / 2).await;
     assert!(h.cluster.world().evictions.is_empty());
@@ -943,7 +992,7 @@ async fn two_half_used_nodes_become_one_after_the_decision_is_confirmed() {
 #[tokio::test(start_paused = true)]
 async fn a_pod_arriving_before_the_confirmation_cancels_the_move() {
     let h = start(underutilized());
-    let [(_, node_a), (_, node_b)] = two_half_used_nodes(&h).await;
+    let [(_, node_a), (_, node_b)] = two_half_used_nodes(&h, Duration::ZERO).await;
     // The move is found; then both nodes fill up before the confirming pass.
     h.run_for(consolidation::PASS_EVERY + Duration::from_secs(1))
         .await;

@@ -70,6 +70,9 @@ pub(super) fn policy(spec: &PolicySpec, parsed: &Parsed, issues: &mut Issues<'_>
             issues.add(at.key(field), format!("{value} is out of range: {range}"));
         }
     }
+    if let Err(e) = parse_go_duration(&c.stabilization_window) {
+        issues.add(at.key("stabilizationWindow"), e.to_string());
+    }
     if let Some(interruption) = &spec.interruption {
         let at = path.key("interruption");
         if interruption.queue.trim().is_empty() {

@@ -24,6 +24,10 @@
 //! - pods already waiting for capacity keep what they would get without the move: the room the
 //!   move uses on other nodes is charged at the price of the new nodes the pending pods then
 //!   need (otherwise the next provisioning pass would launch back what the move removed);
+//! - it leaves each pool at least the free room the pool's pods asked for, at their peak within
+//!   the stabilization window, beyond what they ask for now ([`World::reserve`]; the scale-down
+//!   stabilization of the HorizontalPodAutoscaler, applied to nodes): a workload that shrank
+//!   for a few minutes does not lose nodes it will need again;
 //! - the node it launches would not itself be consolidated by the next pass (that would be two
 //!   moves and two rounds of evictions for what one move does);
 //! - spot is replaced by spot only node by node, and only when at least
@@ -154,9 +158,27 @@ pub enum BlockKind {
     SpotToSpot,
     /// The move's new node would be consolidated again by the next pass.
     Unstable,
+    /// The pool needed the room within the stabilization window.
+    Stabilizing,
 }
 
 impl BlockKind {
+    /// Every kind, for metrics.
+    pub const ALL: &[BlockKind] = &[
+        Self::Policy,
+        Self::NotYet,
+        Self::DoNotDisrupt,
+        Self::Pdb,
+        Self::Unowned,
+        Self::Busy,
+        Self::Budget,
+        Self::NoCheaper,
+        Self::SmallSaving,
+        Self::SpotToSpot,
+        Self::Unstable,
+        Self::Stabilizing,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Policy => "policy",
@@ -170,6 +192,7 @@ impl BlockKind {
             Self::SmallSaving => "small_saving",
             Self::SpotToSpot => "spot_to_spot",
             Self::Unstable => "unstable",
+            Self::Stabilizing => "stabilizing",
         }
     }
 }
@@ -191,6 +214,10 @@ pub struct World<'a> {
     pub budgets: BTreeMap<String, usize>,
     /// What the budgets allow once the disruptions in progress are done (later rounds).
     pub budget_limits: BTreeMap<String, usize>,
+    /// Per pool, the room (CPU and memory) its pods asked for at their peak within the
+    /// stabilization window beyond what they ask for now: a move must leave at least that free,
+    /// or the next scale-up launches back what it removed. A pool not listed: none.
+    pub reserve: BTreeMap<String, crate::model::Resources>,
 }
 
 /// Delete or replace.

@@ -319,6 +319,9 @@ impl Search<'_, '_> {
                 ));
             }
         }
+        if let Some(b) = self.stabilizing(set, replacement.as_ref()) {
+            return Err(b);
+        }
         let net = saving - evicted as f64 * self.settings.eviction_cost;
         let min_share = price * self.settings.min_saving_percent / 100.0;
         if net + 1e-12 < self.settings.min_saving || saving + 1e-12 < min_share {
@@ -368,6 +371,55 @@ impl Search<'_, '_> {
                 d
             },
         })
+    }
+
+    /// Would the move leave a pool less free room than its demand needed within the
+    /// stabilization window ([`World::reserve`])? Only CPU and memory are weighed.
+    fn stabilizing(
+        &self,
+        set: &[&Candidate],
+        replacement: Option<&PlannedNode>,
+    ) -> Option<Blocker> {
+        use crate::model::resources::{CPU, MEMORY};
+        let mut pools: Vec<&str> = set.iter().map(|c| c.pool.as_str()).collect();
+        pools.sort_unstable();
+        pools.dedup();
+        for pool in pools {
+            let Some(reserve) = self.world.reserve.get(pool) else {
+                continue;
+            };
+            // The pods move, their requests stay in the pool; the removed nodes' room goes.
+            let (mut alloc, mut requested) = ([0i64; 2], [0i64; 2]);
+            for n in &self.nodes {
+                if n.labels.get(labels::NODEPOOL).map(String::as_str) != Some(pool) {
+                    continue;
+                }
+                requested[0] += n.requested.0[CPU];
+                requested[1] += n.requested.0[MEMORY];
+                if !set.iter().any(|c| c.node == n.name) {
+                    alloc[0] += n.allocatable.0[CPU];
+                    alloc[1] += n.allocatable.0[MEMORY];
+                }
+            }
+            if let Some(r) = replacement.filter(|r| r.node_pool == pool) {
+                alloc[0] += r.allocatable.0[CPU];
+                alloc[1] += r.allocatable.0[MEMORY];
+            }
+            let free = [alloc[0] - requested[0], alloc[1] - requested[1]];
+            if free[0] < reserve.0[CPU] || free[1] < reserve.0[MEMORY] {
+                return Some(Blocker::new(
+                    BlockKind::Stabilizing,
+                    format!(
+                        "NodePool {pool} needed {} more CPU and {:.1} GiB more memory within the stabilization window than it uses now; the move would leave {} CPU and {:.1} GiB free",
+                        millis(reserve.0[CPU]),
+                        gib(reserve.0[MEMORY]),
+                        millis(free[0]),
+                        gib(free[1]),
+                    ),
+                ));
+            }
+        }
+        None
     }
 
     /// Instance types in the replacement's zone and capacity type, cheaper than `price`, that
@@ -543,6 +595,14 @@ fn order(nodes: &mut [ExistingNode], left_out: &HashSet<&str>) -> usize {
             .iter()
             .filter(|n| left_out.contains(n.name.as_str()))
             .count()
+}
+
+fn millis(m: i64) -> String {
+    format!("{:.2}", m as f64 / 1000.0)
+}
+
+fn gib(b: i64) -> f64 {
+    b as f64 / (1u64 << 30) as f64
 }
 
 fn describe(set: &[&Candidate], replacement: Option<&PlannedNode>) -> String {

@@ -44,6 +44,9 @@ pub struct Context<'a> {
     pub idle: HashMap<String, Duration>,
     /// Nodes the caller leaves to others (the empty-node controller): not candidates.
     pub skip: HashSet<String>,
+    /// Per pool, room to keep free for demand seen within the stabilization window
+    /// ([`World::reserve`]).
+    pub reserve: BTreeMap<String, crate::model::Resources>,
 }
 
 #[derive(Deserialize)]
@@ -382,6 +385,7 @@ pub fn world<'a>(snap: &Snapshot, ctx: &Context<'a>, pools: &'a [Pool]) -> World
         catalog: ctx.catalog,
         budgets,
         budget_limits,
+        reserve: ctx.reserve.clone(),
     }
 }
 

@@ -104,6 +104,7 @@ fn run(config: &Config, snap: &Snapshot, settings: &Settings) -> Report {
         busy: HashSet::new(),
         idle: HashMap::new(),
         skip: HashSet::new(),
+        reserve: Default::default(),
     };
     let pools = pools(config, snap, catalog());
     let w = world(snap, &ctx, &pools);
@@ -171,6 +172,7 @@ fn with_the_default_budget_the_nodes_go_one_round_at_a_time_and_no_pod_moves_twi
         busy: HashSet::new(),
         idle: HashMap::new(),
         skip: HashSet::new(),
+        reserve: Default::default(),
     };
     let pools = pools(&config, &snap, catalog());
     let one = plan(&world(&snap, &ctx, &pools), &Settings::default(), 1);

@@ -1,0 +1,148 @@
+//! Consolidation figures, from one command: `cargo bench --bench consolidate`.
+//!
+//! 1. **Decision time** at 100 and 1,000 nodes (30–80 % used, five instance types, eight pod
+//!    shapes): one live pass (first round, budget 10 %) and the whole plan (every round), with
+//!    the simulations each ran.
+//! 2. **A simulated week** (10-minute steps) of 24 Deployments whose replicas follow the day
+//!    (±30–80 %, shifted peaks, noise; the ReplicaSet removes random pods on scale-down), with
+//!    the planner launching for pending pods and empty nodes removed, under three policies:
+//!    no consolidation of underused nodes, consolidation without thresholds (Karpenter's: any
+//!    saving), and nodewright's defaults (minimum saving $0.01/h and 10 %, $0.002/h per evicted
+//!    pod, no move the next pass would consolidate again). Printed: the bill, moves, evictions,
+//!    launches, and launches within an hour after a move.
+//!
+//! Without `--bench` (`cargo test --all-targets` runs it so) it is a smoke run: 40 nodes and one
+//! simulated day, with the checks that must hold (thresholds never evict more than no
+//! thresholds, consolidation never costs more than none).
+
+#[allow(dead_code)]
+mod sim;
+
+use std::time::Instant;
+
+use nodewright::cloud::catalog::embedded;
+use nodewright::plan::pools_from_config;
+use nodewright::scheduling::consolidation::{Settings, World, plan};
+use sim::{Outcome, Policy, Rng, Sim};
+
+fn main() {
+    let measuring = std::env::args().any(|a| a == "--bench");
+    let config = sim::config();
+    let catalog = embedded("us-east-1", &config.policy.pricing).expect("catalog");
+    let pools = pools_from_config(&config, &[]);
+    let mut rng = Rng::new(7);
+    let workloads = sim::workloads(&mut rng, 24);
+    let sim = Sim {
+        catalog: &catalog,
+        pools: &pools,
+        workloads: &workloads,
+        step_minutes: 10.0,
+        seed: 42,
+    };
+
+    println!("## Decision time\n");
+    println!(
+        "| nodes | pods | first round: moves / ms / simulations | whole plan: moves / rounds / ms / simulations |"
+    );
+    println!("| ---: | ---: | --- | --- |");
+    let sizes: &[usize] = if measuring { &[100, 1_000] } else { &[40] };
+    for &n in sizes {
+        let (nodes, candidates) = sim::cluster(&sim, &mut Rng::new(n as u64), n);
+        let pods: usize = candidates.iter().map(|c| c.pods.len()).sum();
+        let budget = n.div_ceil(10);
+        let world = World {
+            nodes,
+            candidates,
+            pending: Vec::new(),
+            pools: &pools,
+            catalog: &catalog,
+            budgets: [(sim::POOL.to_owned(), budget)].into(),
+            budget_limits: [(sim::POOL.to_owned(), budget)].into(),
+            reserve: Default::default(),
+        };
+        let settings = Settings::default();
+        let started = Instant::now();
+        let first = plan(&world, &settings, 1);
+        let first_ms = started.elapsed().as_secs_f64() * 1e3;
+        let started = Instant::now();
+        let all = plan(&world, &settings, usize::MAX);
+        let all_ms = started.elapsed().as_secs_f64() * 1e3;
+        let rounds = all.moves.iter().map(|m| m.round).max().unwrap_or(0);
+        println!(
+            "| {n} | {pods} | {} / {first_ms:.0} / {} | {} / {rounds} / {all_ms:.0} / {} |",
+            first.moves.len(),
+            first.simulations,
+            all.moves.len(),
+            all.simulations
+        );
+        assert!(!first.moves.is_empty(), "a half-used cluster has moves");
+    }
+
+    let (steps, label) = if measuring {
+        (7 * 24 * 6, "week")
+    } else {
+        (24 * 6, "day")
+    };
+    println!("\n## A simulated {label} ({steps} steps of 10 minutes)\n");
+    let none = sim.run(steps, None);
+    let loose = sim.run(
+        steps,
+        Some(&Policy {
+            settings: Settings::no_threshold(),
+            window: 0,
+        }),
+    );
+    let window: usize = std::env::var("WINDOW_STEPS")
+        .ok()
+        .and_then(|w| w.parse().ok())
+        .unwrap_or(3);
+    let ours = sim.run(
+        steps,
+        Some(&Policy {
+            settings: Settings::default(),
+            window,
+        }),
+    );
+    println!(
+        "| policy | bill $ | saved vs none | moves (delete/replace) | evictions | $ saved per eviction | launches | launches ≤1 h after a move | mean nodes | decision ms (mean) |"
+    );
+    println!("| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |");
+    let row = |name: &str, o: &Outcome| {
+        let saved = none.dollars - o.dollars;
+        let per = if o.evictions > 0 {
+            format!("{:.3}", saved / o.evictions as f64)
+        } else {
+            "-".into()
+        };
+        println!(
+            "| {name} | {:.2} | {saved:.2} ({:.1} %) | {} ({}/{}) | {} | {per} | {} | {} | {:.1} | {} |",
+            o.dollars,
+            100.0 * saved / none.dollars,
+            o.moves,
+            o.deletes,
+            o.replaces,
+            o.evictions,
+            o.launched,
+            o.launched_after_move,
+            o.node_steps as f64 / steps as f64,
+            if o.decisions > 0 {
+                format!("{:.1}", 1e3 * o.decide_secs / o.decisions as f64)
+            } else {
+                "-".into()
+            }
+        );
+    };
+    row("empty nodes only", &none);
+    row("no thresholds (Karpenter)", &loose);
+    row("nodewright defaults", &ours);
+    assert!(
+        ours.dollars <= none.dollars + 1e-6,
+        "consolidation costs more than none"
+    );
+    assert!(
+        ours.evictions <= loose.evictions,
+        "thresholds evicted more ({}) than none ({})",
+        ours.evictions,
+        loose.evictions
+    );
+}
