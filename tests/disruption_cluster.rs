@@ -16,227 +16,25 @@ mod common;
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use common::controlplane::{self, ControlPlane};
+use common::controlplane;
 use common::served::{
-    World, clear_nodes_and_claims, ended, instance_state, metric_sum, nodeclaim_resource,
+    claim_instance, claim_name, claim_node, deleting, deployment, ended, finish, instance_state,
+    metric_sum, nodeclaim_resource, pod_spec, pool_config, start_clean,
 };
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::Api;
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::core::DynamicObject;
 use serde_json::{Value, json};
 
-const CLUSTER: &str = "workshop";
 const FINALIZER: &str = "nodewright.io/termination";
 const DISRUPTED: &str = "karpenter.sh/disrupted";
 const DO_NOT_DISRUPT: &str = "karpenter.sh/do-not-disrupt";
 
 /// One test at a time on this binary's control plane (Nodes and NodeClaims are cluster-wide).
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-/// One tainted on-demand pool `pool` of `types`, with `disruption` (YAML flow text) and extra
-/// template spec lines `template_extra` (each starting with a newline and 6 spaces).
-fn config_text(
-    namespace: &str,
-    pool: &str,
-    types: &str,
-    disruption: &str,
-    template_extra: &str,
-) -> String {
-    format!(
-        r#"apiVersion: karpenter.sh/v1
-kind: NodePool
-metadata:
-  name: {pool}
-spec:
-  disruption: {disruption}
-  template:
-    spec:
-      nodeClassRef: {{group: karpenter.k8s.aws, kind: EC2NodeClass, name: default}}{template_extra}
-      taints:
-        - {{key: nodewright.io/pool, value: {pool}, effect: NoSchedule}}
-      requirements:
-        - {{key: karpenter.sh/capacity-type, operator: In, values: [on-demand]}}
-        - {{key: node.kubernetes.io/instance-type, operator: In, values: [{types}]}}
----
-apiVersion: karpenter.k8s.aws/v1
-kind: EC2NodeClass
-metadata:
-  name: default
-spec:
-  amiSelectorTerms: [{{alias: al2023@latest}}]
-  role: KarpenterNodeRole-workshop
-  subnetSelectorTerms: [{{tags: {{karpenter.sh/discovery: workshop}}}}]
-  securityGroupSelectorTerms: [{{tags: {{karpenter.sh/discovery: workshop}}}}]
----
-apiVersion: nodewright.io/v1alpha1
-kind: Policy
-metadata:
-  name: default
-spec:
-  nodeSelectorKey: karpenter.sh/nodepool
-  rules:
-    - {{name: app, nodePool: {pool}, namespaces: [{namespace}]}}
-  batching: {{idleDuration: 1s, maxDuration: 10s}}
-  provisioning:
-    clusterName: workshop
-    clusterEndpoint: https://workshop.eks.example.com
-"#
-    )
-}
-
-/// A pod spec as the steering webhook leaves it (the pool's selector and toleration), one
-/// pause-like container requesting `cpu` and 64Mi, with extra spec fields.
-fn pod_spec(pool: &str, cpu: &str, extra: Value) -> Value {
-    let mut spec = json!({
-        "nodeSelector": {"karpenter.sh/nodepool": pool},
-        "tolerations": [{"key": "nodewright.io/pool", "operator": "Equal", "value": pool, "effect": "NoSchedule"}],
-        "containers": [{"name": "app", "image": "registry.k8s.io/pause:3.10",
-                        "resources": {"requests": {"cpu": cpu, "memory": "64Mi"}}}],
-    });
-    for (k, v) in extra.as_object().unwrap() {
-        spec[k] = v.clone();
-    }
-    spec
-}
-
-fn deployment(name: &str, replicas: i32, pool: &str, cpu: &str) -> Deployment {
-    serde_json::from_value(json!({
-        "apiVersion": "apps/v1", "kind": "Deployment",
-        "metadata": {"name": name},
-        "spec": {
-            "replicas": replicas,
-            "selector": {"matchLabels": {"app": name}},
-            "template": {"metadata": {"labels": {"app": name}}, "spec": pod_spec(pool, cpu, json!({}))},
-        }
-    }))
-    .unwrap()
-}
-
-/// Start a world for one test: a clean cluster, its own namespace, nodewright with `config`.
-async fn start(plane: &'static ControlPlane, config: impl Fn(&str) -> String) -> World {
-    plane.ensure_nodeclaim_crd().await;
-    let client = plane.client().await;
-    clear_nodes_and_claims(&client).await;
-    // What an earlier failed test of this binary left running.
-    let namespaces = Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone());
-    for ns in namespaces.list(&ListParams::default()).await.unwrap().items {
-        let name = ns.metadata.name.unwrap_or_default();
-        if name.starts_with("disrupt") {
-            let _ = Api::<Deployment>::namespaced(client.clone(), &name)
-                .delete_collection(&DeleteParams::default(), &ListParams::default())
-                .await;
-            let _ = Api::<Pod>::namespaced(client.clone(), &name)
-                .delete_collection(&DeleteParams::default(), &ListParams::default())
-                .await;
-        }
-    }
-    let install = plane.install_nodewright().await;
-    let namespace = plane.namespace("disrupt").await;
-    let text = config(&namespace);
-    World::start(plane, &install, client, namespace, &text, CLUSTER).await
-}
-
-/// Delete the test's Deployments, stop nodewright, clear the cluster.
-async fn finish(world: World, plane: &'static ControlPlane) {
-    let _ = Api::<Deployment>::namespaced(world.client.clone(), &world.namespace)
-        .delete_collection(&DeleteParams::default(), &ListParams::default())
-        .await;
-    let _ = Api::<Pod>::namespaced(world.client.clone(), &world.namespace)
-        .delete_collection(&DeleteParams::default(), &ListParams::default())
-        .await;
-    drop(world);
-    clear_nodes_and_claims(&plane.client().await).await;
-}
-
-trait Queries {
-    async fn claim(&self, name: &str) -> Option<Value>;
-    async fn registered_claims(&self) -> Vec<Value>;
-    async fn node(&self, name: &str) -> Option<Node>;
-    /// The pods of this namespace labelled `app=<app>`, as (name, node, running, terminating).
-    async fn pods_of(&self, app: &str) -> Vec<(String, Option<String>, bool, bool)>;
-    async fn scale(&self, deployment: &str, replicas: i32);
-    async fn metrics(&self) -> String;
-}
-
-impl Queries for World {
-    async fn claim(&self, name: &str) -> Option<Value> {
-        Api::<DynamicObject>::all_with(self.client.clone(), &nodeclaim_resource())
-            .get_opt(name)
-            .await
-            .unwrap()
-            .map(|o| serde_json::to_value(o).unwrap())
-    }
-
-    async fn registered_claims(&self) -> Vec<Value> {
-        self.claims()
-            .await
-            .into_iter()
-            .filter(|c| c["status"]["phase"] == "Registered" && c["status"]["nodeName"].is_string())
-            .collect()
-    }
-
-    async fn node(&self, name: &str) -> Option<Node> {
-        Api::<Node>::all(self.client.clone())
-            .get_opt(name)
-            .await
-            .unwrap()
-    }
-
-    async fn pods_of(&self, app: &str) -> Vec<(String, Option<String>, bool, bool)> {
-        Api::<Pod>::namespaced(self.client.clone(), &self.namespace)
-            .list(&ListParams::default().labels(&format!("app={app}")))
-            .await
-            .unwrap()
-            .items
-            .into_iter()
-            .map(|p| {
-                (
-                    p.metadata.name.clone().unwrap_or_default(),
-                    p.spec.as_ref().and_then(|s| s.node_name.clone()),
-                    p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"),
-                    p.metadata.deletion_timestamp.is_some(),
-                )
-            })
-            .collect()
-    }
-
-    async fn scale(&self, deployment: &str, replicas: i32) {
-        Api::<Deployment>::namespaced(self.client.clone(), &self.namespace)
-            .patch(
-                deployment,
-                &PatchParams::default(),
-                &Patch::Merge(json!({"spec": {"replicas": replicas}})),
-            )
-            .await
-            .unwrap();
-    }
-
-    async fn metrics(&self) -> String {
-        match reqwest::get(format!("{}/metrics", self.server.ops)).await {
-            Ok(r) => r.text().await.unwrap_or_default(),
-            Err(_) => String::new(),
-        }
-    }
-}
-
-fn claim_name(claim: &Value) -> String {
-    claim["metadata"]["name"].as_str().unwrap().to_owned()
-}
-
-fn claim_node(claim: &Value) -> String {
-    claim["status"]["nodeName"].as_str().unwrap().to_owned()
-}
-
-fn claim_instance(claim: &Value) -> String {
-    claim["status"]["instanceID"].as_str().unwrap().to_owned()
-}
-
-fn deleting(claim: &Value) -> bool {
-    claim["metadata"]["deletionTimestamp"].is_string()
-}
 
 fn condition(claim: &Value, type_: &str) -> Option<Value> {
     claim["status"]["conditions"]
@@ -259,36 +57,12 @@ fn tainted_disrupted(node: &Node) -> bool {
         .any(|t| t.key == DISRUPTED && t.effect == "NoSchedule")
 }
 
-/// Wait until `n` pods of `app` run, on nodes of registered claims; returns the claims.
-async fn wait_running(world: &World, app: &str, n: usize) -> Vec<Value> {
-    world
-        .wait_until(
-            &format!("{n} pods of {app} running on registered nodes"),
-            Duration::from_secs(120),
-            || async {
-                let pods = world.pods_of(app).await;
-                let nodes: HashSet<String> = world
-                    .registered_claims()
-                    .await
-                    .iter()
-                    .map(claim_node)
-                    .collect();
-                pods.len() == n
-                    && pods.iter().all(|(_, node, running, _)| {
-                        *running && node.as_ref().is_some_and(|x| nodes.contains(x))
-                    })
-            },
-        )
-        .await;
-    world.registered_claims().await
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_emptied_node_goes_after_consolidate_after() {
     let _serial = SERIAL.lock().await;
     let plane = controlplane::shared();
-    let world = start(plane, |ns| {
-        config_text(
+    let world = start_clean(plane, "disrupt", |ns| {
+        pool_config(
             ns,
             "emptied",
             "c5.large, c5.xlarge",
@@ -304,7 +78,7 @@ async fn an_emptied_node_goes_after_consolidate_after() {
         )
         .await
         .unwrap();
-    let claims = wait_running(&world, "app", 2).await;
+    let claims = world.wait_running("app", 2).await;
     assert_eq!(claims.len(), 1, "{claims:?}");
     let (claim, node, instance) = (
         claim_name(&claims[0]),
@@ -404,8 +178,8 @@ async fn an_emptied_node_goes_after_consolidate_after() {
 async fn deleting_a_nodeclaim_drains_before_terminating_and_a_pdb_blocks_until_relaxed() {
     let _serial = SERIAL.lock().await;
     let plane = controlplane::shared();
-    let world = start(plane, |ns| {
-        config_text(
+    let world = start_clean(plane, "disrupt", |ns| {
+        pool_config(
             ns,
             "drained",
             "c5.4xlarge",
@@ -434,7 +208,7 @@ async fn deleting_a_nodeclaim_drains_before_terminating_and_a_pdb_blocks_until_r
         )
         .await
         .unwrap();
-    let claims = wait_running(&world, "app", 30).await;
+    let claims = world.wait_running("app", 30).await;
     assert_eq!(claims.len(), 1, "{claims:?}\n{}", world.logs());
     let (claim, node, instance) = (
         claim_name(&claims[0]),
@@ -582,8 +356,8 @@ async fn deleting_a_nodeclaim_drains_before_terminating_and_a_pdb_blocks_until_r
 async fn termination_grace_period_forces_a_do_not_disrupt_pod() {
     let _serial = SERIAL.lock().await;
     let plane = controlplane::shared();
-    let world = start(plane, |ns| {
-        config_text(
+    let world = start_clean(plane, "disrupt", |ns| {
+        pool_config(
             ns,
             "graceful",
             "c5.large",
@@ -604,7 +378,7 @@ async fn termination_grace_period_forces_a_do_not_disrupt_pod() {
     )
     .await
     .unwrap();
-    let claims = wait_running(&world, "stuck", 1).await;
+    let claims = world.wait_running("stuck", 1).await;
     assert_eq!(claims.len(), 1, "{claims:?}");
     let (claim, node, instance) = (
         claim_name(&claims[0]),
@@ -687,8 +461,8 @@ async fn termination_grace_period_forces_a_do_not_disrupt_pod() {
 async fn do_not_disrupt_holds_an_empty_node_and_a_budget_of_one_disrupts_one_at_a_time() {
     let _serial = SERIAL.lock().await;
     let plane = controlplane::shared();
-    let world = start(plane, |ns| {
-        config_text(
+    let world = start_clean(plane, "disrupt", |ns| {
+        pool_config(
             ns,
             "budgeted",
             "c5.large",
@@ -705,7 +479,7 @@ async fn do_not_disrupt_holds_an_empty_node_and_a_budget_of_one_disrupts_one_at_
         )
         .await
         .unwrap();
-    let claims = wait_running(&world, "app", 3).await;
+    let claims = world.wait_running("app", 3).await;
     assert_eq!(claims.len(), 3, "{claims:?}\n{}", world.logs());
     let kept = claims[0].clone();
     let (kept_claim, kept_node) = (claim_name(&kept), claim_node(&kept));
@@ -814,8 +588,8 @@ async fn do_not_disrupt_holds_an_empty_node_and_a_budget_of_one_disrupts_one_at_
 async fn deleting_the_node_drains_it_and_terminates_its_claim() {
     let _serial = SERIAL.lock().await;
     let plane = controlplane::shared();
-    let world = start(plane, |ns| {
-        config_text(
+    let world = start_clean(plane, "disrupt", |ns| {
+        pool_config(
             ns,
             "nodedel",
             "c5.xlarge, c5.2xlarge",
@@ -831,7 +605,7 @@ async fn deleting_the_node_drains_it_and_terminates_its_claim() {
         )
         .await
         .unwrap();
-    let claims = wait_running(&world, "app", 30).await;
+    let claims = world.wait_running("app", 30).await;
     assert_eq!(claims.len(), 1, "{claims:?}");
     let (claim, node, instance) = (
         claim_name(&claims[0]),
@@ -921,8 +695,8 @@ async fn deleting_the_node_drains_it_and_terminates_its_claim() {
 async fn an_expired_node_is_replaced_before_it_is_drained() {
     let _serial = SERIAL.lock().await;
     let plane = controlplane::shared();
-    let world = start(plane, |ns| {
-        config_text(
+    let world = start_clean(plane, "disrupt", |ns| {
+        pool_config(
             ns,
             "expiring",
             "c5.large, c5.xlarge",
@@ -938,7 +712,7 @@ async fn an_expired_node_is_replaced_before_it_is_drained() {
         )
         .await
         .unwrap();
-    let claims = wait_running(&world, "app", 2).await;
+    let claims = world.wait_running("app", 2).await;
     assert_eq!(claims.len(), 1, "{claims:?}");
     let (old, old_node, old_instance) = (
         claim_name(&claims[0]),

@@ -3,10 +3,13 @@
 //! extender. The end-to-end tests of single provisioner features (DaemonSets, volumes) start it
 //! with their own config and drive it through the API.
 
+use std::collections::HashSet;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use kube::api::ListParams;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use kube::core::{ApiResource, DynamicObject};
 use kube::{Api, Client};
 use serde_json::Value;
@@ -159,8 +162,6 @@ impl World {
 /// Remove the Nodes and NodeClaims earlier tests of this binary left, finalizers and all (the
 /// nodewright that would have released them is gone with its test).
 pub async fn clear_nodes_and_claims(client: &Client) {
-    use k8s_openapi::api::core::v1::Node;
-    use kube::api::{DeleteParams, Patch, PatchParams};
     let unfinalize = serde_json::json!({"metadata": {"finalizers": null}});
     let nodes: Api<Node> = Api::all(client.clone());
     for node in nodes.list(&ListParams::default()).await.unwrap().items {
@@ -235,4 +236,232 @@ pub fn metric_sum(text: &str, name: &str, labels: &[&str]) -> f64 {
         .filter(|l| labels.iter().all(|x| l.contains(x)))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
+}
+
+// What the disruption tests (empty nodes, drains, expiry, consolidation) share: one tainted
+// on-demand pool, Deployments steered to it, and queries on its claims, nodes and pods.
+
+/// One tainted on-demand pool `pool` of `types`, with `disruption` (YAML flow text) and extra
+/// template spec lines `template_extra` (each starting with a newline and 6 spaces). The Policy
+/// document comes last, so `spec` fields can be appended as lines indented by two spaces.
+pub fn pool_config(
+    namespace: &str,
+    pool: &str,
+    types: &str,
+    disruption: &str,
+    template_extra: &str,
+) -> String {
+    format!(
+        r#"apiVersion: karpenter.sh/v1
+kind: NodePool
+metadata:
+  name: {pool}
+spec:
+  disruption: {disruption}
+  template:
+    spec:
+      nodeClassRef: {{group: karpenter.k8s.aws, kind: EC2NodeClass, name: default}}{template_extra}
+      taints:
+        - {{key: nodewright.io/pool, value: {pool}, effect: NoSchedule}}
+      requirements:
+        - {{key: karpenter.sh/capacity-type, operator: In, values: [on-demand]}}
+        - {{key: node.kubernetes.io/instance-type, operator: In, values: [{types}]}}
+---
+apiVersion: karpenter.k8s.aws/v1
+kind: EC2NodeClass
+metadata:
+  name: default
+spec:
+  amiSelectorTerms: [{{alias: al2023@latest}}]
+  role: KarpenterNodeRole-workshop
+  subnetSelectorTerms: [{{tags: {{karpenter.sh/discovery: workshop}}}}]
+  securityGroupSelectorTerms: [{{tags: {{karpenter.sh/discovery: workshop}}}}]
+---
+apiVersion: nodewright.io/v1alpha1
+kind: Policy
+metadata:
+  name: default
+spec:
+  nodeSelectorKey: karpenter.sh/nodepool
+  rules:
+    - {{name: app, nodePool: {pool}, namespaces: [{namespace}]}}
+  batching: {{idleDuration: 1s, maxDuration: 10s}}
+  provisioning:
+    clusterName: workshop
+    clusterEndpoint: https://workshop.eks.example.com
+"#
+    )
+}
+
+/// A pod spec as the steering webhook leaves it (the pool's selector and toleration), one
+/// pause-like container requesting `cpu` and 64Mi, with extra spec fields.
+pub fn pod_spec(pool: &str, cpu: &str, extra: Value) -> Value {
+    let mut spec = serde_json::json!({
+        "nodeSelector": {"karpenter.sh/nodepool": pool},
+        "tolerations": [{"key": "nodewright.io/pool", "operator": "Equal", "value": pool, "effect": "NoSchedule"}],
+        "containers": [{"name": "app", "image": "registry.k8s.io/pause:3.10",
+                        "resources": {"requests": {"cpu": cpu, "memory": "64Mi"}}}],
+    });
+    for (k, v) in extra.as_object().unwrap() {
+        spec[k] = v.clone();
+    }
+    spec
+}
+
+/// A Deployment of `replicas` pods labelled `app=<name>` (see [`pod_spec`]).
+pub fn deployment(name: &str, replicas: i32, pool: &str, cpu: &str) -> Deployment {
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {"metadata": {"labels": {"app": name}}, "spec": pod_spec(pool, cpu, serde_json::json!({}))},
+        }
+    }))
+    .unwrap()
+}
+
+/// Start a world for one test: a clean cluster (what an earlier failed test of this binary left
+/// in namespaces starting with `prefix` deleted too), its own namespace `<prefix>-…`, nodewright
+/// with `config(namespace)`.
+pub async fn start_clean(
+    plane: &'static ControlPlane,
+    prefix: &str,
+    config: impl Fn(&str) -> String,
+) -> World {
+    plane.ensure_nodeclaim_crd().await;
+    let client = plane.client().await;
+    clear_nodes_and_claims(&client).await;
+    let namespaces = Api::<Namespace>::all(client.clone());
+    for ns in namespaces.list(&ListParams::default()).await.unwrap().items {
+        let name = ns.metadata.name.unwrap_or_default();
+        if name.starts_with(prefix) {
+            let _ = Api::<Deployment>::namespaced(client.clone(), &name)
+                .delete_collection(&DeleteParams::default(), &ListParams::default())
+                .await;
+            let _ = Api::<Pod>::namespaced(client.clone(), &name)
+                .delete_collection(&DeleteParams::default(), &ListParams::default())
+                .await;
+        }
+    }
+    let install = plane.install_nodewright().await;
+    let namespace = plane.namespace(prefix).await;
+    let text = config(&namespace);
+    World::start(plane, &install, client, namespace, &text, "workshop").await
+}
+
+/// Delete the test's Deployments and pods, stop nodewright, clear the cluster.
+pub async fn finish(world: World, plane: &'static ControlPlane) {
+    let _ = Api::<Deployment>::namespaced(world.client.clone(), &world.namespace)
+        .delete_collection(&DeleteParams::default(), &ListParams::default())
+        .await;
+    let _ = Api::<Pod>::namespaced(world.client.clone(), &world.namespace)
+        .delete_collection(&DeleteParams::default(), &ListParams::default())
+        .await;
+    drop(world);
+    clear_nodes_and_claims(&plane.client().await).await;
+}
+
+impl World {
+    pub async fn claim(&self, name: &str) -> Option<Value> {
+        Api::<DynamicObject>::all_with(self.client.clone(), &nodeclaim_resource())
+            .get_opt(name)
+            .await
+            .unwrap()
+            .map(|o| serde_json::to_value(o).unwrap())
+    }
+
+    /// Claims whose node registered.
+    pub async fn registered_claims(&self) -> Vec<Value> {
+        self.claims()
+            .await
+            .into_iter()
+            .filter(|c| c["status"]["phase"] == "Registered" && c["status"]["nodeName"].is_string())
+            .collect()
+    }
+
+    pub async fn node(&self, name: &str) -> Option<Node> {
+        Api::<Node>::all(self.client.clone())
+            .get_opt(name)
+            .await
+            .unwrap()
+    }
+
+    /// The pods of this namespace labelled `app=<app>`, as (name, node, running, terminating).
+    pub async fn pods_of(&self, app: &str) -> Vec<(String, Option<String>, bool, bool)> {
+        Api::<Pod>::namespaced(self.client.clone(), &self.namespace)
+            .list(&ListParams::default().labels(&format!("app={app}")))
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .map(|p| {
+                (
+                    p.metadata.name.clone().unwrap_or_default(),
+                    p.spec.as_ref().and_then(|s| s.node_name.clone()),
+                    p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"),
+                    p.metadata.deletion_timestamp.is_some(),
+                )
+            })
+            .collect()
+    }
+
+    pub async fn scale(&self, deployment: &str, replicas: i32) {
+        Api::<Deployment>::namespaced(self.client.clone(), &self.namespace)
+            .patch(
+                deployment,
+                &PatchParams::default(),
+                &Patch::Merge(serde_json::json!({"spec": {"replicas": replicas}})),
+            )
+            .await
+            .unwrap();
+    }
+
+    /// nodewright's /metrics text; empty if it does not answer.
+    pub async fn metrics(&self) -> String {
+        match reqwest::get(format!("{}/metrics", self.server.ops)).await {
+            Ok(r) => r.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        }
+    }
+
+    /// Waits until `n` pods of `app` run, on nodes of registered claims; returns the claims.
+    pub async fn wait_running(&self, app: &str, n: usize) -> Vec<Value> {
+        self.wait_until(
+            &format!("{n} pods of {app} running on registered nodes"),
+            Duration::from_secs(120),
+            || async {
+                let pods = self.pods_of(app).await;
+                let nodes: HashSet<String> = self
+                    .registered_claims()
+                    .await
+                    .iter()
+                    .map(claim_node)
+                    .collect();
+                pods.len() == n
+                    && pods.iter().all(|(_, node, running, _)| {
+                        *running && node.as_ref().is_some_and(|x| nodes.contains(x))
+                    })
+            },
+        )
+        .await;
+        self.registered_claims().await
+    }
+}
+
+pub fn claim_name(claim: &Value) -> String {
+    claim["metadata"]["name"].as_str().unwrap().to_owned()
+}
+
+pub fn claim_node(claim: &Value) -> String {
+    claim["status"]["nodeName"].as_str().unwrap().to_owned()
+}
+
+pub fn claim_instance(claim: &Value) -> String {
+    claim["status"]["instanceID"].as_str().unwrap().to_owned()
+}
+
+pub fn deleting(claim: &Value) -> bool {
+    claim["metadata"]["deletionTimestamp"].is_string()
 }
