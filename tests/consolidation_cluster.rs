@@ -34,16 +34,20 @@ use serde_json::{Value, json};
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Pool `pool` of `types` consolidating underused nodes `after` their pods last changed, with
-/// no budget limit, and the Policy's `consolidation` thresholds (YAML flow text; empty: the
-/// defaults).
+/// no budget limit, no stabilization window, and the Policy's `consolidation` thresholds (YAML
+/// flow text; empty: the defaults).
 fn config(namespace: &str, pool: &str, types: &str, after: &str, thresholds: &str) -> String {
     let disruption = format!(
         r#"{{consolidationPolicy: WhenEmptyOrUnderutilized, consolidateAfter: {after}, budgets: [{{nodes: "100%"}}]}}"#
     );
     let mut text = pool_config(namespace, pool, types, &disruption, "");
-    if !thresholds.is_empty() {
-        text.push_str(&format!("  consolidation: {thresholds}\n"));
-    }
+    // No stabilization window: the tests remove room holders and want the move at once.
+    let consolidation = if thresholds.is_empty() {
+        "{stabilizationWindow: 0s}".to_owned()
+    } else {
+        thresholds.replacen('{', "{stabilizationWindow: 0s, ", 1)
+    };
+    text.push_str(&format!("  consolidation: {consolidation}\n"));
     text
 }
 
