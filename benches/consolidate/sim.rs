@@ -131,9 +131,6 @@ pub struct Outcome {
     pub replaces: usize,
     pub evictions: usize,
     pub launched: usize,
-    /// Nodes launched for pending pods within an hour after a consolidation move: capacity the
-    /// move took away and the workload needed back.
-    pub launched_after_move: usize,
     pub node_steps: usize,
     pub decide_secs: f64,
     pub decisions: usize,
@@ -164,8 +161,6 @@ impl Sim<'_> {
         let mut serial = 0usize;
         let mut node_serial = 0usize;
         let mut out = Outcome::default();
-        let mut last_move: Option<usize> = None;
-        let steps_per_hour = (60.0 / self.step_minutes).round() as usize;
         let consolidate_after = 1usize;
         for t in 0..steps {
             let hour = t as f64 * self.step_minutes / 60.0;
@@ -216,9 +211,6 @@ impl Sim<'_> {
                 for planned in &plan.nodes {
                     node_serial += 1;
                     out.launched += 1;
-                    if last_move.is_some_and(|m| t - m <= steps_per_hour) {
-                        out.launched_after_move += 1;
-                    }
                     let mut n = self.new_node(
                         format!("n{node_serial}"),
                         &planned.instance_type,
@@ -264,7 +256,6 @@ impl Sim<'_> {
                 out.decide_secs += started.elapsed().as_secs_f64();
                 out.decisions += 1;
                 for mv in &report.moves {
-                    last_move = Some(t);
                     out.moves += 1;
                     out.evictions += mv.evicted.len();
                     let gone: HashSet<&str> = mv.nodes.iter().map(|n| n.node.as_str()).collect();
