@@ -15,8 +15,8 @@ use crate::config::ConsolidationPolicy;
 use crate::scheduling::consolidation::snapshot::{self, Context};
 use crate::scheduling::consolidation::{BlockKind, Method, Move, Settings};
 
-/// How often consolidation looks.
-pub(super) const PASS_EVERY: Duration = Duration::from_secs(5);
+/// How often consolidation looks (each look lists nodes, pods and PodDisruptionBudgets).
+pub(super) const PASS_EVERY: Duration = Duration::from_secs(15);
 /// How long a decision waits to be confirmed by a second pass.
 pub(super) const VALIDATE_AFTER: Duration = Duration::from_secs(10);
 /// How often a node that stays for the same reason says so again.
@@ -82,10 +82,14 @@ impl Run {
     /// One consolidation pass (leader only), if one is due.
     pub(super) async fn consolidate(&mut self, config: &Config) {
         let now = TokioInstant::now();
-        let due = self
-            .consolidation
-            .last_pass
-            .is_none_or(|t| now.duration_since(t) >= PASS_EVERY);
+        let due = match &self.consolidation.pending {
+            // A decision waits for its confirming pass.
+            Some((since, _)) => now.duration_since(*since) >= VALIDATE_AFTER,
+            None => self
+                .consolidation
+                .last_pass
+                .is_none_or(|t| now.duration_since(t) >= PASS_EVERY),
+        };
         if !due || !consolidates(config) || cluster_info(config).is_none() {
             return;
         }
@@ -384,6 +388,7 @@ impl Run {
             .iter()
             .all(|s| matches!(s, Some((Phase::Registered, _))))
         {
+            self.say_replaced(&claim, replacements);
             self.begin_termination(claim, UNDERUTILIZED).await;
             return;
         }

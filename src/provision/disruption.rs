@@ -357,9 +357,28 @@ impl Run {
                 }
             });
             if ready || claim.metadata.deletion_timestamp.is_some() {
+                self.say_replaced(&claim, &replacements);
                 self.begin_termination(claim, &reason).await;
             }
         }
+    }
+
+    /// The `Replaced` Event: the node goes now, and what took its pods.
+    pub(super) fn say_replaced(&self, claim: &NodeClaim, replacements: &[String]) {
+        let states: Vec<String> = replacements
+            .iter()
+            .map(|r| match self.claims.get(r) {
+                Some(c) => format!("{r} ({})", c.phase().as_str()),
+                None => format!("{r} (gone)"),
+            })
+            .collect();
+        self.p.events.claim(
+            claim,
+            Kind::Normal,
+            "Replaced",
+            "Disrupt",
+            format!("Replaced by {}; draining the node", states.join(", ")),
+        );
     }
 
     async fn start_expiry(&mut self, mut claim: NodeClaim, config: &Config) {

@@ -993,9 +993,13 @@ async fn two_half_used_nodes_become_one_after_the_decision_is_confirmed() {
 async fn a_pod_arriving_before_the_confirmation_cancels_the_move() {
     let h = start(underutilized());
     let [(_, node_a), (_, node_b)] = two_half_used_nodes(&h, Duration::ZERO).await;
-    // The move is found; then both nodes fill up before the confirming pass.
-    h.run_for(consolidation::PASS_EVERY + Duration::from_secs(1))
-        .await;
+    // The move is found (a pass after the filler left); then both nodes fill up before the
+    // confirming pass.
+    let passes = || h.disruption.consolidation_decision.get_sample_count();
+    let before = passes();
+    while passes() == before {
+        h.run_for(Duration::from_millis(100)).await;
+    }
     owned_pod_on(&h, "big-a", &node_a, "1400m");
     owned_pod_on(&h, "big-b", &node_b, "1400m");
     h.run_for(consolidation::VALIDATE_AFTER * 3).await;
