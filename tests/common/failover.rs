@@ -24,7 +24,7 @@ use super::controlplane::{self, ExtenderSetup, Install, Process};
 use super::ec2proxy::Ec2Proxy;
 use super::kubelet::{KubeletConfig, Kubelets, ec2_client};
 use super::moto::Moto;
-use super::served::{clear_nodes_and_claims, metric_sum, nodeclaim_resource};
+use super::served::{clear_nodes_and_claims, metric_sum, nodeclaim_resource, pool_config};
 
 pub const CLUSTER: &str = "workshop";
 pub const FINALIZER: &str = "nodewright.io/termination";
@@ -37,45 +37,12 @@ pub fn config_text(namespace: &str, expire_after: Option<&str>) -> String {
     let expire_after = expire_after
         .map(|d| format!("\n      expireAfter: {d}"))
         .unwrap_or_default();
-    format!(
-        r#"apiVersion: karpenter.sh/v1
-kind: NodePool
-metadata:
-  name: {POOL}
-spec:
-  disruption: {{consolidationPolicy: WhenEmpty, consolidateAfter: Never}}
-  template:
-    spec:
-      nodeClassRef: {{group: karpenter.k8s.aws, kind: EC2NodeClass, name: default}}{expire_after}
-      taints:
-        - {{key: nodewright.io/pool, value: {POOL}, effect: NoSchedule}}
-      requirements:
-        - {{key: karpenter.sh/capacity-type, operator: In, values: [on-demand]}}
-        - {{key: node.kubernetes.io/instance-type, operator: In, values: [c5.xlarge]}}
----
-apiVersion: karpenter.k8s.aws/v1
-kind: EC2NodeClass
-metadata:
-  name: default
-spec:
-  amiSelectorTerms: [{{alias: al2023@latest}}]
-  role: KarpenterNodeRole-workshop
-  subnetSelectorTerms: [{{tags: {{karpenter.sh/discovery: workshop}}}}]
-  securityGroupSelectorTerms: [{{tags: {{karpenter.sh/discovery: workshop}}}}]
----
-apiVersion: nodewright.io/v1alpha1
-kind: Policy
-metadata:
-  name: default
-spec:
-  nodeSelectorKey: karpenter.sh/nodepool
-  rules:
-    - {{name: app, nodePool: {POOL}, namespaces: [{namespace}]}}
-  batching: {{idleDuration: 1s, maxDuration: 10s}}
-  provisioning:
-    clusterName: workshop
-    clusterEndpoint: https://workshop.eks.example.com
-"#
+    pool_config(
+        namespace,
+        POOL,
+        "c5.xlarge",
+        "{consolidationPolicy: WhenEmpty, consolidateAfter: Never}",
+        &expire_after,
     )
 }
 
