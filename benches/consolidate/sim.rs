@@ -409,8 +409,14 @@ fn rebuild(n: &mut SimNode, workloads: &[Workload]) {
     n.node.pods = pods;
 }
 
-/// A cluster of `count` nodes at 30–80 % use, for decision-time figures.
-pub fn cluster(sim: &Sim<'_>, rng: &mut Rng, count: usize) -> (Vec<ExistingNode>, Vec<Candidate>) {
+/// A cluster of `count` nodes each filled to a share of its CPU and memory drawn from `use_`,
+/// for decision-time figures.
+pub fn cluster(
+    sim: &Sim<'_>,
+    rng: &mut Rng,
+    count: usize,
+    use_: (f64, f64),
+) -> (Vec<ExistingNode>, Vec<Candidate>) {
     let types = [
         "m5.xlarge",
         "m5.2xlarge",
@@ -434,7 +440,7 @@ pub fn cluster(sim: &Sim<'_>, rng: &mut Rng, count: usize) -> (Vec<ExistingNode>
             .map(|o| o.price)
             .expect("priced");
         let mut n = sim.new_node(format!("n{i:05}"), it, price, 0);
-        let target = 0.3 + 0.5 * rng.unit();
+        let target = use_.0 + (use_.1 - use_.0) * rng.unit();
         loop {
             let w = &sim.workloads[rng.below(sim.workloads.len())];
             let r = w.template.requests;

@@ -90,6 +90,10 @@ pub fn plan(world: &World<'_>, settings: &Settings, rounds: usize) -> Report {
         let multi = search.multi(&open);
         let mut single = None;
         for c in &open {
+            if let Some(b) = search.cannot_move(c) {
+                kept.insert(&c.node, b);
+                continue;
+            }
             match search.simulate(&[c]) {
                 Ok(m) => {
                     single = Some(m);
@@ -371,6 +375,48 @@ impl Search<'_, '_> {
                 d
             },
         })
+    }
+
+    /// A cheap necessary condition before a simulation: the candidate's pods fit in the other
+    /// nodes' free room added up, or an instance type cheaper than the node holds them. A
+    /// packed cluster (where most candidates fail both) costs one pass over the nodes and the
+    /// catalog per candidate instead of a plan.
+    fn cannot_move(&self, c: &Candidate) -> Option<Blocker> {
+        use crate::model::resources::{CPU, MEMORY};
+        let need = c
+            .pods
+            .iter()
+            .fold(crate::model::Resources::ZERO, |acc, p| acc + p.requests);
+        let free = self
+            .nodes
+            .iter()
+            .filter(|n| n.name != c.node)
+            .fold(crate::model::Resources::ZERO, |acc, n| {
+                acc + n.allocatable.saturating_sub(&n.requested)
+            });
+        if need.fits_in(&free) {
+            return None;
+        }
+        let pool = self.world.pools.iter().find(|p| p.name == c.pool)?;
+        let with_overhead = need + pool.daemon_overhead;
+        let cheaper = self.world.catalog.types.iter().any(|it| {
+            it.offerings
+                .iter()
+                .any(|o| o.available && o.price < c.price_per_hour)
+                && with_overhead.fits_in(&it.allocatable(&pool.kubelet))
+        });
+        if cheaper {
+            return None;
+        }
+        Some(Blocker::new(
+            BlockKind::NoCheaper,
+            format!(
+                "its pods ({} CPU, {:.1} GiB) fit neither in the other nodes' free room nor on any instance type cheaper than ${:.4}/h",
+                millis(need.0[CPU]),
+                gib(need.0[MEMORY]),
+                c.price_per_hour
+            ),
+        ))
     }
 
     /// Would the move leave a pool less free room than its demand needed within the
