@@ -1,0 +1,152 @@
+//! Launch and registration, against the fakes.
+
+use super::*;
+
+#[tokio::test(start_paused = true)]
+async fn an_unschedulable_pod_gets_a_claim_launched_and_registered() {
+    let h = start(never_consolidate());
+    h.pod_seen(pending_pod("web"));
+    // Nothing before the batch window (1s idle) closes.
+    h.run_for(Duration::from_millis(500)).await;
+    assert!(h.stored().await.is_empty(), "no claim inside the window");
+    assert!(h.creates().is_empty());
+
+    let claims = h
+        .until("one launched claim", |cs| {
+            cs.len() == 1 && cs[0].phase() == Phase::Launched
+        })
+        .await;
+    let claim = &claims[0];
+    assert_eq!(claim.spec.node_pool, POOL);
+    assert_eq!(claim.spec.pods, ["app/web"]);
+    assert_eq!(
+        claim.metadata.finalizers.as_deref(),
+        Some(&[TERMINATION_FINALIZER.to_owned()][..])
+    );
+    assert_eq!(
+        claim.spec.labels.get(CLAIM_TAG).map(String::as_str),
+        Some(claim.name())
+    );
+    assert_eq!(h.creates(), [claim.name()]);
+    let status = claim.status.as_ref().unwrap();
+    assert_eq!(status.launch_attempts, 1);
+    assert_eq!(status.zone.as_deref(), Some(ZONE));
+    assert!(TYPES.contains(&status.instance_type.as_deref().unwrap()));
+    assert!(h.cloud.instance(&instance_of(claim)).is_some());
+
+    let node = h.node_registers(claim);
+    let claims = h
+        .until("the claim registered", |cs| {
+            cs.len() == 1 && cs[0].phase() == Phase::Registered
+        })
+        .await;
+    let status = claims[0].status.as_ref().unwrap();
+    assert_eq!(status.node_name.as_deref(), Some(node.as_str()));
+    assert!(status.registered_at.is_some());
+    assert_eq!(claims[0].condition("Registered").unwrap().status, "True");
+    // Without a kube client the labels and taints are not patched; the termination finalizer
+    // goes on through ClusterOps.
+    assert_eq!(
+        h.cluster.finalizers(&node),
+        Some(vec![TERMINATION_FINALIZER.to_owned()])
+    );
+    assert_eq!(h.metrics.unschedulable_to_registered.get_sample_count(), 1);
+    // The pod is covered: later batches and reconciles launch nothing more.
+    h.run_for(Duration::from_secs(20)).await;
+    assert_eq!(h.creates().len(), 1);
+    assert!(h.deletes().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_launch_failure_on_one_offering_falls_back_to_the_next() {
+    let cloud = FakeCloud::new();
+    let cat = catalog();
+    let price = |t: &str| {
+        cat.get(t)
+            .unwrap()
+            .offerings
+            .iter()
+            .find(|o| o.zone == ZONE && o.capacity_type == CapacityType::OnDemand)
+            .unwrap()
+            .price
+    };
+    let cheapest = TYPES
+        .into_iter()
+        .min_by(|a, b| price(a).total_cmp(&price(b)))
+        .unwrap();
+    cloud.fail_offering(
+        cheapest,
+        ZONE,
+        CapacityType::OnDemand,
+        crate::cloud::fake::ec2_error("CreateFleet", "InsufficientInstanceCapacity"),
+    );
+    let h = start_with(never_consolidate(), cloud);
+    h.pod_seen(pending_pod("web"));
+    let claims = h
+        .until("one launched claim", |cs| {
+            cs.len() == 1 && cs[0].phase() == Phase::Launched
+        })
+        .await;
+    let claim = &claims[0];
+    let offerings: Vec<&str> = claim
+        .spec
+        .offerings
+        .iter()
+        .map(|o| o.instance_type.as_str())
+        .collect();
+    assert_eq!(
+        offerings[0], cheapest,
+        "planned on the cheapest: {offerings:?}"
+    );
+    let status = claim.status.as_ref().unwrap();
+    assert_eq!(status.instance_type.as_deref(), Some(offerings[1]));
+    assert_eq!(status.launch_attempts, 1, "one attempt tried two offerings");
+    assert_eq!(h.creates(), [claim.name()]);
+    assert_eq!(
+        h.cloud.unavailable(),
+        [(cheapest.to_owned(), ZONE.to_owned(), CapacityType::OnDemand)]
+    );
+}
+
+/// Every offering failing is one failed attempt: the claim stays Pending for a retry after a
+/// backoff. (The backoff is kept in `std::time::Instant`, which tokio's paused clock does not
+/// move, so the retries up to [`MAX_LAUNCH_ATTEMPTS`] are not driven here.)
+#[tokio::test(start_paused = true)]
+async fn a_launch_failing_on_every_offering_leaves_the_claim_pending_for_a_retry() {
+    let cloud = FakeCloud::new();
+    for t in TYPES {
+        cloud.fail_offering(
+            t,
+            ZONE,
+            CapacityType::OnDemand,
+            crate::cloud::fake::ec2_error("CreateFleet", "InsufficientInstanceCapacity"),
+        );
+    }
+    let h = start_with(never_consolidate(), cloud);
+    h.pod_seen(pending_pod("web"));
+    let claims = h
+        .until("a failed attempt", |cs| {
+            cs.len() == 1
+                && cs[0]
+                    .status
+                    .as_ref()
+                    .is_some_and(|s| s.launch_attempts == 1)
+        })
+        .await;
+    let claim = &claims[0];
+    assert_eq!(claim.phase(), Phase::Pending);
+    const { assert!(MAX_LAUNCH_ATTEMPTS > 1) };
+    let launched = claim.condition("Launched").unwrap();
+    assert_eq!(
+        (launched.status.as_str(), launched.reason.as_str()),
+        ("False", "InsufficientInstanceCapacity")
+    );
+    assert_eq!(h.creates(), [claim.name()]);
+    assert_eq!(
+        h.metrics
+            .ec2_errors
+            .with_label_values(&["InsufficientInstanceCapacity"])
+            .get(),
+        1
+    );
+}
