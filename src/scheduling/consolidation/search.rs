@@ -556,13 +556,8 @@ impl Search<'_, '_> {
         }
         if let Some(r) = &sim.replacement {
             self.new_nodes += 1;
-            let mut node_labels = self
-                .world
-                .pools
-                .iter()
-                .find(|p| p.name == r.node_pool)
-                .map(|p| p.labels.clone())
-                .unwrap_or_default();
+            let pool = self.world.pools.iter().find(|p| p.name == r.node_pool);
+            let mut node_labels = pool.map(|p| p.labels.clone()).unwrap_or_default();
             if let Some(it) = self.world.catalog.get(&r.instance_type) {
                 for (k, v) in it.aws_labels() {
                     node_labels.insert(k.to_owned(), v);
@@ -580,23 +575,11 @@ impl Search<'_, '_> {
                 labels::CAPACITY_TYPE.to_owned(),
                 r.capacity_type.as_str().to_owned(),
             );
-            let overhead = self
-                .world
-                .pools
-                .iter()
-                .find(|p| p.name == r.node_pool)
-                .map(|p| p.daemon_overhead)
-                .unwrap_or_default();
+            let overhead = pool.map(|p| p.daemon_overhead).unwrap_or_default();
             let mut new = ExistingNode {
                 name: self.new_node_name(),
                 labels: node_labels,
-                taints: self
-                    .world
-                    .pools
-                    .iter()
-                    .find(|p| p.name == r.node_pool)
-                    .map(|p| p.taints.clone())
-                    .unwrap_or_default(),
+                taints: pool.map(|p| p.taints.clone()).unwrap_or_default(),
                 allocatable: r.allocatable,
                 requested: overhead,
                 pods: Vec::new(),

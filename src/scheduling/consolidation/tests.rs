@@ -7,7 +7,7 @@ use std::sync::OnceLock;
 
 use serde_json::json;
 
-use super::snapshot::{Context, Snapshot, pools, world};
+use super::snapshot::{Context, Snapshot, decide};
 use super::*;
 use crate::config::Config;
 
@@ -97,6 +97,11 @@ fn snapshot(objects: Vec<serde_json::Value>) -> Snapshot {
 }
 
 fn run(config: &Config, snap: &Snapshot, settings: &Settings) -> Report {
+    run_rounds(config, snap, settings, usize::MAX)
+}
+
+/// The plan through [`decide`], as the CLI and the live controller get it.
+fn run_rounds(config: &Config, snap: &Snapshot, settings: &Settings, rounds: usize) -> Report {
     let ctx = Context {
         config,
         catalog: catalog(),
@@ -106,9 +111,7 @@ fn run(config: &Config, snap: &Snapshot, settings: &Settings) -> Report {
         skip: HashSet::new(),
         reserve: Default::default(),
     };
-    let pools = pools(config, snap, catalog());
-    let w = world(snap, &ctx, &pools);
-    plan(&w, settings, usize::MAX)
+    decide(snap, &ctx, settings, rounds)
 }
 
 fn kept<'a>(r: &'a Report, node: &str) -> &'a Kept {
@@ -163,19 +166,7 @@ fn with_the_default_budget_the_nodes_go_one_round_at_a_time_and_no_pod_moves_twi
     evicted.dedup();
     assert_eq!(evicted.len(), 2);
     // The live controller asks for one round: one move, the other node held by the budget.
-    let ctx_config = &config;
-    let snap = three_half_empty();
-    let ctx = Context {
-        config: ctx_config,
-        catalog: catalog(),
-        now: "2026-06-01T00:00:00Z".parse().unwrap(),
-        busy: HashSet::new(),
-        idle: HashMap::new(),
-        skip: HashSet::new(),
-        reserve: Default::default(),
-    };
-    let pools = pools(&config, &snap, catalog());
-    let one = plan(&world(&snap, &ctx, &pools), &Settings::default(), 1);
+    let one = run_rounds(&config, &three_half_empty(), &Settings::default(), 1);
     assert_eq!(one.moves.len(), 1);
     assert!(
         one.kept.iter().any(|k| k.kind == BlockKind::Budget),
