@@ -14,7 +14,6 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{DeleteParams, ListParams, PostParams};
-use kube::core::DynamicObject;
 use kube::{Api, Client};
 use serde_json::{Value, json};
 
@@ -24,7 +23,10 @@ use super::controlplane::{self, ExtenderSetup, Install, Process};
 use super::ec2proxy::Ec2Proxy;
 use super::kubelet::{KubeletConfig, Kubelets, ec2_client};
 use super::moto::Moto;
-use super::served::{clear_nodes_and_claims, metric_sum, nodeclaim_resource, pool_config};
+use super::served::{
+    clear_nodes_and_claims, get_claim, get_node, list_claims, metric_sum, pool_config,
+    registered_claims_of,
+};
 
 pub const CLUSTER: &str = "workshop";
 pub const FINALIZER: &str = "nodewright.io/termination";
@@ -336,37 +338,19 @@ impl Failover {
     }
 
     pub async fn claims(&self) -> Vec<Value> {
-        Api::<DynamicObject>::all_with(self.client.clone(), &nodeclaim_resource())
-            .list(&ListParams::default())
-            .await
-            .unwrap()
-            .items
-            .into_iter()
-            .map(|o| serde_json::to_value(o).unwrap())
-            .collect()
+        list_claims(&self.client).await
     }
 
     pub async fn claim(&self, name: &str) -> Option<Value> {
-        Api::<DynamicObject>::all_with(self.client.clone(), &nodeclaim_resource())
-            .get_opt(name)
-            .await
-            .unwrap()
-            .map(|o| serde_json::to_value(o).unwrap())
+        get_claim(&self.client, name).await
     }
 
     pub async fn registered_claims(&self) -> Vec<Value> {
-        self.claims()
-            .await
-            .into_iter()
-            .filter(|c| c["status"]["phase"] == "Registered" && c["status"]["nodeName"].is_string())
-            .collect()
+        registered_claims_of(&self.client).await
     }
 
     pub async fn node(&self, name: &str) -> Option<Node> {
-        Api::<Node>::all(self.client.clone())
-            .get_opt(name)
-            .await
-            .unwrap()
+        get_node(&self.client, name).await
     }
 
     /// The pods of this namespace labelled `app=<app>`, as (name, node, running).

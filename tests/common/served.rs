@@ -148,14 +148,7 @@ impl World {
 
     /// The NodeClaims in the cluster, as JSON.
     pub async fn claims(&self) -> Vec<Value> {
-        Api::<DynamicObject>::all_with(self.client.clone(), &nodeclaim_resource())
-            .list(&ListParams::default())
-            .await
-            .unwrap()
-            .items
-            .into_iter()
-            .map(|o| serde_json::to_value(o).unwrap())
-            .collect()
+        list_claims(&self.client).await
     }
 }
 
@@ -365,27 +358,16 @@ pub async fn finish(world: World, plane: &'static ControlPlane) {
 
 impl World {
     pub async fn claim(&self, name: &str) -> Option<Value> {
-        Api::<DynamicObject>::all_with(self.client.clone(), &nodeclaim_resource())
-            .get_opt(name)
-            .await
-            .unwrap()
-            .map(|o| serde_json::to_value(o).unwrap())
+        get_claim(&self.client, name).await
     }
 
     /// Claims whose node registered.
     pub async fn registered_claims(&self) -> Vec<Value> {
-        self.claims()
-            .await
-            .into_iter()
-            .filter(|c| c["status"]["phase"] == "Registered" && c["status"]["nodeName"].is_string())
-            .collect()
+        registered_claims_of(&self.client).await
     }
 
     pub async fn node(&self, name: &str) -> Option<Node> {
-        Api::<Node>::all(self.client.clone())
-            .get_opt(name)
-            .await
-            .unwrap()
+        get_node(&self.client, name).await
     }
 
     /// The pods of this namespace labelled `app=<app>`, as (name, node, running, terminating).
@@ -464,4 +446,40 @@ pub fn claim_instance(claim: &Value) -> String {
 
 pub fn deleting(claim: &Value) -> bool {
     claim["metadata"]["deletionTimestamp"].is_string()
+}
+
+/// Every NodeClaim, as JSON.
+pub async fn list_claims(client: &Client) -> Vec<Value> {
+    Api::<DynamicObject>::all_with(client.clone(), &nodeclaim_resource())
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .map(|o| serde_json::to_value(o).unwrap())
+        .collect()
+}
+
+pub async fn get_claim(client: &Client, name: &str) -> Option<Value> {
+    Api::<DynamicObject>::all_with(client.clone(), &nodeclaim_resource())
+        .get_opt(name)
+        .await
+        .unwrap()
+        .map(|o| serde_json::to_value(o).unwrap())
+}
+
+/// Claims whose node registered.
+pub async fn registered_claims_of(client: &Client) -> Vec<Value> {
+    list_claims(client)
+        .await
+        .into_iter()
+        .filter(|c| c["status"]["phase"] == "Registered" && c["status"]["nodeName"].is_string())
+        .collect()
+}
+
+pub async fn get_node(client: &Client, name: &str) -> Option<Node> {
+    Api::<Node>::all(client.clone())
+        .get_opt(name)
+        .await
+        .unwrap()
 }
