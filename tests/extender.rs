@@ -16,14 +16,14 @@ use nodewright::cluster::namespaces::NamespaceLabels;
 use nodewright::cluster::quota::{QuotaService, QuotaSettings};
 use nodewright::config::Config;
 use nodewright::http::extender::ExtenderState;
+use nodewright::http::extender::wire::{
+    ExtenderArgs, ExtenderCall, ExtenderFilterResult, HostPriority, NodesIn,
+};
 use nodewright::http::{AppState, Limits, Readiness, webhook_router};
 use nodewright::metrics::Metrics;
 use nodewright::model::resources::{CPU, MEMORY, PODS, Resources};
 use nodewright::policy::mutate::Steering;
 use nodewright::policy::quota::Quotas;
-use nodewright::scheduling::extender::{
-    ExtenderArgs, ExtenderCall, ExtenderFilterResult, HostPriority, NodesIn,
-};
 use nodewright::scheduling::view::{NodeFacts, NodeState};
 use serde::de::{IgnoredAny, MapAccess, Visitor};
 use serde_json::value::RawValue;

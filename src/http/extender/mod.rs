@@ -1,8 +1,11 @@
 //! kube-scheduler extender endpoints `POST /scheduler/filter` and `POST /scheduler/prioritize`
-//! (wire format: ../shared/WIRE.md §2). The decisions themselves live in
-//! `crate::scheduling::extender`; this module decodes, calls them and encodes.
+//! (wire format: ../shared/WIRE.md §2): [`wire`] decodes a call, the decisions in
+//! `crate::scheduling::extender` judge it, [`encode`] writes the answer.
 //!
 //! Any `?timeout=` query is accepted and ignored: answers take microseconds.
+
+pub mod encode;
+pub mod wire;
 
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Instant;
@@ -19,9 +22,8 @@ use tokio::sync::mpsc;
 use super::AppState;
 use super::admission::{ApiError, read_json_body};
 use super::tls::VerifiedClient;
-use crate::scheduling::extender::{
-    ExtenderCall, encode_filter, encode_filter_error, encode_priorities,
-};
+use crate::http::extender::encode::{encode_filter, encode_filter_error, encode_priorities};
+use crate::http::extender::wire::ExtenderCall;
 use crate::scheduling::view::ClusterView;
 
 /// What the extender shares with the node/pod watches and the provisioner.
@@ -74,33 +76,99 @@ impl ExtenderState {
     }
 }
 
+/// The extender's two verbs. They share one handler, as `/mutate` and `/validate` share
+/// `serve_review`; only the answer and the shape of an error differ.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verb {
+    Filter,
+    Prioritize,
+}
+
+impl Verb {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Filter => "filter",
+            Self::Prioritize => "prioritize",
+        }
+    }
+
+    /// Decides on a decoded call under the view's read lock, and encodes the answer.
+    fn answer(self, extender: &ExtenderState, call: &ExtenderCall<'_>) -> Vec<u8> {
+        let now = Instant::now();
+        match self {
+            Self::Filter => {
+                let decision = extender.with_view(|view| call.filter(view, now));
+                let encoded = encode_filter(call, &decision);
+                if decision.passing.is_empty() {
+                    extender.hand_off(call);
+                }
+                encoded
+            }
+            Self::Prioritize => {
+                let scores = extender.with_view(|view| call.prioritize(view, now));
+                encode_priorities(call, &scores)
+            }
+        }
+    }
+
+    /// An error as this verb answers it: the filter has an `Error` field in its result; a bare
+    /// `HostPriorityList` has no room for one, so prioritize answers `{"error", "message"}`.
+    fn error(self, e: ApiError) -> Response {
+        match self {
+            Self::Filter => json(e.status, encode_filter_error(&e.message)),
+            Self::Prioritize => e.into_response(),
+        }
+    }
+}
+
 fn json(status: StatusCode, body: Vec<u8>) -> Response {
     (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
 /// `POST /scheduler/filter`: drop the nodes nodewright is closing or has promised to other pods.
-/// Errors are answered as an `ExtenderFilterResult` with `Error` set.
 pub async fn filter(
     State(state): State<AppState>,
     client: Option<Extension<VerifiedClient>>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
+    serve_call(&state, Verb::Filter, client.is_some(), &headers, body).await
+}
+
+/// `POST /scheduler/prioritize`: a `HostPriorityList` scoring every node asked about, 0..=10.
+pub async fn prioritize(
+    State(state): State<AppState>,
+    client: Option<Extension<VerifiedClient>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    serve_call(&state, Verb::Prioritize, client.is_some(), &headers, body).await
+}
+
+/// Read, decode and answer one extender call, timing and counting it under `verb`.
+async fn serve_call(
+    state: &AppState,
+    verb: Verb,
+    verified_client: bool,
+    headers: &HeaderMap,
+    body: Body,
+) -> Response {
     let started = Instant::now();
-    let answer = match authorized_body(&state, client.is_some(), &headers, body).await {
-        Ok(bytes) => answer_filter(&state.extender, &bytes),
-        Err(e) => Err(e),
+    let answer = async {
+        let bytes = authorized_body(state, verified_client, headers, body).await?;
+        let call = ExtenderCall::decode(&bytes).map_err(ApiError::bad_request)?;
+        Ok::<_, ApiError>(verb.answer(&state.extender, &call))
     };
-    let (outcome, response) = match answer {
+    let (outcome, response) = match answer.await {
         Ok(body) => ("ok", json(StatusCode::OK, body)),
         Err(e) => {
-            tracing::warn!(status = e.status.as_u16(), error = %e.message, "rejected extender filter call");
-            ("error", json(e.status, encode_filter_error(&e.message)))
+            tracing::warn!(verb = verb.as_str(), status = e.status.as_u16(), error = %e.message, "rejected extender call");
+            ("error", verb.error(e))
         }
     };
     state
         .metrics
-        .extender("filter", outcome, started.elapsed().as_secs_f64());
+        .extender(verb.as_str(), outcome, started.elapsed().as_secs_f64());
     response
 }
 
@@ -120,48 +188,4 @@ async fn authorized_body(
         });
     }
     read_json_body(headers, body, state.limits.max_body_bytes).await
-}
-
-fn answer_filter(extender: &ExtenderState, body: &Bytes) -> Result<Vec<u8>, ApiError> {
-    let call = ExtenderCall::decode(body).map_err(ApiError::bad_request)?;
-    let now = Instant::now();
-    let decision = extender.with_view(|view| call.filter(view, now));
-    let encoded = encode_filter(&call, &decision);
-    if decision.passing.is_empty() {
-        extender.hand_off(&call);
-    }
-    Ok(encoded)
-}
-
-/// `POST /scheduler/prioritize`: a `HostPriorityList` scoring every node asked about, 0..=10.
-/// Errors are answered as `{"error", "message"}` (a bare list has no room for one).
-pub async fn prioritize(
-    State(state): State<AppState>,
-    client: Option<Extension<VerifiedClient>>,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    let started = Instant::now();
-    let answer = match authorized_body(&state, client.is_some(), &headers, body).await {
-        Ok(bytes) => answer_prioritize(&state.extender, &bytes),
-        Err(e) => Err(e),
-    };
-    let (outcome, response) = match answer {
-        Ok(body) => ("ok", json(StatusCode::OK, body)),
-        Err(e) => {
-            tracing::warn!(status = e.status.as_u16(), error = %e.message, "rejected extender prioritize call");
-            ("error", e.into_response())
-        }
-    };
-    state
-        .metrics
-        .extender("prioritize", outcome, started.elapsed().as_secs_f64());
-    response
-}
-
-fn answer_prioritize(extender: &ExtenderState, body: &Bytes) -> Result<Vec<u8>, ApiError> {
-    let call = ExtenderCall::decode(body).map_err(ApiError::bad_request)?;
-    let now = Instant::now();
-    let scores = extender.with_view(|view| call.prioritize(view, now));
-    Ok(encode_priorities(&call, &scores))
 }
