@@ -7,24 +7,18 @@ use std::hint::black_box;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwap;
 use axum::Router;
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use bytes::Bytes;
 use criterion::Criterion;
 use http_body_util::BodyExt;
-use nodewright::cluster::ledger::LedgerStore;
-use nodewright::cluster::namespaces::NamespaceLabels;
-use nodewright::cluster::quota::{QuotaService, QuotaSettings};
 use nodewright::config::Config;
 use nodewright::http::extender::ExtenderState;
 use nodewright::http::extender::wire::ExtenderCall;
-use nodewright::http::{AppState, Limits, Readiness, webhook_router};
+use nodewright::http::{AppState, webhook_router};
 use nodewright::metrics::Metrics;
 use nodewright::model::resources::{CPU, EPHEMERAL, MEMORY, PODS, Resources};
-use nodewright::policy::mutate::Steering;
-use nodewright::policy::quota::Quotas;
 use nodewright::scheduling::view::{ClusterView, NodeFacts, NodeState};
 use serde_json::{Value, json};
 use tower::ServiceExt;
@@ -123,27 +117,12 @@ fn pod() -> Value {
 fn state(view: ClusterView) -> AppState {
     let config =
         Config::parse(include_str!("../tests/data/steering.yaml"), "steering.yaml").unwrap();
-    let metrics = Metrics::new();
+    let _metrics = Metrics::new();
     let mut extender = ExtenderState::standalone();
     extender.view = Arc::new(std::sync::RwLock::new(view));
-    AppState {
-        steering: Arc::new(ArcSwap::from_pointee(Steering::new(
-            &config,
-            Some("nodewright"),
-        ))),
-        quotas: Arc::new(ArcSwap::from_pointee(Quotas::new(&config.policy))),
-        quota: QuotaService::new(
-            LedgerStore::memory(),
-            None,
-            QuotaSettings::default(),
-            metrics.clone(),
-        ),
-        namespaces: NamespaceLabels::Standalone,
-        metrics,
-        limits: Limits::default(),
-        readiness: Arc::new(Readiness::default()),
-        extender,
-    }
+    AppState::builder(&config, Some("nodewright"))
+        .extender(extender)
+        .build()
 }
 
 struct Setup {

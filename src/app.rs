@@ -10,49 +10,18 @@ use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::certs;
 use crate::cluster::ledger::LedgerStore;
 use crate::cluster::pods::PodIndex;
 use crate::cluster::quota::{QuotaService, QuotaSettings};
 use crate::cluster::{self, namespaces::NamespaceLabels};
 use crate::config::Config;
-use crate::http::{self, AppState, Limits, Readiness, tls};
+use crate::http::{self, AppState, Limits, Readiness};
 use crate::metrics::{Metrics, ReloadKind, ReloadResult};
 use crate::policy::mutate::Steering;
 use crate::policy::quota::Quotas;
+use crate::tls;
+pub use crate::tls::{CaBundleSettings, TlsSource};
 use crate::watch;
-
-/// Where the serving certificate comes from.
-#[derive(Debug, Clone)]
-pub enum TlsSource {
-    /// PEM files, reloaded when they change.
-    Files { cert: PathBuf, key: PathBuf },
-    /// A CA and certificate made at start for `names`; the CA PEM is written to `ca_out` if given.
-    SelfSigned {
-        names: Vec<String>,
-        ca_out: Option<PathBuf>,
-    },
-    /// Self-managed (needs a cluster): the CA in Secret `<secret>-ca`, the serving pair for the
-    /// Service's DNS names in Secret `secret`, both in nodewright's namespace, made and renewed by
-    /// nodewright (`crate::cluster::certs`).
-    Secret {
-        secret: String,
-        service: String,
-        /// A Secret to issue kube-scheduler's client certificate into (mTLS on the extender).
-        client_secret: Option<String>,
-        validity: Duration,
-        ca_validity: Duration,
-    },
-}
-
-/// Which webhook configurations nodewright keeps the caBundle of, and from what.
-#[derive(Debug, Clone, Default)]
-pub struct CaBundleSettings {
-    /// Names of Mutating/ValidatingWebhookConfigurations (`--webhook-configuration`).
-    pub webhook_configurations: Vec<String>,
-    /// With [`TlsSource::Files`]: the CA PEM to write (`--ca-bundle-file`), watched.
-    pub file: Option<PathBuf>,
-}
 
 #[derive(Debug, Clone)]
 pub struct ServeSettings {
@@ -127,108 +96,46 @@ pub async fn serve(settings: ServeSettings, shutdown: CancellationToken) -> Resu
         ),
     };
     let (bundle_tx, bundle_rx) = tokio::sync::watch::channel(None::<String>);
-    // mTLS on the extender: client CAs from a file, or the self-managed CA when it issues
-    // kube-scheduler's client certificate.
-    let client_roots = (settings.extender_client_ca.is_some()
-        || matches!(
-            &settings.tls,
-            TlsSource::Secret {
-                client_secret: Some(_),
-                ..
-            }
-        ))
-    .then(|| Arc::new(tls::ClientRoots::default()));
-    if let Some(path) = &settings.extender_client_ca {
-        let roots = client_roots.clone().expect("made above");
-        let count = roots
-            .set_pem(&std::fs::read(path).with_context(|| format!("reading {}", path.display()))?)
-            .with_context(|| format!("loading --extender-client-ca {}", path.display()))?;
-        tracing::info!(ca = %path.display(), certificates = count, "extender requires client certificates");
-        spawn_client_ca_reloader(path.clone(), roots, settings.reload_poll, shutdown.clone());
-    }
-
-    let resolver = match &settings.tls {
-        TlsSource::Files { cert, key } => {
-            let cert_pem =
-                std::fs::read(cert).with_context(|| format!("reading {}", cert.display()))?;
-            let key_pem =
-                std::fs::read(key).with_context(|| format!("reading {}", key.display()))?;
-            let loaded = tls::load_pem(&cert_pem, &key_pem)
-                .with_context(|| format!("loading {} and {}", cert.display(), key.display()))?;
-            metrics.set_certificate_not_after(loaded.not_after);
-            let resolver = Arc::new(tls::CertResolver::new(loaded.key));
-            tls::spawn_reloader(
-                cert.clone(),
-                key.clone(),
-                resolver.clone(),
-                metrics.clone(),
-                settings.reload_poll,
-                shutdown.clone(),
-            );
-            match (&settings.ca_bundle.file, &keeper) {
-                (Some(path), _) => spawn_ca_bundle_file_watch(
-                    path.clone(),
-                    bundle_tx,
-                    settings.reload_poll,
-                    shutdown.clone(),
-                )?,
-                (None, Some(_)) => anyhow::bail!(
-                    "--webhook-configuration with --tls-cert needs --ca-bundle-file (the CA that signed the certificate)"
-                ),
-                (None, None) => {}
-            }
-            resolver
-        }
-        TlsSource::SelfSigned { names, ca_out } => {
-            let bundle = certs::generate(names, time::Duration::days(365))?;
-            if let Some(path) = ca_out {
-                certs::write_file(path, bundle.ca_pem.as_bytes(), false)?;
-                tracing::info!(ca = %path.display(), names = ?names, "self-signed CA written");
-            } else {
-                tracing::info!(names = ?names, "self-signed certificate made; pass --ca-out FILE to save its CA");
-            }
-            let loaded = tls::load_pem(bundle.cert_pem.as_bytes(), bundle.key_pem.as_bytes())?;
-            metrics.set_certificate_not_after(loaded.not_after);
-            let _ = bundle_tx.send(Some(bundle.ca_pem.clone()));
-            Arc::new(tls::CertResolver::new(loaded.key))
-        }
-        TlsSource::Secret {
-            secret,
-            service,
-            client_secret,
-            validity,
-            ca_validity,
-        } => {
+    let tls = tls::source::start(
+        tls::source::Options {
+            source: &settings.tls,
+            extender_client_ca: settings.extender_client_ca.as_deref(),
+            ca_bundle: &settings.ca_bundle,
+            poll: settings.reload_poll,
+        },
+        bundle_tx,
+        &metrics,
+        &shutdown,
+        |secret, sinks| {
             let Some(client) = &kube_client else {
                 anyhow::bail!(
                     "--tls-secret needs a Kubernetes cluster, and no kubeconfig or in-cluster configuration was found"
                 );
             };
-            let resolver = Arc::new(tls::CertResolver::empty());
             crate::cluster::certs::spawn_self_managed(
                 client.clone(),
                 crate::cluster::certs::SelfManagedSettings {
                     namespace: own_ns.to_owned(),
-                    secret: secret.clone(),
-                    client_secret: client_secret.clone(),
-                    names: certs::service_dns_names(service, own_ns),
-                    validity: *validity,
-                    ca_validity: *ca_validity,
+                    secret: secret.secret.clone(),
+                    client_secret: secret.client_secret.clone(),
+                    names: tls::certs::service_dns_names(&secret.service, own_ns),
+                    validity: secret.validity,
+                    ca_validity: secret.ca_validity,
                     check_every: settings.reload_poll,
                 },
                 crate::cluster::certs::Sinks {
-                    resolver: resolver.clone(),
-                    client_roots: client_roots.clone(),
-                    bundle: bundle_tx,
+                    resolver: sinks.resolver,
+                    client_roots: sinks.client_roots,
+                    bundle: sinks.bundle,
                     keeper: keeper.clone(),
                 },
                 metrics.clone(),
                 shutdown.clone(),
             );
-            tracing::info!(secret = %secret, namespace = own_ns, "self-managed certificates: serving once the Secret is read or made");
-            resolver
-        }
-    };
+            tracing::info!(secret = %secret.secret, namespace = own_ns, "self-managed certificates: serving once the Secret is read or made");
+            Ok(())
+        },
+    )?;
     if let Some(keeper) = keeper {
         keeper.spawn(
             bundle_rx,
@@ -236,7 +143,6 @@ pub async fn serve(settings: ServeSettings, shutdown: CancellationToken) -> Resu
             shutdown.clone(),
         );
     }
-    let tls_config = Arc::new(tls::server_config(resolver.clone(), client_roots.clone())?);
 
     if let Some(path) = settings.config.clone() {
         spawn_config_reloader(
@@ -259,7 +165,7 @@ pub async fn serve(settings: ServeSettings, shutdown: CancellationToken) -> Resu
         shutdown.clone(),
     )
     .await;
-    extender.client_certificate_required = client_roots.is_some();
+    extender.client_certificate_required = tls.client_roots.is_some();
     let (namespaces, quota) = match kube_client {
         Some(client) => {
             let ledger_namespace = own_namespace.as_deref().unwrap_or(DEFAULT_NAMESPACE);
@@ -294,17 +200,16 @@ pub async fn serve(settings: ServeSettings, shutdown: CancellationToken) -> Resu
     };
 
     let readiness = Arc::new(Readiness::default());
-    readiness.wait_for_certificate(resolver);
-    let state = AppState {
-        steering: decisions.steering,
-        quotas: decisions.quotas,
-        quota,
-        namespaces,
-        metrics,
-        limits: settings.limits,
-        readiness: readiness.clone(),
-        extender,
-    };
+    readiness.wait_for_certificate(tls.resolver);
+    let state = AppState::builder(&config, own_namespace.as_deref())
+        .decisions(decisions.steering, decisions.quotas)
+        .quota(quota)
+        .namespaces(namespaces)
+        .metrics(metrics)
+        .limits(settings.limits)
+        .readiness(readiness.clone())
+        .extender(extender)
+        .build();
 
     let ops_listener = TcpListener::bind(settings.metrics_listen)
         .await
@@ -345,7 +250,7 @@ pub async fn serve(settings: ServeSettings, shutdown: CancellationToken) -> Resu
     tokio::join!(
         http::server::serve_tls(
             tls_listener,
-            tls_config,
+            tls.config,
             webhooks,
             shutdown.clone(),
             settings.shutdown_timeout
@@ -580,69 +485,4 @@ fn spawn_config_reloader(
             }
         }
     });
-}
-
-/// Trust the client CAs of `path` anew whenever it changes; a file that does not load is logged and
-/// the CAs trusted before stay.
-fn spawn_client_ca_reloader(
-    path: PathBuf,
-    roots: Arc<tls::ClientRoots>,
-    poll: Duration,
-    shutdown: CancellationToken,
-) {
-    let mut changes = watch::watch_files(vec![path.clone()], poll, shutdown);
-    tokio::spawn(async move {
-        while changes.recv().await.is_some() {
-            match std::fs::read(&path)
-                .map_err(anyhow::Error::from)
-                .and_then(|pem| roots.set_pem(&pem))
-            {
-                Ok(count) => {
-                    tracing::info!(ca = %path.display(), certificates = count, "extender client CA reloaded")
-                }
-                Err(e) => {
-                    tracing::error!(ca = %path.display(), error = format!("{e:#}"), "extender client CA reload failed; keeping the previous one")
-                }
-            }
-        }
-    });
-}
-
-/// Read `--ca-bundle-file` now (it must hold a certificate) and again whenever it changes.
-fn spawn_ca_bundle_file_watch(
-    path: PathBuf,
-    bundle: tokio::sync::watch::Sender<Option<String>>,
-    poll: Duration,
-    shutdown: CancellationToken,
-) -> Result<()> {
-    let read = |path: &PathBuf| -> Result<String> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("reading --ca-bundle-file {}", path.display()))?;
-        if certs::split_pem(&text).is_empty() {
-            anyhow::bail!(
-                "--ca-bundle-file {} holds no CERTIFICATE block",
-                path.display()
-            );
-        }
-        Ok(text)
-    };
-    let _ = bundle.send(Some(read(&path)?));
-    let mut changes = watch::watch_files(vec![path.clone()], poll, shutdown);
-    tokio::spawn(async move {
-        while changes.recv().await.is_some() {
-            match read(&path) {
-                Ok(text) => {
-                    bundle.send_if_modified(|current| {
-                        let changed = current.as_deref() != Some(text.as_str());
-                        *current = Some(text);
-                        changed
-                    });
-                }
-                Err(e) => {
-                    tracing::error!(error = format!("{e:#}"), "keeping the previous CA bundle")
-                }
-            }
-        }
-    });
-    Ok(())
 }

@@ -1,10 +1,9 @@
 //! nodewright: just-in-time capacity for Kubernetes.
 //!
-//! Pure decisions live in [`policy`] and [`model`]; adapters around them in [`http`] (webhooks, TLS),
+//! Pure decisions live in [`policy`] and [`model`]; adapters around them in [`http`] (webhooks, extender), [`tls`],
 //! [`cluster`] (Kubernetes) and [`metrics`]; [`app`] composes them for `main` and the tests.
 
 pub mod app;
-pub mod certs;
 pub mod cloud;
 pub mod cluster;
 pub mod config;
@@ -15,4 +14,5 @@ pub mod plan;
 pub mod policy;
 pub mod provision;
 pub mod scheduling;
+pub mod tls;
 pub mod watch;

@@ -7,9 +7,10 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use nodewright::app::{self, ServeSettings, TlsSource};
-use nodewright::certs;
 use nodewright::config::parse_go_duration;
 use nodewright::http::Limits;
+use nodewright::tls::certs;
+use nodewright::tls::source::SecretSource;
 use tokio_util::sync::CancellationToken;
 
 /// Admission decoding allocates many small strings on every worker thread; mimalloc's per-thread
@@ -188,6 +189,22 @@ struct ServeArgs {
     /// Largest request body accepted, in bytes.
     #[arg(long, default_value_t = Limits::default().max_body_bytes)]
     max_body_bytes: usize,
+    /// An HTTP/1.1 request head must arrive within this (Go duration; slow headers are cut off).
+    #[arg(long, default_value = "5s", value_parser = parse_go_duration)]
+    header_read_timeout: Duration,
+    /// A request body must arrive in full within this of its head, whatever `?timeout=` says; a
+    /// trickling or stalled body is answered 408 (Go duration).
+    #[arg(long, default_value = "5s", value_parser = parse_go_duration)]
+    body_read_timeout: Duration,
+    /// Close a connection with no request in flight for this long (Go duration).
+    #[arg(long, default_value = "90s", value_parser = parse_go_duration)]
+    idle_timeout: Duration,
+    /// HTTPS connections open at once; more are closed as soon as they are accepted.
+    #[arg(long, default_value_t = Limits::default().max_connections)]
+    max_connections: usize,
+    /// HTTP/2 streams in flight per connection.
+    #[arg(long, default_value_t = Limits::default().max_concurrent_streams)]
+    max_concurrent_streams: u32,
     /// How long SIGTERM waits for in-flight requests (Go duration).
     #[arg(long, default_value = "30s", value_parser = parse_go_duration)]
     shutdown_timeout: Duration,
@@ -265,13 +282,13 @@ fn init_tracing(format: LogFormat, default_level: &str) {
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let tls = match (args.tls_cert, args.tls_key, args.tls_secret) {
         (Some(cert), Some(key), _) => TlsSource::Files { cert, key },
-        (_, _, Some(secret)) => TlsSource::Secret {
+        (_, _, Some(secret)) => TlsSource::Secret(SecretSource {
             secret,
             service: args.service,
             client_secret: args.extender_client_secret,
             validity: args.cert_validity,
             ca_validity: args.ca_validity,
-        },
+        }),
         _ => {
             let mut names = certs::local_names();
             names.extend(args.tls_sans);
@@ -288,6 +305,11 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         tls,
         limits: Limits {
             max_body_bytes: args.max_body_bytes,
+            header_read_timeout: args.header_read_timeout,
+            body_read_timeout: args.body_read_timeout,
+            idle_timeout: args.idle_timeout,
+            max_connections: args.max_connections,
+            max_concurrent_streams: args.max_concurrent_streams,
         },
         shutdown_timeout: args.shutdown_timeout,
         reload_poll: args.reload_poll_interval,

@@ -560,7 +560,7 @@ impl ProvisionMetrics {
         for d in ["new_node", "existing_node", "unschedulable"] {
             m.plan_decisions.with_label_values(&[d]);
         }
-        for p in crate::cluster::nodeclaims::Phase::ALL {
+        for p in crate::model::claim::Phase::ALL {
             m.claims.with_label_values(&[p.as_str()]);
         }
         m

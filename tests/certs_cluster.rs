@@ -85,7 +85,7 @@ impl Cluster {
     }
 
     fn service_names(&self) -> Vec<String> {
-        nodewright::certs::service_dns_names(&self.install.release, &self.install.namespace)
+        nodewright::tls::certs::service_dns_names(&self.install.release, &self.install.namespace)
     }
 
     async fn secret(&self, name: &str) -> Option<Secret> {
@@ -208,14 +208,14 @@ async fn replicas_share_one_self_managed_ca_written_into_the_webhooks() {
     });
     let ca = cluster.secret_text(&cluster.ca_secret(), "tls.crt").await;
     let bundle = cluster.secret_text(&cluster.ca_secret(), "ca.crt").await;
-    assert_eq!(nodewright::certs::split_pem(&bundle), vec![ca.clone()]);
+    assert_eq!(nodewright::tls::certs::split_pem(&bundle), vec![ca.clone()]);
     let pair = cluster.secret(&cluster.install.tls_secret).await.unwrap();
     assert_eq!(pair.type_.as_deref(), Some("kubernetes.io/tls"));
     let serving = cluster
         .secret_text(&cluster.install.tls_secret, "tls.crt")
         .await;
-    assert!(nodewright::certs::issued_by(&serving, &ca));
-    let facts = nodewright::certs::facts(&serving).unwrap();
+    assert!(nodewright::tls::certs::issued_by(&serving, &ca));
+    let facts = nodewright::tls::certs::facts(&serving).unwrap();
     assert_eq!(facts.names, cluster.service_names());
 
     // Both configurations, every webhook: the CA bundle.
@@ -339,7 +339,7 @@ async fn serving_certificate_and_ca_rotate_without_a_restart() {
             let serving = cluster
                 .secret_text(&cluster.install.tls_secret, "tls.crt")
                 .await;
-            if nodewright::certs::issued_by(&serving, new_ca) && seen_leaves.len() >= 3 {
+            if nodewright::tls::certs::issued_by(&serving, new_ca) && seen_leaves.len() >= 3 {
                 break;
             }
         }
@@ -354,7 +354,7 @@ async fn serving_certificate_and_ca_rotate_without_a_restart() {
     );
     // Right after the CA rotation the bundle trusts both CAs, the new one first.
     let bundle = cluster.secret_text(&cluster.ca_secret(), "ca.crt").await;
-    let cas = nodewright::certs::split_pem(&bundle);
+    let cas = nodewright::tls::certs::split_pem(&bundle);
     assert_eq!(cas.first(), Some(&new_ca));
     assert!(cas.contains(&first_ca), "old CA kept until it expires");
     eventually!(
@@ -444,10 +444,10 @@ async fn extender_requires_the_client_certificate_issued_for_kube_scheduler() {
     );
 
     // A certificate from another CA does not get through the handshake.
-    let other = nodewright::certs::generate_ca(time::Duration::days(1)).unwrap();
-    let (cert, key) = nodewright::certs::issue(
+    let other = nodewright::tls::certs::generate_ca(time::Duration::days(1)).unwrap();
+    let (cert, key) = nodewright::tls::certs::issue(
         &other,
-        nodewright::certs::Leaf::Client("intruder"),
+        nodewright::tls::certs::Leaf::Client("intruder"),
         time::Duration::days(1),
     )
     .unwrap();
@@ -462,9 +462,9 @@ async fn extender_requires_the_client_certificate_issued_for_kube_scheduler() {
 async fn provided_certificates_get_their_ca_file_written_into_the_webhooks() {
     let cluster = Cluster::start().await;
     let dir = cluster.dir.path();
-    let first =
-        nodewright::certs::generate(&cluster.service_names(), time::Duration::days(1)).unwrap();
-    nodewright::certs::write_bundle(dir, &first).unwrap();
+    let first = nodewright::tls::certs::generate(&cluster.service_names(), time::Duration::days(1))
+        .unwrap();
+    nodewright::tls::certs::write_bundle(dir, &first).unwrap();
     let (cert, key, ca) = (dir.join("tls.crt"), dir.join("tls.key"), dir.join("ca.crt"));
     let server = Server::start_with(
         &[
@@ -490,7 +490,8 @@ async fn provided_certificates_get_their_ca_file_written_into_the_webhooks() {
 
     // cert-manager or an operator replaces the Secret: the new CA reaches the webhooks.
     let second =
-        nodewright::certs::generate(&cluster.service_names(), time::Duration::days(1)).unwrap();
+        nodewright::tls::certs::generate(&cluster.service_names(), time::Duration::days(1))
+            .unwrap();
     let both = format!("{}{}", second.ca_pem, first.ca_pem);
     std::fs::write(&ca, &both).unwrap();
     std::fs::write(&key, &second.key_pem).unwrap();
@@ -514,21 +515,23 @@ async fn provided_certificates_get_their_ca_file_written_into_the_webhooks() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn extender_client_ca_file_is_enforced_and_reloaded_standalone() {
     let dir = tempfile::tempdir().unwrap();
-    let serving =
-        nodewright::certs::generate(&nodewright::certs::local_names(), time::Duration::days(1))
-            .unwrap();
-    let ca_a = nodewright::certs::generate_ca(time::Duration::days(1)).unwrap();
-    let ca_b = nodewright::certs::generate_ca(time::Duration::days(1)).unwrap();
-    let identity = |ca: &nodewright::certs::CaPair| {
-        let (cert, key) = nodewright::certs::issue(
+    let serving = nodewright::tls::certs::generate(
+        &nodewright::tls::certs::local_names(),
+        time::Duration::days(1),
+    )
+    .unwrap();
+    let ca_a = nodewright::tls::certs::generate_ca(time::Duration::days(1)).unwrap();
+    let ca_b = nodewright::tls::certs::generate_ca(time::Duration::days(1)).unwrap();
+    let identity = |ca: &nodewright::tls::certs::CaPair| {
+        let (cert, key) = nodewright::tls::certs::issue(
             ca,
-            nodewright::certs::Leaf::Client("kube-scheduler"),
+            nodewright::tls::certs::Leaf::Client("kube-scheduler"),
             time::Duration::days(1),
         )
         .unwrap();
         format!("{cert}{key}")
     };
-    nodewright::certs::write_bundle(dir.path(), &serving).unwrap();
+    nodewright::tls::certs::write_bundle(dir.path(), &serving).unwrap();
     let (cert, key, client_ca) = (
         dir.path().join("tls.crt"),
         dir.path().join("tls.key"),

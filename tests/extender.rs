@@ -6,24 +6,17 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwap;
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use http_body_util::BodyExt;
 use k8s_openapi::api::core::v1::Pod;
-use nodewright::cluster::ledger::LedgerStore;
-use nodewright::cluster::namespaces::NamespaceLabels;
-use nodewright::cluster::quota::{QuotaService, QuotaSettings};
 use nodewright::config::Config;
 use nodewright::http::extender::ExtenderState;
 use nodewright::http::extender::wire::{
     ExtenderArgs, ExtenderCall, ExtenderFilterResult, HostPriority, NodesIn,
 };
-use nodewright::http::{AppState, Limits, Readiness, webhook_router};
-use nodewright::metrics::Metrics;
+use nodewright::http::{AppState, Limits, webhook_router};
 use nodewright::model::resources::{CPU, MEMORY, PODS, Resources};
-use nodewright::policy::mutate::Steering;
-use nodewright::policy::quota::Quotas;
 use nodewright::scheduling::view::{NodeFacts, NodeState};
 use serde::de::{IgnoredAny, MapAccess, Visitor};
 use serde_json::value::RawValue;
@@ -67,25 +60,13 @@ fn state_with(max_body_bytes: usize, extender: ExtenderState) -> AppState {
         "tests/data/steering.yaml",
     )
     .unwrap();
-    let metrics = Metrics::new();
-    AppState {
-        steering: Arc::new(ArcSwap::from_pointee(Steering::new(
-            &config,
-            Some("nodewright"),
-        ))),
-        quotas: Arc::new(ArcSwap::from_pointee(Quotas::new(&config.policy))),
-        quota: QuotaService::new(
-            LedgerStore::memory(),
-            None,
-            QuotaSettings::default(),
-            metrics.clone(),
-        ),
-        namespaces: NamespaceLabels::Standalone,
-        metrics,
-        limits: Limits { max_body_bytes },
-        readiness: Arc::new(Readiness::default()),
-        extender,
-    }
+    AppState::builder(&config, Some("nodewright"))
+        .limits(Limits {
+            max_body_bytes,
+            ..Limits::default()
+        })
+        .extender(extender)
+        .build()
 }
 
 fn state() -> AppState {

@@ -70,9 +70,11 @@ impl Cluster {
         )
         .unwrap();
 
-        let bundle =
-            nodewright::certs::generate(&nodewright::certs::local_names(), time::Duration::days(1))
-                .unwrap();
+        let bundle = nodewright::tls::certs::generate(
+            &nodewright::tls::certs::local_names(),
+            time::Duration::days(1),
+        )
+        .unwrap();
         let (cert, key, config) = (
             dir.path().join("tls.crt"),
             dir.path().join("tls.key"),

@@ -1,21 +1,12 @@
 //! Router-level tests: the real axum router (no sockets) fed with real AdmissionReview payloads.
 
-use std::sync::Arc;
-
-use arc_swap::ArcSwap;
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use base64::Engine;
 use http_body_util::BodyExt;
 use k8s_openapi::api::core::v1::Pod;
-use nodewright::cluster::ledger::LedgerStore;
-use nodewright::cluster::namespaces::NamespaceLabels;
-use nodewright::cluster::quota::{QuotaService, QuotaSettings};
 use nodewright::config::Config;
-use nodewright::http::{AppState, Limits, Readiness, ops_router, webhook_router};
-use nodewright::metrics::Metrics;
-use nodewright::policy::mutate::Steering;
-use nodewright::policy::quota::Quotas;
+use nodewright::http::{AppState, Limits, ops_router, webhook_router};
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
@@ -31,25 +22,12 @@ fn state_with_limit(max_body_bytes: usize) -> AppState {
         "tests/data/steering.yaml",
     )
     .unwrap();
-    let metrics = Metrics::new();
-    AppState {
-        steering: Arc::new(ArcSwap::from_pointee(Steering::new(
-            &config,
-            Some("nodewright"),
-        ))),
-        quotas: Arc::new(ArcSwap::from_pointee(Quotas::new(&config.policy))),
-        quota: QuotaService::new(
-            LedgerStore::memory(),
-            None,
-            QuotaSettings::default(),
-            metrics.clone(),
-        ),
-        namespaces: NamespaceLabels::Standalone,
-        metrics,
-        limits: Limits { max_body_bytes },
-        readiness: Arc::new(Readiness::default()),
-        extender: nodewright::http::extender::ExtenderState::standalone(),
-    }
+    AppState::builder(&config, Some("nodewright"))
+        .limits(Limits {
+            max_body_bytes,
+            ..Limits::default()
+        })
+        .build()
 }
 
 fn state() -> AppState {

@@ -37,10 +37,12 @@ async fn setup(extra: &[&str]) -> Setup {
     let install = plane.install_nodewright().await;
     let namespace = plane.namespace("extender").await;
     let dir = tempfile::tempdir().unwrap();
-    let bundle =
-        nodewright::certs::generate(&nodewright::certs::local_names(), time::Duration::days(1))
-            .unwrap();
-    nodewright::certs::write_bundle(dir.path(), &bundle).unwrap();
+    let bundle = nodewright::tls::certs::generate(
+        &nodewright::tls::certs::local_names(),
+        time::Duration::days(1),
+    )
+    .unwrap();
+    nodewright::tls::certs::write_bundle(dir.path(), &bundle).unwrap();
     let config = dir.path().join("config.yaml");
     std::fs::copy(
         concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/steering.yaml"),
@@ -190,10 +192,10 @@ fn scheduler_config(name: &str) -> String {
 /// one from its CA on `/scheduler/*`, kept alive by the returned directory.
 fn mutual_tls() -> (tempfile::TempDir, String, String) {
     let dir = tempfile::tempdir().unwrap();
-    let ca = nodewright::certs::generate_ca(time::Duration::days(1)).unwrap();
-    let (cert, key) = nodewright::certs::issue(
+    let ca = nodewright::tls::certs::generate_ca(time::Duration::days(1)).unwrap();
+    let (cert, key) = nodewright::tls::certs::issue(
         &ca,
-        nodewright::certs::Leaf::Client("kube-scheduler"),
+        nodewright::tls::certs::Leaf::Client("kube-scheduler"),
         time::Duration::days(1),
     )
     .unwrap();

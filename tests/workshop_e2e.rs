@@ -124,9 +124,11 @@ impl World {
         aws::workshop_network(&ec2, CLUSTER).await;
 
         let dir = tempfile::tempdir().unwrap();
-        let bundle =
-            nodewright::certs::generate(&nodewright::certs::local_names(), time::Duration::days(1))
-                .unwrap();
+        let bundle = nodewright::tls::certs::generate(
+            &nodewright::tls::certs::local_names(),
+            time::Duration::days(1),
+        )
+        .unwrap();
         let (cert, key, config) = (
             dir.path().join("tls.crt"),
             dir.path().join("tls.key"),

@@ -544,10 +544,12 @@ async fn main() {
 
     let install = plane.install_nodewright().await;
     let certs = tempfile::tempdir().unwrap();
-    let bundle =
-        nodewright::certs::generate(&nodewright::certs::local_names(), time::Duration::days(1))
-            .unwrap();
-    nodewright::certs::write_bundle(certs.path(), &bundle).unwrap();
+    let bundle = nodewright::tls::certs::generate(
+        &nodewright::tls::certs::local_names(),
+        time::Duration::days(1),
+    )
+    .unwrap();
+    nodewright::tls::certs::write_bundle(certs.path(), &bundle).unwrap();
     std::fs::copy(
         concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/steering.yaml"),
         certs.path().join("config.yaml"),

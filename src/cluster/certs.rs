@@ -29,9 +29,9 @@ use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::certs::{self, CaPair, Leaf};
-use crate::http::tls::{CertResolver, ClientRoots, load_pem};
 use crate::metrics::{CertificateKind, Metrics, ReloadKind, ReloadResult};
+use crate::tls::certs::{self, CaPair, Leaf};
+use crate::tls::server::{CertResolver, ClientRoots, load_pem};
 
 /// Common name of the client certificate issued for kube-scheduler.
 pub const CLIENT_COMMON_NAME: &str = "nodewright-extender-client";

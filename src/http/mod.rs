@@ -1,14 +1,11 @@
-//! The HTTP edge: routers for the HTTPS (webhooks) and plain-HTTP (health, metrics) ports, TLS, serving.
+//! The HTTP edge: routers for the HTTPS (webhooks, extender) and plain-HTTP (health, metrics) ports,
+//! and serving them (the TLS pieces are `crate::tls`).
 
 pub mod admission;
 pub mod extender;
 pub mod server;
-pub mod tls;
+pub mod state;
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
-
-use arc_swap::ArcSwap;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::State;
@@ -16,67 +13,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 
-use crate::cluster::namespaces::NamespaceLabels;
-use crate::cluster::quota::QuotaService;
-use crate::metrics::Metrics;
-use crate::policy::mutate::Steering;
-use crate::policy::quota::Quotas;
-
-/// Request limits at the edge.
-#[derive(Debug, Clone, Copy)]
-pub struct Limits {
-    pub max_body_bytes: usize,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Self {
-            max_body_bytes: 3 * 1024 * 1024,
-        }
-    }
-}
-
-/// Ready once the TLS listener is bound (config is loaded before anything is bound) and a serving
-/// certificate is there (self-managed mode reads it from a Secret after start); not ready while
-/// draining.
-#[derive(Debug, Default)]
-pub struct Readiness {
-    tls_bound: AtomicBool,
-    draining: AtomicBool,
-    certificate: OnceLock<Arc<tls::CertResolver>>,
-}
-
-impl Readiness {
-    pub fn set_tls_bound(&self) {
-        self.tls_bound.store(true, Ordering::SeqCst);
-    }
-    pub fn set_draining(&self) {
-        self.draining.store(true, Ordering::SeqCst);
-    }
-    /// Not ready until `resolver` holds a certificate.
-    pub fn wait_for_certificate(&self, resolver: Arc<tls::CertResolver>) {
-        let _ = self.certificate.set(resolver);
-    }
-    pub fn is_ready(&self) -> bool {
-        self.tls_bound.load(Ordering::SeqCst)
-            && !self.draining.load(Ordering::SeqCst)
-            && self.certificate.get().is_none_or(|r| r.is_set())
-    }
-}
-
-/// Everything handlers share. Cheap to clone.
-#[derive(Clone)]
-pub struct AppState {
-    pub steering: Arc<ArcSwap<Steering>>,
-    pub quotas: Arc<ArcSwap<Quotas>>,
-    pub quota: QuotaService,
-    pub namespaces: NamespaceLabels,
-    pub metrics: Metrics,
-    pub limits: Limits,
-    pub readiness: Arc<Readiness>,
-    /// The scheduler extender's node view and its hand-off to the provisioner.
-    pub extender: extender::ExtenderState,
-}
+pub use state::{AppState, AppStateBuilder, Limits, Readiness};
 
 /// The HTTPS router: admission webhooks (and later the scheduler extender).
 pub fn webhook_router(state: AppState, bench_endpoints: bool) -> Router {

@@ -3,6 +3,7 @@
 
 pub mod backoff;
 pub mod catalog;
+pub mod claim;
 pub mod labels;
 pub mod requirements;
 pub mod resources;

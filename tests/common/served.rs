@@ -57,9 +57,11 @@ impl World {
         let ec2 = ec2_client(&moto.endpoint, REGION);
         aws::workshop_network(&ec2, cluster).await;
         let dir = tempfile::tempdir().unwrap();
-        let bundle =
-            nodewright::certs::generate(&nodewright::certs::local_names(), time::Duration::days(1))
-                .unwrap();
+        let bundle = nodewright::tls::certs::generate(
+            &nodewright::tls::certs::local_names(),
+            time::Duration::days(1),
+        )
+        .unwrap();
         let (cert, key, config): (PathBuf, PathBuf, PathBuf) = (
             dir.path().join("tls.crt"),
             dir.path().join("tls.key"),

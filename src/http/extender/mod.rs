@@ -21,10 +21,10 @@ use tokio::sync::mpsc;
 
 use super::AppState;
 use super::admission::{ApiError, read_json_body};
-use super::tls::VerifiedClient;
 use crate::http::extender::encode::{encode_filter, encode_filter_error, encode_priorities};
 use crate::http::extender::wire::ExtenderCall;
 use crate::scheduling::view::ClusterView;
+use crate::tls::server::VerifiedClient;
 
 /// What the extender shares with the node/pod watches and the provisioner.
 #[derive(Clone)]

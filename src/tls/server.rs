@@ -243,7 +243,7 @@ pub fn spawn_reloader(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::certs;
+    use crate::tls::certs;
 
     #[test]
     fn loads_generated_pair_and_rejects_mismatch() {
