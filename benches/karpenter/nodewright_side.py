@@ -26,7 +26,6 @@ import collections
 import json
 import os
 import sys
-import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs
 
@@ -334,13 +333,11 @@ def quantity(text, millis=False):
 def read_pods(export, n):
     pods = {}
     for p in load(os.path.join(export, f"pods-{n}.json"))["items"]:
-        req = p["spec"]["containers"][0]["resources"]["requests"]
         pods[f"{p['metadata']['namespace']}/{p['metadata']['name']}"] = {
             "kind": pod_kind(p["spec"]), "labels": p["metadata"].get("labels", {}), "spec": p["spec"],
             "cpu": sum(quantity(c["resources"]["requests"]["cpu"], True) for c in p["spec"]["containers"]),
             "mem": sum(quantity(c["resources"]["requests"]["memory"]) for c in p["spec"]["containers"]),
         }
-        del req
     return pods
 
 
@@ -363,7 +360,7 @@ def matches(selector, labels):
     return all(labels.get(k) == v for k, v in selector.get("matchLabels", {}).items())
 
 
-def check_plan(name, nodes, pods, alloc_of):
+def check_plan(nodes, pods, alloc_of):
     """nodes: list of (fake type, zone, price, [pod keys]). Returns a dict of figures."""
     placed = [p for n in nodes for p in n[3]]
     over = 0
@@ -430,7 +427,7 @@ def check(export, work, n):
                "nodewright": {"nodes": len(wn), "price": plan["totalPricePerHour"],
                               "unschedulable": len(plan.get("unschedulable", []))}}
     for who, nodes in (("karpenter", kn), ("nodewright", wn)):
-        c = check_plan(who, nodes, pods, alloc_of)
+        c = check_plan(nodes, pods, alloc_of)
         summary[who].update(c)
         sizes = collections.Counter(int(f.rsplit("-", 1)[1]) + 1 for f, _, _, _ in nodes)
         vcpus = sum(s * c for s, c in sizes.items())
@@ -455,7 +452,7 @@ def table(work, sizes):
             "k8r nodes", "nw nodes", "nodes ratio", "k8r $/h", "nw $/h", "cost ratio")
     print(" ".join(f"{h:>11}" for h in head))
     for n in sizes:
-        r = load(os.path.join(work, f"result-{n}.json"))
+        r = {**load(os.path.join(work, f"k-{n}.json")), **load(os.path.join(work, f"nw-{n}.json"))}
         c = load(os.path.join(work, f"check-{n}.json"))
         kps, nws, nww = r["karpenterPodsPerSec"], n / (r["nwSolveMs"] / 1000), n / r["nwWallS"]
         one = n / r["karpenterSolveSeconds"]
@@ -467,7 +464,7 @@ def table(work, sizes):
     print("per size: Karpenter's benchmark line's own nodes metric; CPU seconds (user+sys) and wall of each whole "
           "process; load average (1 min) just before it (the machine is shared)")
     for n in sizes:
-        r = load(os.path.join(work, f"result-{n}.json"))
+        r = {**load(os.path.join(work, f"k-{n}.json")), **load(os.path.join(work, f"nw-{n}.json"))}
         kc, kw, kl = r.get("karpenterProcessCpuS"), r.get("karpenterProcessWallS"), r.get("karpenterLoad")
         print(f"{n:>11}  k8r benchmark: nodes metric {r.get('karpenterBenchNodes', 0):.0f}, {r['karpenterIterations']} "
               f"Solve(s), process {kw or 0:.1f} s wall / {kc or 0:.1f} s cpu, load {kl or 0:.2f};  "
@@ -499,5 +496,4 @@ def main():
 
 
 if __name__ == "__main__":
-    threading.current_thread().name = "main"
     main()

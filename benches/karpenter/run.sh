@@ -13,14 +13,14 @@
 #    BenchmarkSchedulingN gets them) and its 400 fake instance types, and runs the benchmark's
 #    scheduler set-up once on those pods: Solve time, nodes, $/h (launched as Karpenter's fake
 #    cloud provider launches: the cheapest compatible type and offering).
-# 3. nodewright_side.py turns the fake types into a catalog served by a local EC2 stand-in (for
+# 3. Karpenter's BenchmarkSchedulingN for each size, each in its own process so each sees the
+#    seed-42 pods again: ns/op and its pods/sec, nodes metrics.
+# 4. nodewright_side.py turns the fake types into a catalog served by a local EC2 stand-in (for
 #    `nodewright plan --catalog ec2`) and a config (kubelet overhead and prices as Karpenter's),
 #    proves with probe pods that every type's allocatable equals Karpenter's, and checks that the
 #    pod file nodewright reads is what Karpenter's Solve got.
-# 4. `nodewright plan` (release build) on the same pods: whole-process wall time (after a warm-up
+# 5. `nodewright plan` (release build) on the same pods: whole-process wall time (after a warm-up
 #    run) and the solve phase from its log; nodes and $/h from its JSON plan.
-# 5. Karpenter's BenchmarkSchedulingN for each size, each in its own process so each sees the
-#    seed-42 pods again: ns/op and its pods/sec, nodes metrics.
 # 6. Both plans are checked (every pod placed once, nodes within Karpenter's allocatable, the
 #    constraints) and one table is printed with the machine it ran on.
 set -euo pipefail
@@ -62,10 +62,6 @@ pkg=$cache/src/pkg/controllers/provisioning/scheduling
 cp "$here/nodewright_export_test.go" "$pkg/zz_nodewright_export_test.go"
 (cd "$pkg" && go test -c -vet=off -tags test_performance -o "$cache/scheduling.test" .)
 
-echo "== nodewright: release build"
-(cd "$repo_root" && cargo build --release --quiet --bin nodewright)
-bin=${CARGO_TARGET_DIR:-$repo_root/target}/release/nodewright
-
 echo "== Karpenter's input, and one Solve of it (exporter)"
 csv=$(IFS=,; echo "${sizes[*]}")
 mkdir -p "$work/export"
@@ -74,6 +70,36 @@ mkdir -p "$work/export"
 for n in "${sizes[@]}"; do
   [ -f "$work/export/karpenter-$n.json" ] || { echo "exporter wrote nothing for $n pods" >&2; exit 1; }
 done
+
+echo "== Karpenter's BenchmarkSchedulingN (${KARPENTER_BENCHTIME:-1s} benchtime)"
+for n in "${sizes[@]}"; do
+  load=$(cut -d' ' -f1 /proc/loadavg)
+  line=$(cd "$work" && /usr/bin/time -f '%e %U %S' -o "$work/ktime-$n" "$cache/scheduling.test" -test.run '^$' \
+    -test.bench "^BenchmarkScheduling$n\$" -test.benchtime "${KARPENTER_BENCHTIME:-1s}" -test.timeout 0 |
+    grep "^BenchmarkScheduling$n-" || true)
+  [ -n "$line" ] || { echo "no BenchmarkScheduling$n in Karpenter $version" >&2; exit 1; }
+  read -r kwall_s kuser_s ksys_s <"$work/ktime-$n"
+  echo "$line"
+  printf '%6d pods: benchmark process wall %.1f s, cpu %.1f s; load average before %s\n' \
+    "$n" "$kwall_s" "$(echo "$kuser_s + $ksys_s" | bc)" "$load"
+  python3 - "$line" "$work/export/karpenter-$n.json" "$work/k-$n.json" "$work/ktime-$n" "$load" <<'EOF'
+import json, sys
+line, export, out, ktime, load = sys.argv[1:]
+kwall, kuser, ksys = (float(x) for x in open(ktime).read().split())
+f = line.split()
+metrics = {f[i + 1]: float(f[i]) for i in range(2, len(f) - 1, 2)}
+k = json.load(open(export))
+r = {"karpenterIterations": int(f[1]), "karpenterNsPerOp": metrics["ns/op"],
+     "karpenterPodsPerSec": metrics["pods/sec"], "karpenterBenchNodes": metrics.get("nodes"),
+     "karpenterSolveSeconds": k["solveSeconds"], "karpenterProcessWallS": kwall,
+     "karpenterProcessCpuS": kuser + ksys, "karpenterLoad": float(load)}
+json.dump(r, open(out, "w"))
+EOF
+done
+
+echo "== nodewright: release build"
+(cd "$repo_root" && cargo build --release --quiet --bin nodewright)
+bin=${CARGO_TARGET_DIR:-$repo_root/target}/release/nodewright
 
 echo "== nodewright's input"
 side prepare "$work/export" "$work"
@@ -100,34 +126,6 @@ for n in "${sizes[@]}"; do
     "$n" "$wall_s" "$(echo "$user_s + $sys_s" | bc)" "$solve_ms" "$((rss_kib / 1024))" "$load"
   printf '{"nwWallS": %s, "nwSolveMs": %s, "nwRssKiB": %s, "nwCpuS": %s, "nwLoad": %s}\n' \
     "$wall_s" "$solve_ms" "$rss_kib" "$(echo "$user_s + $sys_s" | bc)" "$load" >"$work/nw-$n.json"
-done
-
-echo "== Karpenter's BenchmarkSchedulingN (${KARPENTER_BENCHTIME:-1s} benchtime)"
-for n in "${sizes[@]}"; do
-  load=$(cut -d' ' -f1 /proc/loadavg)
-  line=$(cd "$work" && /usr/bin/time -f '%e %U %S' -o "$work/ktime-$n" "$cache/scheduling.test" -test.run '^$' \
-    -test.bench "^BenchmarkScheduling$n\$" -test.benchtime "${KARPENTER_BENCHTIME:-1s}" -test.timeout 0 |
-    grep "^BenchmarkScheduling$n-" || true)
-  [ -n "$line" ] || { echo "no BenchmarkScheduling$n in Karpenter $version" >&2; exit 1; }
-  read -r kwall_s kuser_s ksys_s <"$work/ktime-$n"
-  echo "$line"
-  printf '%6d pods: benchmark process wall %.1f s, cpu %.1f s; load average before %s\n' \
-    "$n" "$kwall_s" "$(echo "$kuser_s + $ksys_s" | bc)" "$load"
-  python3 - "$line" "$work/export/karpenter-$n.json" "$work/nw-$n.json" "$work/result-$n.json" "$work/ktime-$n" \
-    "$load" <<'EOF'
-import json, sys
-line, export, nw, out, ktime, load = sys.argv[1:]
-kwall, kuser, ksys = (float(x) for x in open(ktime).read().split())
-f = line.split()
-metrics = {f[i + 1]: float(f[i]) for i in range(2, len(f) - 1, 2)}
-k = json.load(open(export))
-r = json.load(open(nw))
-r.update({"karpenterIterations": int(f[1]), "karpenterNsPerOp": metrics["ns/op"],
-          "karpenterPodsPerSec": metrics["pods/sec"], "karpenterBenchNodes": metrics.get("nodes"),
-          "karpenterSolveSeconds": k["solveSeconds"], "karpenterProcessWallS": kwall,
-          "karpenterProcessCpuS": kuser + ksys, "karpenterLoad": float(load)})
-json.dump(r, open(out, "w"))
-EOF
 done
 
 echo "== both plans, checked"
