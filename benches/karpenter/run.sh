@@ -81,7 +81,7 @@ for n in "${sizes[@]}"; do
   read -r kwall_s kuser_s ksys_s <"$work/ktime-$n"
   echo "$line"
   printf '%6d pods: benchmark process wall %.1f s, cpu %.1f s; load average before %s\n' \
-    "$n" "$kwall_s" "$(echo "$kuser_s + $ksys_s" | bc)" "$load"
+    "$n" "$kwall_s" "$(awk -v u="$kuser_s" -v s="$ksys_s" 'BEGIN { print u + s }')" "$load"
   python3 - "$line" "$work/export/karpenter-$n.json" "$work/k-$n.json" "$work/ktime-$n" "$load" <<'EOF'
 import json, sys
 line, export, out, ktime, load = sys.argv[1:]
@@ -121,11 +121,12 @@ for n in "${sizes[@]}"; do
   NODEWRIGHT_LOG=info /usr/bin/time -f '%e %M %U %S' -o "$work/time-$n" "${plan[@]}" "$manifest" >"$work/plan-$n.json" \
     2>"$work/log-$n"
   read -r wall_s rss_kib user_s sys_s <"$work/time-$n"
+  cpu_s=$(awk -v u="$user_s" -v s="$sys_s" 'BEGIN { printf "%.2f", u + s }')
   solve_ms=$(grep '"planned"' "$work/log-$n" | tail -n1 | sed -E 's/.*"solve_ms":([0-9.]+).*/\1/')
   printf '%6d pods: wall %.2f s (cpu %.2f s), solve %.0f ms, peak RSS %d MiB; load average before %s\n' \
-    "$n" "$wall_s" "$(echo "$user_s + $sys_s" | bc)" "$solve_ms" "$((rss_kib / 1024))" "$load"
+    "$n" "$wall_s" "$cpu_s" "$solve_ms" "$((rss_kib / 1024))" "$load"
   printf '{"nwWallS": %s, "nwSolveMs": %s, "nwRssKiB": %s, "nwCpuS": %s, "nwLoad": %s}\n' \
-    "$wall_s" "$solve_ms" "$rss_kib" "$(echo "$user_s + $sys_s" | bc)" "$load" >"$work/nw-$n.json"
+    "$wall_s" "$solve_ms" "$rss_kib" "$cpu_s" "$load" >"$work/nw-$n.json"
 done
 
 echo "== both plans, checked"
