@@ -103,7 +103,7 @@ bin=${CARGO_TARGET_DIR:-$repo_root/target}/release/nodewright
 
 echo "== nodewright's input"
 side prepare "$work/export" "$work"
-side ec2 "$work" "$work/port" &
+python3 "$here/nodewright_side.py" ec2 "$work" "$work/port" & # not through side(): $! must be python
 stub_pid=$!
 for _ in $(seq 50); do [ -f "$work/port" ] && break; sleep 0.1; done
 export AWS_ENDPOINT_URL_EC2=http://127.0.0.1:$(cat "$work/port") AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=bench \
