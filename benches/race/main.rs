@@ -492,7 +492,9 @@ async fn start_karpenter(plane: &ControlPlane, client: &Client, knobs: &Knobs) -
             plural: "kwoknodeclasses".into(),
         },
     );
-    let now = jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string();
+    let now = jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string();
     classes
         .patch_status(
             "default",
@@ -615,7 +617,12 @@ async fn watch_pods(
                         };
                         let mut seen = seen.lock().unwrap();
                         seen.created.entry(name.clone()).or_insert(now);
-                        if pod.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_some() {
+                        if pod
+                            .spec
+                            .as_ref()
+                            .and_then(|s| s.node_name.as_ref())
+                            .is_some()
+                        {
                             seen.bound.entry(name).or_insert(now);
                             let _ = count_tx.send(seen.bound.len());
                         }
@@ -751,22 +758,20 @@ async fn run_side(side: Side, knobs: &Knobs) -> Outcome {
     let price = |ty: &str, zone: &str| prices.get(ty).and_then(|p| p.get(zone)).copied();
     // Every claim counts, with its instance type and zone once launched.
     let claims: Vec<(Option<String>, Option<String>)> = match side {
-        Side::Karpenter => {
-            Api::<DynamicObject>::all_with(client.clone(), &karpenter_claims())
-                .list(&ListParams::default())
-                .await
-                .unwrap()
-                .items
-                .into_iter()
-                .map(|c| {
-                    let l = c.metadata.labels.unwrap_or_default();
-                    (
-                        l.get("node.kubernetes.io/instance-type").cloned(),
-                        l.get("topology.kubernetes.io/zone").cloned(),
-                    )
-                })
-                .collect()
-        }
+        Side::Karpenter => Api::<DynamicObject>::all_with(client.clone(), &karpenter_claims())
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .map(|c| {
+                let l = c.metadata.labels.unwrap_or_default();
+                (
+                    l.get("node.kubernetes.io/instance-type").cloned(),
+                    l.get("topology.kubernetes.io/zone").cloned(),
+                )
+            })
+            .collect(),
         Side::Nodewright => common::served::list_claims(&client)
             .await
             .into_iter()
@@ -927,7 +932,11 @@ fn print_table(knobs: &Knobs, outcomes: &[Outcome], machine: &str) {
     for o in outcomes {
         println!(
             "{:<22} {:>6} {:>9} {:>9} {:>9} {:>9} {:>7} {:>7} {:>9.3}",
-            format!("{}{}", o.side, if o.timed_out { " (timed out)" } else { "" }),
+            format!(
+                "{}{}",
+                o.side,
+                if o.timed_out { " (timed out)" } else { "" }
+            ),
             o.bound,
             fmt_s(percentile(&o.latencies, 0.5)),
             fmt_s(percentile(&o.latencies, 0.99)),
@@ -945,10 +954,7 @@ fn print_table(knobs: &Knobs, outcomes: &[Outcome], machine: &str) {
             "{:<22} {:>6} {:>9} {:>9} {:>9} {:>9} {:>7} {:>7} {:>9}",
             "nodewright/karpenter",
             "",
-            ratio(
-                percentile(&n.latencies, 0.5),
-                percentile(&k.latencies, 0.5)
-            ),
+            ratio(percentile(&n.latencies, 0.5), percentile(&k.latencies, 0.5)),
             ratio(
                 percentile(&n.latencies, 0.99),
                 percentile(&k.latencies, 0.99)
