@@ -640,6 +640,49 @@ async fn watch_pods(
     (seen, count_rx, task)
 }
 
+/// When each object of `api` was first seen (a watch started now), by name.
+fn first_seen<K>(
+    api: Api<K>,
+) -> (
+    Arc<Mutex<HashMap<String, Instant>>>,
+    tokio::task::JoinHandle<()>,
+)
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+{
+    let seen: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let task = {
+        let seen = seen.clone();
+        tokio::spawn(async move {
+            let mut events = watcher(api, watcher::Config::default())
+                .default_backoff()
+                .applied_objects()
+                .boxed();
+            while let Some(event) = events.next().await {
+                if let Ok(object) = event
+                    && let Some(name) = object.meta().name.clone()
+                {
+                    seen.lock()
+                        .unwrap()
+                        .entry(name)
+                        .or_insert_with(Instant::now);
+                }
+            }
+        })
+    };
+    (seen, task)
+}
+
+/// (first, last) of `seen`, in seconds after `start`.
+fn span(seen: &Mutex<HashMap<String, Instant>>, start: Instant) -> (f64, f64) {
+    let seen = seen.lock().unwrap();
+    let at = |t: Option<&Instant>| {
+        t.map(|t| t.saturating_duration_since(start).as_secs_f64())
+            .unwrap_or(f64::NAN)
+    };
+    (at(seen.values().min()), at(seen.values().max()))
+}
+
 #[derive(serde::Serialize, serde::Deserialize, Clone, Debug, Default)]
 struct Outcome {
     side: String,
@@ -657,6 +700,15 @@ struct Outcome {
     /// Node counts by instance type.
     types: BTreeMap<String, usize>,
     usd_per_hour: f64,
+    /// First and last NodeClaim, first and last Node seen, seconds after the first Deployment.
+    claims_seen: (f64, f64),
+    nodes_seen: (f64, f64),
+    /// Distinct pods the watch saw (more than `pods` if some were replaced).
+    pods_seen: usize,
+    /// The provisioner's process (karpenter or nodewright serve): CPU seconds from the first
+    /// Deployment to the end, and its peak RSS in MiB.
+    provisioner_cpu_s: f64,
+    provisioner_peak_mib: f64,
     /// Claims whose instance type was not known (not launched), not priced.
     unpriced: usize,
 }
@@ -672,7 +724,23 @@ async fn run_side(side: Side, knobs: &Knobs) -> Outcome {
     };
     let deployments = workload(knobs);
     let (seen, mut bound_count, watch_task) = watch_pods(&client).await;
+    let (claims_seen, claims_task) = match side {
+        Side::Karpenter => first_seen(Api::<DynamicObject>::all_with(
+            client.clone(),
+            &karpenter_claims(),
+        )),
+        Side::Nodewright => first_seen(Api::<DynamicObject>::all_with(
+            client.clone(),
+            &common::served::nodeclaim_resource(),
+        )),
+    };
+    let (nodes_seen, nodes_task) = first_seen(Api::<Node>::all(client.clone()));
 
+    let provisioner = match &running {
+        Running::Karpenter { .. } => child_pid("karpenter-kwok"),
+        Running::Nodewright(world) => Some(world.server.child.id()),
+    };
+    let cpu_before = provisioner.and_then(cpu_and_peak).map(|c| c.0);
     let api: Api<Deployment> = Api::namespaced(client.clone(), NAMESPACE);
     let started = Instant::now();
     futures::future::join_all(deployments.iter().map(|(name, n, cpu, mem, kind)| {
@@ -726,7 +794,12 @@ async fn run_side(side: Side, knobs: &Knobs) -> Outcome {
         }
         let _ = tokio::time::timeout(Duration::from_millis(200), bound_count.changed()).await;
     }
-    let (latencies, wall_s, created_s, bound) = {
+    let (provisioner_cpu_s, provisioner_peak_mib) =
+        match (provisioner.and_then(cpu_and_peak), cpu_before) {
+            (Some((cpu, peak)), Some(before)) => (cpu - before, peak),
+            _ => (f64::NAN, f64::NAN),
+        };
+    let (latencies, wall_s, created_s, bound, pods_seen) = {
         let seen = seen.lock().unwrap();
         let mut l: Vec<f64> = seen
             .bound
@@ -745,11 +818,20 @@ async fn run_side(side: Side, knobs: &Knobs) -> Outcome {
                 .map(|t| t.duration_since(started).as_secs_f64())
                 .unwrap_or(f64::NAN)
         };
-        (l, last(&seen.bound), last(&seen.created), seen.bound.len())
+        (
+            l,
+            last(&seen.bound),
+            last(&seen.created),
+            seen.bound.len(),
+            seen.created.len(),
+        )
     };
     // Claims launched a moment after the last binding are the provisioner's too.
     tokio::time::sleep(Duration::from_secs(3)).await;
     watch_task.abort();
+    claims_task.abort();
+    nodes_task.abort();
+    let (claims_seen, nodes_seen) = (span(&claims_seen, started), span(&nodes_seen, started));
 
     let prices: HashMap<String, BTreeMap<String, f64>> = catalog_rows(&knobs.types)
         .into_iter()
@@ -831,14 +913,20 @@ async fn run_side(side: Side, knobs: &Knobs) -> Outcome {
         nodes: nodes.len(),
         types,
         usd_per_hour,
+        claims_seen,
+        nodes_seen,
+        pods_seen,
+        provisioner_cpu_s,
+        provisioner_peak_mib,
         unpriced,
     };
     println!();
     println!(
-        "== {}: {} of {} pods bound{}",
+        "== {}: {} of {} pods bound ({} pods seen){}",
         side.name(),
         outcome.bound,
         outcome.pods,
+        outcome.pods_seen,
         if timed_out { "  ** TIMED OUT **" } else { "" }
     );
     println!(
@@ -861,6 +949,14 @@ async fn run_side(side: Side, knobs: &Knobs) -> Outcome {
         }
     );
     println!(
+        "  timeline         NodeClaims first/last seen {:.1}/{:.1} s, Nodes first/last {:.1}/{:.1} s after the first Deployment",
+        claims_seen.0, claims_seen.1, nodes_seen.0, nodes_seen.1
+    );
+    println!(
+        "  provisioner      {:.1} s of CPU from the first Deployment to the end, peak RSS {:.0} MiB",
+        provisioner_cpu_s, provisioner_peak_mib
+    );
+    println!(
         "  node types       {}",
         outcome
             .types
@@ -871,6 +967,45 @@ async fn run_side(side: Side, knobs: &Knobs) -> Outcome {
     );
     println!("  logs             {} (and {})", log, plane.dir.display());
     outcome
+}
+
+/// utime + stime of process `pid` (its exited threads included), in seconds, and its peak RSS
+/// (VmHWM) in MiB.
+fn cpu_and_peak(pid: u32) -> Option<(f64, f64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = stat[stat.rfind(')')? + 1..].split_whitespace().collect();
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let cpu = (fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?) / ticks;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let peak_kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .trim()
+        .strip_suffix("kB")?
+        .trim()
+        .parse()
+        .ok()?;
+    Some((cpu, peak_kib / 1024.0))
+}
+
+/// The pid of this process's child running `program` (a path ending so).
+fn child_pid(program: &str) -> Option<u32> {
+    let me = std::process::id().to_string();
+    std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .find_map(|entry| {
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
+            let argv0 = String::from_utf8_lossy(cmdline.split(|b| *b == 0).next()?).into_owned();
+            let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
+            let ppid = stat[stat.rfind(')')? + 1..]
+                .split_whitespace()
+                .nth(1)?
+                .to_owned();
+            (argv0.ends_with(program) && ppid == me).then_some(pid)
+        })
 }
 
 fn percentile(sorted: &[f64], q: f64) -> Option<f64> {
@@ -926,12 +1061,12 @@ fn print_table(knobs: &Knobs, outcomes: &[Outcome], machine: &str) {
     );
     println!("machine: {machine}");
     println!(
-        "{:<22} {:>6} {:>9} {:>9} {:>9} {:>9} {:>7} {:>7} {:>9}",
-        "side", "bound", "p50", "p99", "max", "last", "claims", "nodes", "$/h"
+        "{:<22} {:>6} {:>9} {:>9} {:>9} {:>9} {:>7} {:>7} {:>9} {:>8}",
+        "side", "bound", "p50", "p99", "max", "last", "claims", "nodes", "$/h", "cpu"
     );
     for o in outcomes {
         println!(
-            "{:<22} {:>6} {:>9} {:>9} {:>9} {:>9} {:>7} {:>7} {:>9.3}",
+            "{:<22} {:>6} {:>9} {:>9} {:>9} {:>9} {:>7} {:>7} {:>9.3} {:>8}",
             format!(
                 "{}{}",
                 o.side,
@@ -944,14 +1079,15 @@ fn print_table(knobs: &Knobs, outcomes: &[Outcome], machine: &str) {
             format!("{:.1} s", o.wall_s),
             o.claims,
             o.nodes,
-            o.usd_per_hour
+            o.usd_per_hour,
+            format!("{:.1} s", o.provisioner_cpu_s),
         );
     }
     let karpenter = outcomes.iter().find(|o| o.side == "karpenter");
     let nodewright = outcomes.iter().find(|o| o.side == "nodewright");
     if let (Some(k), Some(n)) = (karpenter, nodewright) {
         println!(
-            "{:<22} {:>6} {:>9} {:>9} {:>9} {:>9} {:>7} {:>7} {:>9}",
+            "{:<22} {:>6} {:>9} {:>9} {:>9} {:>9} {:>7} {:>7} {:>9} {:>8}",
             "nodewright/karpenter",
             "",
             ratio(percentile(&n.latencies, 0.5), percentile(&k.latencies, 0.5)),
@@ -964,10 +1100,17 @@ fn print_table(knobs: &Knobs, outcomes: &[Outcome], machine: &str) {
             ratio(Some(n.claims as f64), Some(k.claims as f64)),
             ratio(Some(n.nodes as f64), Some(k.nodes as f64)),
             ratio(Some(n.usd_per_hour), Some(k.usd_per_hour)),
+            ratio(Some(n.provisioner_cpu_s), Some(k.provisioner_cpu_s)),
         );
+        if n.bound < n.pods || k.bound < k.pods {
+            println!(
+                "WARNING: not every pod was bound (karpenter {}, nodewright {} of {}): the unbound pods are missing from the percentiles, and their nodes from nodes and $/h",
+                k.bound, n.bound, n.pods
+            );
+        }
     }
     println!(
-        "(p50/p99/max: each pod's creation -> bound, as a pod watch saw them; last: first Deployment created -> last pod bound; claims: NodeClaims, priced at the shared table for $/h; ratios below 1 favour nodewright)"
+        "(p50/p99/max: each pod's creation -> bound, as a pod watch saw them; last: first Deployment created -> last pod bound; claims: NodeClaims, priced at the shared table for $/h; cpu: CPU seconds of the provisioner process, karpenter or nodewright serve, over the run; ratios below 1 favour nodewright)"
     );
 }
 
