@@ -447,6 +447,8 @@ enum Running {
         _karpenter: controlplane::Process,
         _scheduler: controlplane::Process,
         log: PathBuf,
+        /// `http://127.0.0.1:PORT/healthz`
+        health: String,
     },
     Nodewright(Box<common::served::World>),
 }
@@ -556,6 +558,7 @@ async fn start_karpenter(plane: &ControlPlane, client: &Client, knobs: &Knobs) -
     }
     eprintln!("race: Karpenter {KARPENTER_VERSION} (kwok provider) ready");
     Running::Karpenter {
+        health: format!("http://127.0.0.1:{health}/healthz"),
         log: karpenter.log.clone(),
         _karpenter: karpenter,
         _scheduler: scheduler,
@@ -709,6 +712,10 @@ struct Outcome {
     /// Deployment to the end, and its peak RSS in MiB.
     provisioner_cpu_s: f64,
     provisioner_peak_mib: f64,
+    /// Whether the provisioner answered its /healthz (within 5 s) at the end.
+    answering: bool,
+    /// NodeClaims by phase (nodewright's; Karpenter's by whether a Node was found for them).
+    phases: BTreeMap<String, usize>,
     /// Claims whose instance type was not known (not launched), not priced.
     unpriced: usize,
 }
@@ -839,6 +846,7 @@ async fn run_side(side: Side, knobs: &Knobs) -> Outcome {
         .collect();
     let price = |ty: &str, zone: &str| prices.get(ty).and_then(|p| p.get(zone)).copied();
     // Every claim counts, with its instance type and zone once launched.
+    let mut phases: BTreeMap<String, usize> = BTreeMap::new();
     let claims: Vec<(Option<String>, Option<String>)> = match side {
         Side::Karpenter => Api::<DynamicObject>::all_with(client.clone(), &karpenter_claims())
             .list(&ListParams::default())
@@ -847,6 +855,12 @@ async fn run_side(side: Side, knobs: &Knobs) -> Outcome {
             .items
             .into_iter()
             .map(|c| {
+                let phase = if c.data["status"]["nodeName"].is_string() {
+                    "with a Node"
+                } else {
+                    "without a Node"
+                };
+                *phases.entry(phase.into()).or_insert(0) += 1;
                 let l = c.metadata.labels.unwrap_or_default();
                 (
                     l.get("node.kubernetes.io/instance-type").cloned(),
@@ -859,6 +873,8 @@ async fn run_side(side: Side, knobs: &Knobs) -> Outcome {
             .into_iter()
             .map(|c| {
                 let s = &c["status"];
+                let phase = s["phase"].as_str().unwrap_or("-").to_owned();
+                *phases.entry(phase).or_insert(0) += 1;
                 (
                     s["instanceType"].as_str().map(str::to_owned),
                     s["zone"].as_str().map(str::to_owned),
@@ -892,6 +908,18 @@ async fn run_side(side: Side, knobs: &Knobs) -> Outcome {
             _ => unpriced += 1,
         }
     }
+    let health = match &running {
+        Running::Karpenter { health, .. } => health.clone(),
+        Running::Nodewright(world) => format!("{}/healthz", world.server.ops),
+    };
+    let answering = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap()
+        .get(&health)
+        .send()
+        .await
+        .is_ok_and(|r| r.status().is_success());
     let log = match &running {
         Running::Karpenter { log, .. } => log.display().to_string(),
         Running::Nodewright(world) => {
@@ -918,6 +946,8 @@ async fn run_side(side: Side, knobs: &Knobs) -> Outcome {
         pods_seen,
         provisioner_cpu_s,
         provisioner_peak_mib,
+        answering,
+        phases,
         unpriced,
     };
     println!();
@@ -953,8 +983,23 @@ async fn run_side(side: Side, knobs: &Knobs) -> Outcome {
         claims_seen.0, claims_seen.1, nodes_seen.0, nodes_seen.1
     );
     println!(
-        "  provisioner      {:.1} s of CPU from the first Deployment to the end, peak RSS {:.0} MiB",
-        provisioner_cpu_s, provisioner_peak_mib
+        "  provisioner      {:.1} s of CPU from the first Deployment to the end, peak RSS {:.0} MiB; {} its /healthz at the end",
+        provisioner_cpu_s,
+        provisioner_peak_mib,
+        if answering {
+            "answered"
+        } else {
+            "did NOT answer (hung?)"
+        }
+    );
+    println!(
+        "  claims by phase  {}",
+        outcome
+            .phases
+            .iter()
+            .map(|(p, n)| format!("{p} {n}"))
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     println!(
         "  node types       {}",
@@ -1108,6 +1153,12 @@ fn print_table(knobs: &Knobs, outcomes: &[Outcome], machine: &str) {
                 k.bound, n.bound, n.pods
             );
         }
+    }
+    for o in outcomes.iter().filter(|o| o.pods > 0 && !o.answering) {
+        println!(
+            "WARNING: {}'s provisioner did not answer its /healthz at the end (hung?): see its section above",
+            o.side
+        );
     }
     println!(
         "(p50/p99/max: each pod's creation -> bound, as a pod watch saw them; last: first Deployment created -> last pod bound; claims: NodeClaims, priced at the shared table for $/h; cpu: CPU seconds of the provisioner process, karpenter or nodewright serve, over the run; ratios below 1 favour nodewright)"
