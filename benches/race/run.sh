@@ -20,7 +20,8 @@
 #   SIDES [karpenter,nodewright]  TIMEOUT [600] seconds per side  TYPES [24 m5/c5/r5/m6i/c6i/r6i
 #   types, large to 4xlarge]  PROFILE [release]  OUT [target/race.txt]
 #
-#   benches/race/run.sh                 # the race, about 5-10 minutes after the builds
+#   benches/race/run.sh                 # the race: Karpenter's side about 3 minutes, nodewright's
+#                                       # up to TIMEOUT when pods stay unbound (README, benchmarks)
 #   PODS=100 benches/race/run.sh        # a quick try
 set -euo pipefail
 
