@@ -40,13 +40,15 @@
 //! A pod watch started before the Deployments: a pod's creation is the first time the watch sees
 //! it, its binding the first time it sees `spec.nodeName`. The run ends when PODS pods are bound
 //! (or after TIMEOUT); 3 s later the NodeClaims and Nodes are counted and priced at the shared table.
+//! Each side's control-plane files (every process's log, nodewright's, the instance-types file)
+//! are copied to target/tmp/race-logs/<side>/.
 //!
 //! Environment (defaults in brackets): PODS [1000], DEPLOYMENTS_PER_KIND [4], SEED [1],
 //! SIDES [karpenter,nodewright], TIMEOUT [600] seconds per side, TYPES [the list below],
 //! KARPENTER_BIN and KARPENTER_SRC [$NODEWRIGHT_BENCH_CACHE/karpenter-v1.14.1/{karpenter-kwok,src}].
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -528,7 +530,7 @@ async fn start_karpenter(plane: &ControlPlane, client: &Client, knobs: &Knobs) -
     let (metrics, health) = (controlplane::free_port(), controlplane::free_port());
     let karpenter = plane.spawn(
         "karpenter",
-        std::path::Path::new("/usr/bin/env"),
+        Path::new("/usr/bin/env"),
         &[
             format!("KUBECONFIG={}", plane.admin_kubeconfig.display()),
             "DISABLE_LEADER_ELECTION=true".into(),
@@ -1010,7 +1012,23 @@ async fn run_side(side: Side, knobs: &Knobs) -> Outcome {
             .collect::<Vec<_>>()
             .join(", ")
     );
-    println!("  logs             {} (and {})", log, plane.dir.display());
+    // The control plane's directory is removed by the next side's start (its process is gone):
+    // keep its files (logs, configs, the instance-types file) where the next run replaces them.
+    let kept = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join("race-logs")
+        .join(side.name());
+    let _ = std::fs::remove_dir_all(&kept);
+    std::fs::create_dir_all(&kept).unwrap();
+    for entry in std::fs::read_dir(&plane.dir).unwrap().flatten() {
+        if entry.file_type().is_ok_and(|t| t.is_file()) {
+            let _ = std::fs::copy(entry.path(), kept.join(entry.file_name()));
+        }
+    }
+    println!(
+        "  logs             {} (copied to {})",
+        log.replace(&plane.dir.display().to_string(), "<control plane dir>"),
+        kept.display()
+    );
     outcome
 }
 
