@@ -61,7 +61,7 @@ pub fn solve(demand: &Resources, offers: &[(Resources, f64)]) -> Option<Duals> {
         .iter()
         .map(|&d| problem.add_var(demand.0[d] as f64 / SCALE[d], (0.0, f64::INFINITY)))
         .collect();
-    for (alloc, price) in offers {
+    for (alloc, price) in undominated(&dims, offers).into_iter().map(|i| &offers[i]) {
         let expr: Vec<_> = dims
             .iter()
             .zip(&vars)
@@ -81,6 +81,37 @@ pub fn solve(demand: &Resources, offers: &[(Resources, f64)]) -> Option<Duals> {
         y,
         bound: solution.objective(),
     })
+}
+
+/// Indices (ascending) of the offers whose constraints can bind. An offer that another matches or
+/// beats per dollar on every demanded resource adds nothing: with `y ≥ 0`, `A_u·y ≤ p_u` and
+/// `A_t/p_t ≤ A_u/p_u` imply `A_t·y ≤ p_t`. Of equal offers the first is kept. The feasible region,
+/// hence the bound, is unchanged, and the simplex works on the few dozen types of the efficient
+/// front instead of the whole catalog. Offers without a positive price are always kept.
+fn undominated(dims: &[usize], offers: &[(Resources, f64)]) -> Vec<usize> {
+    let per_dollar = |i: usize, d: usize| offers[i].0.0[d] as f64 / offers[i].1;
+    let (mut ranked, mut kept): (Vec<usize>, Vec<usize>) =
+        (0..offers.len()).partition(|i| offers[*i].1 > 0.0 && offers[*i].1.is_finite());
+    // Lexicographically best first: an offer's dominators all come before it.
+    ranked.sort_by(|a, b| {
+        dims.iter()
+            .map(|&d| per_dollar(*b, d).total_cmp(&per_dollar(*a, d)))
+            .find(|o| o.is_ne())
+            .unwrap_or(std::cmp::Ordering::Equal)
+            .then(a.cmp(b))
+    });
+    let mut front: Vec<usize> = Vec::new();
+    for t in ranked {
+        let dominated = front
+            .iter()
+            .any(|&u| dims.iter().all(|&d| per_dollar(u, d) >= per_dollar(t, d)));
+        if !dominated {
+            front.push(t);
+        }
+    }
+    kept.extend(front);
+    kept.sort_unstable();
+    kept
 }
 
 #[cfg(test)]
@@ -109,6 +140,33 @@ mod tests {
         assert!((d.value(&res(100_000, 300)) - 4.525).abs() < 1e-6);
         for (a, p) in &offers {
             assert!(d.value(a) <= p + 1e-9, "dual feasibility");
+        }
+    }
+
+    #[test]
+    fn dominated_offers_are_dropped_and_the_bound_kept() {
+        let offers = [
+            (res(4000, 8), 0.17),
+            (res(2000, 4), 0.10), // half a c at more than half the price: dominated
+            (res(4000, 16), 0.192), // m
+            (res(4000, 32), 0.252), // r
+            (res(4000, 8), 0.17), // the same as the first: only the first is kept
+            (res(8000, 16), 0.34), // two c for twice the price: equal per dollar, dropped
+            (res(1000, 64), 0.5), // memory-rich at a price no mix beats per GiB: kept
+            (res(0, 4), 0.0),     // no price: kept as it is
+        ];
+        let dims = [CPU, MEMORY];
+        assert_eq!(undominated(&dims, &offers), vec![0, 2, 3, 6, 7]);
+        // On cpu alone, every type with the best cores per dollar is equal: the first stays.
+        assert_eq!(undominated(&[CPU], &offers[..4]), vec![0]);
+        let demand = res(100_000, 300);
+        let all = solve(&demand, &offers[..7]).unwrap();
+        let front: Vec<_> = [0, 2, 3, 6].iter().map(|i| offers[*i]).collect();
+        let bound = solve(&demand, &front).unwrap();
+        assert!((all.bound - 4.525).abs() < 1e-6, "{}", all.bound);
+        assert!((all.bound - bound.bound).abs() < 1e-9);
+        for d in 0..DIMS {
+            assert!((all.y[d] - bound.y[d]).abs() <= 1e-12 * all.y[d].abs().max(1e-12));
         }
     }
 

@@ -142,7 +142,16 @@ impl Solver<'_> {
                 .sum()
         };
         let cost = |solver: &Self, drafts: &[Draft]| -> f64 {
-            drafts.iter().map(|d| solver.repriced(d)).sum()
+            // Nodes committed together are copies: re-price each distinct one once.
+            let mut memo: HashMap<(usize, usize, Resources, &[usize]), f64> = HashMap::new();
+            drafts
+                .iter()
+                .map(|d| {
+                    *memo
+                        .entry((d.type_idx, d.offering, d.used, d.groups.as_slice()))
+                        .or_insert_with(|| solver.repriced(d))
+                })
+                .sum()
         };
         let a = (unplaced(&left_a), cost(self, &drafts_a));
         let b = (unplaced(&left_b), cost(self, &self.drafts[start..]));
@@ -267,11 +276,17 @@ impl Solver<'_> {
                 order = (0..catalog.types.len())
                     .filter(|t| offer[*t].is_some())
                     .collect();
-                let eff = |t: usize| {
-                    let (room, _) = self.type_room[pool][t].unwrap();
-                    d.value(&room) / offer[t].unwrap().1.max(1e-9)
-                };
-                order.sort_by(|a, b| eff(*b).total_cmp(&eff(*a)).then(a.cmp(b)));
+                let eff: Vec<f64> = order
+                    .iter()
+                    .map(|&t| {
+                        let (room, _) = self.type_room[pool][t].unwrap();
+                        d.value(&room) / offer[t].unwrap().1.max(1e-9)
+                    })
+                    .collect();
+                // Sorted by key computed once per type, not twice per comparison.
+                let mut keyed: Vec<(f64, usize)> = eff.into_iter().zip(order).collect();
+                keyed.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+                order = keyed.into_iter().map(|(_, t)| t).collect();
             }
             let d = duals.unwrap();
             // Candidates: the most efficient types that can hold at least one remaining class,
