@@ -253,7 +253,8 @@ pub async fn serve(settings: ServeSettings, shutdown: CancellationToken) -> Resu
             tls.config,
             webhooks,
             shutdown.clone(),
-            settings.shutdown_timeout
+            settings.shutdown_timeout,
+            settings.limits,
         ),
         draining
     );

@@ -196,12 +196,6 @@ struct ServeArgs {
     /// trickling or stalled body is answered 408 (Go duration).
     #[arg(long, default_value = "5s", value_parser = parse_go_duration)]
     body_read_timeout: Duration,
-    /// Close a connection with no request in flight for this long (Go duration).
-    #[arg(long, default_value = "90s", value_parser = parse_go_duration)]
-    idle_timeout: Duration,
-    /// HTTPS connections open at once; more are closed as soon as they are accepted.
-    #[arg(long, default_value_t = Limits::default().max_connections)]
-    max_connections: usize,
     /// HTTP/2 streams in flight per connection.
     #[arg(long, default_value_t = Limits::default().max_concurrent_streams)]
     max_concurrent_streams: u32,
@@ -307,8 +301,6 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             max_body_bytes: args.max_body_bytes,
             header_read_timeout: args.header_read_timeout,
             body_read_timeout: args.body_read_timeout,
-            idle_timeout: args.idle_timeout,
-            max_connections: args.max_connections,
             max_concurrent_streams: args.max_concurrent_streams,
         },
         shutdown_timeout: args.shutdown_timeout,

@@ -3,6 +3,7 @@
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use base64::Engine;
+use futures::StreamExt;
 use http_body_util::BodyExt;
 use k8s_openapi::api::core::v1::Pod;
 use nodewright::config::Config;
@@ -590,4 +591,42 @@ async fn quota_ignores_other_namespaces_operations_and_kinds() {
         |v| v["request"]["operation"] = json!("UPDATE"),
     );
     assert_eq!(validate(&state, &update).await["response"]["allowed"], true);
+}
+
+/// A body that sends its first bytes and then stalls is answered 408 once `body_read_timeout`
+/// passes, not held open until the apiserver gives up.
+#[tokio::test]
+async fn a_stalled_body_is_cut_off_with_408() {
+    let config = Config::parse(
+        include_str!("data/steering.yaml"),
+        "tests/data/steering.yaml",
+    )
+    .unwrap();
+    let state = AppState::builder(&config, Some("nodewright"))
+        .limits(Limits {
+            body_read_timeout: std::time::Duration::from_millis(200),
+            ..Limits::default()
+        })
+        .build();
+    let first = futures::stream::once(async {
+        Ok::<_, std::io::Error>(bytes::Bytes::from_static(b"{\"apiVersion\":"))
+    });
+    let stalled = first.chain(futures::stream::pending());
+    let request = Request::post("/mutate")
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from_stream(stalled))
+        .unwrap();
+    let started = std::time::Instant::now();
+    let response = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        webhook_router(state, false).oneshot(request),
+    )
+    .await
+    .expect("answered before the test's own timeout")
+    .unwrap();
+    assert_eq!(response.status(), StatusCode::REQUEST_TIMEOUT);
+    assert!(started.elapsed() >= std::time::Duration::from_millis(200));
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    let json: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(json["error"], "RequestTimeout");
 }

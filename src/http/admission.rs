@@ -116,10 +116,27 @@ pub async fn read_json_body(
     match Limited::new(body, limit).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+        Err(e) if is_timeout(&*e) => Err(ApiError {
+            status: StatusCode::REQUEST_TIMEOUT,
+            reason: "RequestTimeout",
+            message: "the request body did not arrive in time (--body-read-timeout)".into(),
+        }),
         Err(e) => Err(ApiError::bad_request(format!(
             "reading the request body: {e}"
         ))),
     }
+}
+
+/// Whether the body read failed because its deadline passed (anywhere in the error's chain).
+fn is_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current = Some(e);
+    while let Some(err) = current {
+        if err.is::<tower_http::timeout::TimeoutError>() {
+            return true;
+        }
+        current = err.source();
+    }
+    false
 }
 
 /// A decoded admission request. `Pod` holds the steering view of the object (the decision itself

@@ -25,7 +25,12 @@ pub fn webhook_router(state: AppState, bench_endpoints: bool) -> Router {
     if bench_endpoints {
         router = router.route("/bench/fixed", post(bench_fixed));
     }
-    router.fallback(not_found).with_state(state)
+    // A body that trickles or stalls is cut off this long after its head, whatever `?timeout=`.
+    let deadline = state.limits.body_read_timeout;
+    router
+        .fallback(not_found)
+        .with_state(state)
+        .layer(tower_http::timeout::RequestBodyDeadlineLayer::new(deadline))
 }
 
 /// The plain-HTTP router: `/healthz`, `/readyz`, `/metrics`.

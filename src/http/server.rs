@@ -14,12 +14,11 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tower::util::MapRequest;
 
+use super::Limits;
 use crate::tls::server::VerifiedClient;
 
 /// A client that has not finished its TLS handshake by then is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// An HTTP/1.1 client must send its request head within this (slow-loris protection).
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Serve `app` over TLS on `listener` until `shutdown`, then stop accepting, let in-flight requests
 /// finish (HTTP/2 clients get GOAWAY, HTTP/1.1 connections close after their current response), and
@@ -30,6 +29,7 @@ pub async fn serve_tls(
     app: Router,
     shutdown: CancellationToken,
     drain_timeout: Duration,
+    limits: Limits,
 ) {
     let acceptor = TlsAcceptor::from(tls);
     let graceful = GracefulShutdown::new();
@@ -37,11 +37,11 @@ pub async fn serve_tls(
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
+        .header_read_timeout(limits.header_read_timeout);
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_concurrent_streams(1000)
+        .max_concurrent_streams(limits.max_concurrent_streams)
         .keep_alive_interval(Duration::from_secs(30));
     let builder = Arc::new(builder);
     loop {

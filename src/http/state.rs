@@ -27,10 +27,6 @@ pub struct Limits {
     /// A request body must arrive in full within this of the request head (a trickling or
     /// stalled body gets 408), whatever the apiserver's `?timeout=` says.
     pub body_read_timeout: Duration,
-    /// A connection with no request in flight for this long is closed (HTTP/2: GOAWAY).
-    pub idle_timeout: Duration,
-    /// Connections open at once; one more is closed right after it is accepted.
-    pub max_connections: usize,
     /// HTTP/2 streams in flight per connection (SETTINGS_MAX_CONCURRENT_STREAMS).
     pub max_concurrent_streams: u32,
 }
@@ -41,8 +37,6 @@ impl Default for Limits {
             max_body_bytes: 3 * 1024 * 1024,
             header_read_timeout: Duration::from_secs(5),
             body_read_timeout: Duration::from_secs(5),
-            idle_timeout: Duration::from_secs(90),
-            max_connections: 1024,
             max_concurrent_streams: 250,
         }
     }
