@@ -735,6 +735,15 @@ impl Run {
     /// [`PROMISE_TTL`] after registration.
     fn sync_reservations(&self, claims: &[NodeClaim]) {
         let now = Instant::now();
+        // Read before the view's write lock: the pod watch takes the state's lock, then the
+        // view's (`ClusterState::bind`); asking the state under the view lock would invert that
+        // order and deadlock (seen in the race benchmark).
+        let bound: std::collections::HashSet<&str> = claims
+            .iter()
+            .flat_map(|c| c.spec.pods.iter())
+            .filter(|pod| self.p.state.is_bound(pod))
+            .map(|pod| pod.as_str())
+            .collect();
         let mut view = self
             .p
             .state
@@ -748,7 +757,7 @@ impl Run {
             match claim.phase() {
                 Phase::Pending | Phase::Launched => {
                     for pod in &claim.spec.pods {
-                        if !self.p.state.is_bound(pod) && !view.promised_node.contains_key(pod) {
+                        if !bound.contains(pod.as_str()) && !view.promised_node.contains_key(pod) {
                             view.await_claim(pod, name.clone());
                         }
                     }
@@ -766,7 +775,7 @@ impl Run {
                         continue;
                     };
                     for pod in &claim.spec.pods {
-                        if self.p.state.is_bound(pod)
+                        if bound.contains(pod.as_str())
                             || !self.waiting.contains_key(pod)
                             || view.reserved_for(pod) == Some(node)
                         {

@@ -45,6 +45,18 @@ impl Run {
         // The new node is reserved for the pods it was launched for, before its
         // `nodewright.io/unregistered` taint comes off and the scheduler may use it.
         {
+            // Which pods still wait is read before the view's write lock: the pod watch takes
+            // the state's lock, then the view's; the other order here would deadlock.
+            let waiting: Vec<(&String, _)> = claim
+                .spec
+                .pods
+                .iter()
+                .filter_map(|pod| {
+                    let w = self.waiting.get(pod)?;
+                    (!self.p.state.is_bound(pod))
+                        .then(|| (pod, PendingPod::from_pod(&w.pod).requests))
+                })
+                .collect();
             let mut view = self
                 .p
                 .state
@@ -52,19 +64,14 @@ impl Run {
                 .write()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             let claim_name: Arc<str> = Arc::from(claim.name());
-            for pod in &claim.spec.pods {
-                if let Some(w) = self.waiting.get(pod)
-                    && !self.p.state.is_bound(pod)
-                {
-                    let requests = PendingPod::from_pod(&w.pod).requests;
-                    view.promise(
-                        &node_name,
-                        pod,
-                        requests,
-                        Some(claim_name.clone()),
-                        Some(now + PROMISE_TTL),
-                    );
-                }
+            for (pod, requests) in waiting {
+                view.promise(
+                    &node_name,
+                    pod,
+                    requests,
+                    Some(claim_name.clone()),
+                    Some(now + PROMISE_TTL),
+                );
             }
         }
         if let Err(e) = self.ensure_labels_and_taints(node, &claim).await {
