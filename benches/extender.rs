@@ -139,7 +139,9 @@ impl Setup {
         let state = state(cluster());
         let view = state.extender.view.clone();
         Self {
+            // The webhook router's body deadline needs the runtime's timer.
             rt: tokio::runtime::Builder::new_current_thread()
+                .enable_all()
                 .build()
                 .unwrap(),
             router: webhook_router(state, false),
