@@ -447,6 +447,7 @@ pub struct ProvisionMetrics {
     pub unschedulable_to_launch: Histogram,
     pub unschedulable_to_registered: Histogram,
     pub terminations: IntCounterVec,
+    pub replanned: IntCounterVec,
 }
 
 impl ProvisionMetrics {
@@ -538,6 +539,14 @@ impl ProvisionMetrics {
                 &["reason"],
             )
             .expect("static metric"),
+            replanned: IntCounterVec::new(
+                Opts::new(
+                    "pods_replanned_total",
+                    "Pods planned again after their claim's node registered without them: turned_away (the scheduler kept them off the node), promise_expired (still unbound when the promise ran out).",
+                ),
+                &["reason"],
+            )
+            .expect("static metric"),
         };
         let registry = metrics.registry();
         for c in [
@@ -553,12 +562,16 @@ impl ProvisionMetrics {
             Box::new(m.unschedulable_to_launch.clone()),
             Box::new(m.unschedulable_to_registered.clone()),
             Box::new(m.terminations.clone()),
+            Box::new(m.replanned.clone()),
         ] {
             // Registering twice (two provisioners on one registry in tests) keeps the first.
             let _ = registry.register(c);
         }
         for d in ["new_node", "existing_node", "unschedulable"] {
             m.plan_decisions.with_label_values(&[d]);
+        }
+        for r in ["turned_away", "promise_expired"] {
+            m.replanned.with_label_values(&[r]);
         }
         for p in crate::model::claim::Phase::ALL {
             m.claims.with_label_values(&[p.as_str()]);

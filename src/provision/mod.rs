@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 mod capacity;
 mod claims;
 mod consolidation;
+mod coverage;
 mod disruption;
 mod drift;
 mod gc;
@@ -145,6 +146,9 @@ struct Run {
     class_resolve_failed: HashMap<String, Instant>,
     /// Consolidation's memory between passes.
     consolidation: consolidation::Consolidation,
+    /// Pods a registered claim stopped covering (its node turned them away, or their promise ran
+    /// out): pod key to that claim's name.
+    released: HashMap<String, String>,
 }
 
 impl Provisioner {
@@ -181,6 +185,7 @@ impl Provisioner {
             blocked_events: HashMap::new(),
             class_resolve_failed: HashMap::new(),
             consolidation: consolidation::Consolidation::default(),
+            released: HashMap::new(),
         };
         if !run.p.claims.is_durable() {
             tracing::warn!(
@@ -286,6 +291,7 @@ impl Run {
             ClusterEvent::Unschedulable(pod) => self.on_unschedulable(pod),
             ClusterEvent::PodSettled(key) => {
                 self.waiting.remove(&key);
+                self.released.remove(&key);
                 self.batcher.remove(&key);
                 self.update_gauges();
             }
@@ -332,19 +338,10 @@ impl Run {
         self.first_seen.entry(key.clone()).or_insert(now);
         self.waiting
             .insert(key.clone(), Waiting { pod: pod.clone() });
-        if !self.covered_pods().contains(&key) {
+        if self.note_turned_away(&key) || !self.covered_pods().contains(&key) {
             self.batcher.add(key, (), now);
         }
         self.update_gauges();
-    }
-
-    /// Pods that in-flight claims are for.
-    fn covered_pods(&self) -> HashSet<String> {
-        self.claims
-            .values()
-            .filter(|c| c.phase().in_flight())
-            .flat_map(|c| c.spec.pods.iter().cloned())
-            .collect()
     }
 
     fn update_gauges(&self) {
@@ -665,6 +662,7 @@ impl Run {
         self.disrupt().await;
         let claims: Vec<NodeClaim> = self.claims.values().cloned().collect();
         self.sync_reservations(&claims);
+        self.rebatch_uncovered();
         self.update_gauges();
         // Static pools are kept at their replicas without waiting for pods.
         if self.static_missing(&config) {
@@ -777,6 +775,7 @@ impl Run {
                     for pod in &claim.spec.pods {
                         if bound.contains(pod.as_str())
                             || !self.waiting.contains_key(pod)
+                            || self.released.get(pod).map(String::as_str) == Some(claim.name())
                             || view.reserved_for(pod) == Some(node)
                         {
                             continue;

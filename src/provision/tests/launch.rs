@@ -51,8 +51,17 @@ async fn an_unschedulable_pod_gets_a_claim_launched_and_registered() {
         Some(vec![TERMINATION_FINALIZER.to_owned()])
     );
     assert_eq!(h.metrics.unschedulable_to_registered.get_sample_count(), 1);
-    // The pod is covered: later batches and reconciles launch nothing more.
+    // The pod is covered: later batches and reconciles launch nothing more, and the
+    // scheduler's report right after the registration does not plan it again.
+    h.pod_seen(pending_pod("web"));
     h.run_for(Duration::from_secs(20)).await;
+    assert_eq!(
+        h.metrics
+            .replanned
+            .with_label_values(&["turned_away"])
+            .get(),
+        0
+    );
     assert_eq!(h.creates().len(), 1);
     assert!(h.deletes().is_empty());
 }
@@ -149,4 +158,105 @@ async fn a_launch_failing_on_every_offering_leaves_the_claim_pending_for_a_retry
             .get(),
         1
     );
+}
+
+/// A registered claim whose node registered `ago`, resumed by a new leader, with `app/web`
+/// still waiting for it: the harness, the claim and its node's name.
+async fn registered_long_ago(ago: Duration) -> (Harness, NodeClaim, String) {
+    let h = start(never_consolidate());
+    h.pod_seen(pending_pod("web"));
+    let claims = h
+        .until("one launched claim", |cs| {
+            cs.len() == 1 && cs[0].phase() == Phase::Launched
+        })
+        .await;
+    let node = h.node_registers(&claims[0]);
+    let mut claim = h
+        .until("the claim registered", |cs| {
+            cs.len() == 1 && cs[0].phase() == Phase::Registered
+        })
+        .await
+        .remove(0);
+    // Another replica takes the lead with the registration that long ago (registration times
+    // are wall-clock; the loop's own clock is paused).
+    h.leader.send(false).unwrap();
+    h.run_for(Duration::from_secs(3)).await;
+    let at = crate::cluster::nodeclaims::now() - ago;
+    claim.status_mut().registered_at = Some(crate::cluster::nodeclaims::time_at(at));
+    h.claims.write_status(&claim).await.unwrap();
+    h.leader.send(true).unwrap();
+    h.run_for(Duration::from_secs(1)).await;
+    (h, claim, node)
+}
+
+fn replanned(h: &Harness, reason: &str) -> u64 {
+    h.metrics.replanned.with_label_values(&[reason]).get()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_pod_its_registered_node_turned_away_is_planned_again() {
+    let (h, _, node) = registered_long_ago(Duration::from_secs(30)).await;
+    let placed = h
+        .metrics
+        .plan_decisions
+        .with_label_values(&["existing_node"])
+        .get();
+    assert_eq!(replanned(&h, "turned_away"), 0);
+    // The scheduler still reports the pod unschedulable, 30 s after its node registered.
+    h.pod_seen(pending_pod("web"));
+    h.run_for(Duration::from_secs(5)).await;
+    assert_eq!(replanned(&h, "turned_away"), 1);
+    // Planned afresh: the node (empty here, as the fake cluster binds nothing) has room, so the
+    // planner promises it again instead of launching.
+    assert_eq!(
+        h.metrics
+            .plan_decisions
+            .with_label_values(&["existing_node"])
+            .get(),
+        placed + 1
+    );
+    assert_eq!(h.creates().len(), 1);
+    assert_eq!(
+        h.state.view().read().unwrap().reserved_for("app/web"),
+        Some(node.as_str())
+    );
+    // Once per claim: a second report is the pod's own business with the scheduler now.
+    h.pod_seen(pending_pod("web"));
+    h.run_for(Duration::from_secs(5)).await;
+    assert_eq!(replanned(&h, "turned_away"), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_report_soon_after_registration_does_not_replan() {
+    let (h, _, _) = registered_long_ago(Duration::from_secs(2)).await;
+    h.pod_seen(pending_pod("web"));
+    h.run_for(Duration::from_secs(10)).await;
+    assert_eq!(replanned(&h, "turned_away"), 0);
+    assert_eq!(replanned(&h, "promise_expired"), 0);
+    assert_eq!(
+        h.metrics
+            .plan_decisions
+            .with_label_values(&["existing_node"])
+            .get(),
+        0
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_pod_whose_promise_ran_out_unbound_is_planned_again_once() {
+    let (h, _, _) = registered_long_ago(Duration::from_secs(200)).await;
+    // No new report from the scheduler: the reconcile finds the pod uncovered.
+    h.run_for(Duration::from_secs(10)).await;
+    assert_eq!(replanned(&h, "promise_expired"), 1);
+    assert_eq!(replanned(&h, "turned_away"), 0);
+    assert_eq!(
+        h.metrics
+            .plan_decisions
+            .with_label_values(&["existing_node"])
+            .get(),
+        1
+    );
+    h.run_for(Duration::from_secs(20)).await;
+    assert_eq!(replanned(&h, "promise_expired"), 1);
+    assert_eq!(h.creates().len(), 1);
 }
