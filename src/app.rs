@@ -246,6 +246,7 @@ pub async fn serve(settings: ServeSettings, shutdown: CancellationToken) -> Resu
             readiness.set_draining();
         }
     };
+    let edge_metrics = state.metrics.clone();
     let webhooks = http::webhook_router(state, settings.bench_endpoints);
     tokio::join!(
         http::server::serve_tls(
@@ -255,6 +256,7 @@ pub async fn serve(settings: ServeSettings, shutdown: CancellationToken) -> Resu
             shutdown.clone(),
             settings.shutdown_timeout,
             settings.limits,
+            edge_metrics,
         ),
         draining
     );

@@ -199,6 +199,12 @@ struct ServeArgs {
     /// HTTP/2 streams in flight per connection.
     #[arg(long, default_value_t = Limits::default().max_concurrent_streams)]
     max_concurrent_streams: u32,
+    /// Close a connection with no request in flight for this long (Go duration; HTTP/2 gets GOAWAY).
+    #[arg(long, default_value = "90s", value_parser = parse_go_duration)]
+    idle_timeout: Duration,
+    /// HTTPS connections open at once; one more is closed as soon as it is accepted.
+    #[arg(long, default_value_t = Limits::default().max_connections, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    max_connections: usize,
     /// How long SIGTERM waits for in-flight requests (Go duration).
     #[arg(long, default_value = "30s", value_parser = parse_go_duration)]
     shutdown_timeout: Duration,
@@ -302,6 +308,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             header_read_timeout: args.header_read_timeout,
             body_read_timeout: args.body_read_timeout,
             max_concurrent_streams: args.max_concurrent_streams,
+            idle_timeout: args.idle_timeout,
+            max_connections: args.max_connections,
         },
         shutdown_timeout: args.shutdown_timeout,
         reload_poll: args.reload_poll_interval,

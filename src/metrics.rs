@@ -127,6 +127,101 @@ impl ReloadResult {
     }
 }
 
+/// What became of an accepted HTTPS connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectionResult {
+    /// TLS handshake done; HTTP served on it.
+    Served,
+    TlsError,
+    HandshakeTimeout,
+    /// Closed at once: `--max-connections` were already open.
+    RejectedFull,
+}
+
+impl ConnectionResult {
+    pub const ALL: [Self; 4] = [
+        Self::Served,
+        Self::TlsError,
+        Self::HandshakeTimeout,
+        Self::RejectedFull,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Served => "served",
+            Self::TlsError => "tls_error",
+            Self::HandshakeTimeout => "handshake_timeout",
+            Self::RejectedFull => "rejected_full",
+        }
+    }
+}
+
+/// Why a served HTTPS connection ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectionClose {
+    /// The client closed it.
+    Client,
+    /// No request in flight for `--idle-timeout`; closed gracefully.
+    Idle,
+    /// Closed gracefully on SIGTERM.
+    Shutdown,
+    /// Still open when `--shutdown-timeout` ran out; dropped.
+    DrainTimeout,
+    /// An HTTP/1.1 request head did not arrive within `--header-read-timeout`.
+    HeaderTimeout,
+    /// A protocol or I/O error.
+    Error,
+}
+
+impl ConnectionClose {
+    pub const ALL: [Self; 6] = [
+        Self::Client,
+        Self::Idle,
+        Self::Shutdown,
+        Self::DrainTimeout,
+        Self::HeaderTimeout,
+        Self::Error,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Client => "client",
+            Self::Idle => "idle",
+            Self::Shutdown => "shutdown",
+            Self::DrainTimeout => "drain_timeout",
+            Self::HeaderTimeout => "header_timeout",
+            Self::Error => "error",
+        }
+    }
+}
+
+/// Why a request body was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyError {
+    /// Larger than `--max-body-bytes` (413).
+    TooLarge,
+    /// Not in full within `--body-read-timeout` (408).
+    Timeout,
+}
+
+impl BodyError {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::TooLarge => "too_large",
+            Self::Timeout => "timeout",
+        }
+    }
+}
+
+/// An open HTTPS connection in `nodewright_https_connections_open`; dropping it counts it closed.
+pub struct OpenConnection(IntGauge);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 #[derive(Clone)]
 pub struct Metrics {
     registry: Registry,
@@ -145,6 +240,10 @@ pub struct Metrics {
     extender_duration: HistogramVec,
     certificates_issued: IntCounterVec,
     ca_bundle_updates: IntCounterVec,
+    connections_open: IntGauge,
+    connections_accepted: IntCounterVec,
+    connections_closed: IntCounterVec,
+    body_errors: IntCounterVec,
 }
 
 impl Metrics {
@@ -265,6 +364,35 @@ impl Metrics {
             &["result"],
         )
         .expect("static metric");
+        let connections_open = IntGauge::new(
+            "https_connections_open",
+            "HTTPS connections open now (handshaking or served).",
+        )
+        .expect("static metric");
+        let connections_accepted = IntCounterVec::new(
+            Opts::new(
+                "https_connections_accepted_total",
+                "HTTPS connections accepted, by result (served, tls_error, handshake_timeout, rejected_full).",
+            ),
+            &["result"],
+        )
+        .expect("static metric");
+        let connections_closed = IntCounterVec::new(
+            Opts::new(
+                "https_connections_closed_total",
+                "Served HTTPS connections that ended, by reason (client, idle, shutdown, drain_timeout, header_timeout, error).",
+            ),
+            &["reason"],
+        )
+        .expect("static metric");
+        let body_errors = IntCounterVec::new(
+            Opts::new(
+                "request_body_errors_total",
+                "Request bodies refused, by kind (too_large: 413, timeout: 408).",
+            ),
+            &["kind"],
+        )
+        .expect("static metric");
         let build_info = IntGaugeVec::new(
             Opts::new(
                 "build_info",
@@ -293,6 +421,10 @@ impl Metrics {
             Box::new(extender_duration.clone()),
             Box::new(certificates_issued.clone()),
             Box::new(ca_bundle_updates.clone()),
+            Box::new(connections_open.clone()),
+            Box::new(connections_accepted.clone()),
+            Box::new(connections_closed.clone()),
+            Box::new(body_errors.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
         }
@@ -305,6 +437,15 @@ impl Metrics {
         }
         for result in [ReloadResult::Success, ReloadResult::Failure] {
             ca_bundle_updates.with_label_values(&[result.as_str()]);
+        }
+        for result in ConnectionResult::ALL {
+            connections_accepted.with_label_values(&[result.as_str()]);
+        }
+        for reason in ConnectionClose::ALL {
+            connections_closed.with_label_values(&[reason.as_str()]);
+        }
+        for kind in [BodyError::TooLarge, BodyError::Timeout] {
+            body_errors.with_label_values(&[kind.as_str()]);
         }
         for kind in [ReloadKind::Config, ReloadKind::Certificate] {
             last_reload_ok.with_label_values(&[kind.as_str()]).set(1);
@@ -329,7 +470,36 @@ impl Metrics {
             extender_duration,
             certificates_issued,
             ca_bundle_updates,
+            connections_open,
+            connections_accepted,
+            connections_closed,
+            body_errors,
         }
+    }
+
+    /// An accepted HTTPS connection got past the handshake, or not.
+    pub fn connection_accepted(&self, result: ConnectionResult) {
+        self.connections_accepted
+            .with_label_values(&[result.as_str()])
+            .inc();
+    }
+
+    /// One more open HTTPS connection, counted until the guard is dropped.
+    pub fn connection_opened(&self) -> OpenConnection {
+        self.connections_open.inc();
+        OpenConnection(self.connections_open.clone())
+    }
+
+    /// A served HTTPS connection ended.
+    pub fn connection_closed(&self, reason: ConnectionClose) {
+        self.connections_closed
+            .with_label_values(&[reason.as_str()])
+            .inc();
+    }
+
+    /// A request body refused with 413 or 408.
+    pub fn body_error(&self, kind: BodyError) {
+        self.body_errors.with_label_values(&[kind.as_str()]).inc();
     }
 
     /// A certificate issued in self-managed mode.

@@ -397,6 +397,11 @@ async fn bad_input_gets_a_json_4xx() {
     )
     .await;
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    let too_large = r#"nodewright_request_body_errors_total{kind="too_large"} 2"#;
+    assert!(
+        state.metrics.render().contains(too_large),
+        "both 413s counted"
+    );
     // The state is still good after all that.
     let (status, _) = post(&state, &with(REPLICASET_POD, |_| {})).await;
     assert_eq!(status, StatusCode::OK);
@@ -619,7 +624,7 @@ async fn a_stalled_body_is_cut_off_with_408() {
     let started = std::time::Instant::now();
     let response = tokio::time::timeout(
         std::time::Duration::from_secs(10),
-        webhook_router(state, false).oneshot(request),
+        webhook_router(state.clone(), false).oneshot(request),
     )
     .await
     .expect("answered before the test's own timeout")
@@ -629,4 +634,11 @@ async fn a_stalled_body_is_cut_off_with_408() {
     let body = response.into_body().collect().await.unwrap().to_bytes();
     let json: Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(json["error"], "RequestTimeout");
+    let metrics = state.metrics.render();
+    for line in [
+        r#"nodewright_request_body_errors_total{kind="timeout"} 1"#,
+        r#"nodewright_request_body_errors_total{kind="too_large"} 0"#,
+    ] {
+        assert!(metrics.contains(line), "missing {line}\n{metrics}");
+    }
 }

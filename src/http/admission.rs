@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use super::AppState;
 use crate::cluster::quota::QuotaError;
 use crate::config::{FailurePolicy, parse_go_duration};
-use crate::metrics::{Endpoint, Outcome, QuotaOutcome};
+use crate::metrics::{BodyError, Endpoint, Metrics, Outcome, QuotaOutcome};
 use crate::policy::mutate::{Decision, Operation, PodAdmission, SkipReason, audit_annotations};
 use crate::policy::pod::PodView;
 use crate::policy::quota::{Quotas, SlotRequest, Verdict};
@@ -83,11 +83,12 @@ impl IntoResponse for ApiError {
 }
 
 /// Check the content type and read the body, refusing early (from Content-Length) or as soon as it
-/// passes `limit` bytes.
+/// passes `limit` bytes; `metrics` counts the bodies refused as too large or too slow.
 pub async fn read_json_body(
     headers: &HeaderMap,
     body: Body,
     limit: usize,
+    metrics: &Metrics,
 ) -> Result<Bytes, ApiError> {
     let content_type = headers
         .get(header::CONTENT_TYPE)
@@ -101,10 +102,13 @@ pub async fn read_json_body(
             message: format!("expected Content-Type application/json, got {content_type:?}"),
         });
     }
-    let too_large = || ApiError {
-        status: StatusCode::PAYLOAD_TOO_LARGE,
-        reason: "RequestEntityTooLarge",
-        message: format!("request body is larger than the limit of {limit} bytes"),
+    let too_large = || {
+        metrics.body_error(BodyError::TooLarge);
+        ApiError {
+            status: StatusCode::PAYLOAD_TOO_LARGE,
+            reason: "RequestEntityTooLarge",
+            message: format!("request body is larger than the limit of {limit} bytes"),
+        }
     };
     let declared = headers
         .get(header::CONTENT_LENGTH)
@@ -116,11 +120,14 @@ pub async fn read_json_body(
     match Limited::new(body, limit).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
-        Err(e) if is_timeout(&*e) => Err(ApiError {
-            status: StatusCode::REQUEST_TIMEOUT,
-            reason: "RequestTimeout",
-            message: "the request body did not arrive in time (--body-read-timeout)".into(),
-        }),
+        Err(e) if is_timeout(&*e) => {
+            metrics.body_error(BodyError::Timeout);
+            Err(ApiError {
+                status: StatusCode::REQUEST_TIMEOUT,
+                reason: "RequestTimeout",
+                message: "the request body did not arrive in time (--body-read-timeout)".into(),
+            })
+        }
         Err(e) => Err(ApiError::bad_request(format!(
             "reading the request body: {e}"
         ))),
@@ -282,7 +289,8 @@ where
 {
     let started = Instant::now();
     let answered = async {
-        let bytes = read_json_body(headers, body, state.limits.max_body_bytes).await?;
+        let bytes =
+            read_json_body(headers, body, state.limits.max_body_bytes, &state.metrics).await?;
         let incoming = decode_review(&bytes)?;
         let operation = incoming.operation();
         let (outcome, response) = match incoming {

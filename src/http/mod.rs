@@ -2,6 +2,7 @@
 //! and serving them (the TLS pieces are `crate::tls`).
 
 pub mod admission;
+mod drain;
 pub mod extender;
 pub mod server;
 pub mod state;
@@ -75,7 +76,9 @@ async fn not_found() -> Response {
 /// own limit, for the load benchmark to compare `/mutate` against. Only served with `--bench-endpoints`.
 async fn bench_fixed(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
     const FIXED: &[u8] = br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","response":{"uid":"00000000-0000-0000-0000-000000000000","allowed":true}}"#;
-    match admission::read_json_body(&headers, body, state.limits.max_body_bytes).await {
+    match admission::read_json_body(&headers, body, state.limits.max_body_bytes, &state.metrics)
+        .await
+    {
         Ok(_) => ([(header::CONTENT_TYPE, "application/json")], FIXED).into_response(),
         Err(e) => e.into_response(),
     }

@@ -29,6 +29,10 @@ pub struct Limits {
     pub body_read_timeout: Duration,
     /// HTTP/2 streams in flight per connection (SETTINGS_MAX_CONCURRENT_STREAMS).
     pub max_concurrent_streams: u32,
+    /// A connection with no request in flight for this long is closed gracefully (HTTP/2: GOAWAY).
+    pub idle_timeout: Duration,
+    /// Connections open at once; one more is closed as soon as it is accepted.
+    pub max_connections: usize,
 }
 
 impl Default for Limits {
@@ -38,6 +42,8 @@ impl Default for Limits {
             header_read_timeout: Duration::from_secs(5),
             body_read_timeout: Duration::from_secs(5),
             max_concurrent_streams: 250,
+            idle_timeout: Duration::from_secs(90),
+            max_connections: 1024,
         }
     }
 }

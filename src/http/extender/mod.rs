@@ -187,5 +187,5 @@ async fn authorized_body(
             message: "the scheduler extender requires a client certificate signed by the extender client CA (tlsConfig certFile/keyFile in the extender stanza)".into(),
         });
     }
-    read_json_body(headers, body, state.limits.max_body_bytes).await
+    read_json_body(headers, body, state.limits.max_body_bytes, &state.metrics).await
 }
