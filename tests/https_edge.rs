@@ -118,17 +118,8 @@ fn assert_closed_without_protocol_error(closed: Result<(), h2::Error>) {
     }
 }
 
-async fn metrics(server: &Server) -> String {
-    reqwest::get(format!("{}/metrics", server.ops))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-}
-
 async fn metric(server: &Server, series: &str) -> f64 {
-    metric_value(&metrics(server).await, series)
+    metric_value(&server.metrics().await, series)
 }
 
 /// curl uploads the whole body before it reads the answer. A 413 sent while it is still uploading
@@ -297,7 +288,7 @@ async fn connections_beyond_the_limit_are_closed() {
     assert_eq!(status, 200);
     // The client closed the first one; whether hyper saw a clean close depends on whether the TLS
     // close_notify arrived, which h2's client does not wait for.
-    let text = metrics(&server).await;
+    let text = server.metrics().await;
     let closed_by = |reason: &str| {
         metric_value(
             &text,

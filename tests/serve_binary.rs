@@ -136,19 +136,10 @@ async fn mutate(
     (status, version, body, peer)
 }
 
-async fn metrics(server: &Server) -> String {
-    reqwest::get(format!("{}/metrics", server.ops))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-}
-
 /// `nodewright_reloads_total{kind, result="failure"}` as the server reports it now.
 async fn failed_reloads(server: &Server, kind: &str) -> f64 {
     let series = format!(r#"nodewright_reloads_total{{kind="{kind}",result="failure"}}"#);
-    metric_value(&metrics(server).await, &series)
+    metric_value(&server.metrics().await, &series)
 }
 
 fn config_path() -> String {
@@ -249,7 +240,7 @@ async fn http2_over_tls_and_certificate_rotation_by_symlink_swap() {
         done.load(Ordering::SeqCst) > 10,
         "requests flowed during rotation"
     );
-    let text = metrics(&server).await;
+    let text = server.metrics().await;
     assert!(
         metric_value(
             &text,
@@ -314,7 +305,7 @@ async fn metrics_pass_promtool() {
     let server = Server::start(&["--ca-out", ca_out.to_str().unwrap()]);
     let ca = std::fs::read_to_string(&ca_out).unwrap();
     mutate(&client(&ca), &server.https_url("/mutate")).await;
-    let text = metrics(&server).await;
+    let text = server.metrics().await;
     assert!(text.contains("nodewright_admission_requests_total"));
     let mut promtool = Command::new("promtool")
         .args(["check", "metrics"])
@@ -376,7 +367,7 @@ async fn config_reload_keeps_last_good_config() {
     );
     assert_eq!(
         metric_value(
-            &metrics(&server).await,
+            &server.metrics().await,
             r#"nodewright_last_reload_successful{kind="config"}"#
         ),
         0.0
@@ -399,7 +390,7 @@ async fn config_reload_keeps_last_good_config() {
     );
     assert_eq!(
         metric_value(
-            &metrics(&server).await,
+            &server.metrics().await,
             r#"nodewright_last_reload_successful{kind="config"}"#
         ),
         1.0

@@ -178,6 +178,16 @@ impl Server {
         format!("{}{path}", self.https.replace("127.0.0.1", "localhost"))
     }
 
+    /// The ops port's `/metrics` text as it is now.
+    pub async fn metrics(&self) -> String {
+        reqwest::get(format!("{}/metrics", self.ops))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     pub fn sigterm(&self) {
         let status = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])

@@ -160,23 +160,11 @@ async fn a_launch_failing_on_every_offering_leaves_the_claim_pending_for_a_retry
     );
 }
 
-/// A registered claim whose node registered `ago`, resumed by a new leader, with `app/web`
-/// still waiting for it: the harness, the claim and its node's name.
-async fn registered_long_ago(ago: Duration) -> (Harness, NodeClaim, String) {
+/// `app/web` waits for a claim whose node registered `ago`, as a new leader resumes it: the
+/// harness and the node's name.
+async fn registered_long_ago(ago: Duration) -> (Harness, String) {
     let h = start(never_consolidate());
-    h.pod_seen(pending_pod("web"));
-    let claims = h
-        .until("one launched claim", |cs| {
-            cs.len() == 1 && cs[0].phase() == Phase::Launched
-        })
-        .await;
-    let node = h.node_registers(&claims[0]);
-    let mut claim = h
-        .until("the claim registered", |cs| {
-            cs.len() == 1 && cs[0].phase() == Phase::Registered
-        })
-        .await
-        .remove(0);
+    let (mut claim, node) = h.registered_node().await;
     // Another replica takes the lead with the registration that long ago (registration times
     // are wall-clock; the loop's own clock is paused).
     h.leader.send(false).unwrap();
@@ -186,7 +174,15 @@ async fn registered_long_ago(ago: Duration) -> (Harness, NodeClaim, String) {
     h.claims.write_status(&claim).await.unwrap();
     h.leader.send(true).unwrap();
     h.run_for(Duration::from_secs(1)).await;
-    (h, claim, node)
+    (h, node)
+}
+
+/// Pods the planner placed on free room of existing nodes.
+fn placed(h: &Harness) -> u64 {
+    h.metrics
+        .plan_decisions
+        .with_label_values(&["existing_node"])
+        .get()
 }
 
 fn replanned(h: &Harness, reason: &str) -> u64 {
@@ -195,12 +191,8 @@ fn replanned(h: &Harness, reason: &str) -> u64 {
 
 #[tokio::test(start_paused = true)]
 async fn a_pod_its_registered_node_turned_away_is_planned_again() {
-    let (h, _, node) = registered_long_ago(Duration::from_secs(30)).await;
-    let placed = h
-        .metrics
-        .plan_decisions
-        .with_label_values(&["existing_node"])
-        .get();
+    let (h, node) = registered_long_ago(Duration::from_secs(30)).await;
+    let placed_before = placed(&h);
     assert_eq!(replanned(&h, "turned_away"), 0);
     // The scheduler still reports the pod unschedulable, 30 s after its node registered.
     h.pod_seen(pending_pod("web"));
@@ -208,13 +200,7 @@ async fn a_pod_its_registered_node_turned_away_is_planned_again() {
     assert_eq!(replanned(&h, "turned_away"), 1);
     // Planned afresh: the node (empty here, as the fake cluster binds nothing) has room, so the
     // planner promises it again instead of launching.
-    assert_eq!(
-        h.metrics
-            .plan_decisions
-            .with_label_values(&["existing_node"])
-            .get(),
-        placed + 1
-    );
+    assert_eq!(placed(&h), placed_before + 1);
     assert_eq!(h.creates().len(), 1);
     assert_eq!(
         h.state.view().read().unwrap().reserved_for("app/web"),
@@ -228,34 +214,22 @@ async fn a_pod_its_registered_node_turned_away_is_planned_again() {
 
 #[tokio::test(start_paused = true)]
 async fn a_report_soon_after_registration_does_not_replan() {
-    let (h, _, _) = registered_long_ago(Duration::from_secs(2)).await;
+    let (h, _) = registered_long_ago(Duration::from_secs(2)).await;
     h.pod_seen(pending_pod("web"));
     h.run_for(Duration::from_secs(10)).await;
     assert_eq!(replanned(&h, "turned_away"), 0);
     assert_eq!(replanned(&h, "promise_expired"), 0);
-    assert_eq!(
-        h.metrics
-            .plan_decisions
-            .with_label_values(&["existing_node"])
-            .get(),
-        0
-    );
+    assert_eq!(placed(&h), 0);
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_pod_whose_promise_ran_out_unbound_is_planned_again_once() {
-    let (h, _, _) = registered_long_ago(Duration::from_secs(200)).await;
+    let (h, _) = registered_long_ago(Duration::from_secs(200)).await;
     // No new report from the scheduler: the reconcile finds the pod uncovered.
     h.run_for(Duration::from_secs(10)).await;
     assert_eq!(replanned(&h, "promise_expired"), 1);
     assert_eq!(replanned(&h, "turned_away"), 0);
-    assert_eq!(
-        h.metrics
-            .plan_decisions
-            .with_label_values(&["existing_node"])
-            .get(),
-        1
-    );
+    assert_eq!(placed(&h), 1);
     h.run_for(Duration::from_secs(20)).await;
     assert_eq!(replanned(&h, "promise_expired"), 1);
     assert_eq!(h.creates().len(), 1);
