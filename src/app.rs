@@ -13,9 +13,11 @@ use tokio_util::sync::CancellationToken;
 use crate::cluster::ledger::LedgerStore;
 use crate::cluster::pods::PodIndex;
 use crate::cluster::quota::{QuotaService, QuotaSettings};
+use crate::cluster::split::{CHOICE_EXPIRY, SplitService};
 use crate::cluster::{self, namespaces::NamespaceLabels};
 use crate::config::Config;
 use crate::http::{self, AppState, Limits, Readiness};
+use crate::metrics::split::SplitMetrics;
 use crate::metrics::{Metrics, ReloadKind, ReloadResult};
 use crate::policy::mutate::Steering;
 use crate::policy::quota::Quotas;
@@ -166,25 +168,30 @@ pub async fn serve(settings: ServeSettings, shutdown: CancellationToken) -> Resu
     )
     .await;
     extender.client_certificate_required = tls.client_roots.is_some();
-    let (namespaces, quota) = match kube_client {
+    let (namespaces, quota, split) = match kube_client {
         Some(client) => {
             let ledger_namespace = own_namespace.as_deref().unwrap_or(DEFAULT_NAMESPACE);
             tracing::info!(
                 ledger_namespace,
-                "quota ledgers are ConfigMaps nodewright-quota-<namespace>"
+                "quota and capacity split ledgers are ConfigMaps nodewright-quota-<namespace> and nodewright-split-<namespace>"
             );
             let pods = PodIndex::watch(
                 client.clone(),
-                quota_settings.reservation_expiry * 2,
+                quota_settings.reservation_expiry.max(CHOICE_EXPIRY) * 2,
                 shutdown.clone(),
             );
             (
                 NamespaceLabels::watch(client.clone(), shutdown.clone()),
                 QuotaService::new(
-                    LedgerStore::configmaps(client, ledger_namespace),
-                    Some(pods),
+                    LedgerStore::configmaps(client.clone(), ledger_namespace),
+                    Some(pods.clone()),
                     quota_settings,
                     metrics.clone(),
+                ),
+                SplitService::new(
+                    LedgerStore::configmaps(client, ledger_namespace),
+                    Some(pods),
+                    SplitMetrics::new(&metrics),
                 ),
             )
         }
@@ -195,6 +202,7 @@ pub async fn serve(settings: ServeSettings, shutdown: CancellationToken) -> Resu
             (
                 NamespaceLabels::Standalone,
                 QuotaService::new(LedgerStore::memory(), None, quota_settings, metrics.clone()),
+                SplitService::standalone(SplitMetrics::new(&metrics)),
             )
         }
     };
@@ -204,6 +212,7 @@ pub async fn serve(settings: ServeSettings, shutdown: CancellationToken) -> Resu
     let state = AppState::builder(&config, own_namespace.as_deref())
         .decisions(decisions.steering, decisions.quotas)
         .quota(quota)
+        .split(split)
         .namespaces(namespaces)
         .metrics(metrics)
         .limits(settings.limits)

@@ -417,6 +417,7 @@ fn plan(args: PlanArgs) -> anyhow::Result<()> {
         solve_ms = solved.as_secs_f64() * 1e3,
         "planned"
     );
+    result.capacity_splits = workloads.splits;
     for note in &workloads.skipped {
         tracing::info!(note = note.as_str(), "not planned");
     }

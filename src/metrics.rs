@@ -1,6 +1,7 @@
 //! One Prometheus registry, built at start and passed down. Label values come from enums only.
 
 pub mod disruption;
+pub mod split;
 
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,

@@ -276,3 +276,51 @@ spec:
     assert_eq!(web[0]["pods"][0], "default/web");
     assert!(stderr.contains("spec.replicas"), "{stderr}");
 }
+
+/// A Deployment asking for "1 on-demand, the rest spot": the plan gives each pod the capacity
+/// type the webhook would, packs each onto a node of that type, and reports the split.
+#[test]
+fn a_workload_split_is_planned_onto_both_capacity_types_and_reported() {
+    let out = plan(&[
+        "--config",
+        "tests/data/steering.yaml",
+        "--output",
+        "json",
+        "tests/data/manifests/split-2048.yaml",
+    ]);
+    let plan = json(&out);
+    assert_eq!(
+        plan["capacitySplits"],
+        serde_json::json!([{"workload": "team-riker/Deployment/deployment-2048",
+            "onDemandBase": 1, "spotPercent": 100, "onDemand": 1, "spot": 4}])
+    );
+    let mut by_type = std::collections::BTreeMap::<String, usize>::new();
+    for n in plan["nodes"].as_array().unwrap() {
+        *by_type
+            .entry(n["capacityType"].as_str().unwrap().to_owned())
+            .or_default() += n["pods"].as_array().unwrap().len();
+    }
+    assert_eq!(by_type["on-demand"], 1, "{plan:#}");
+    assert_eq!(by_type["spot"], 4, "{plan:#}");
+    let table = plan_table(&[
+        "--config",
+        "tests/data/steering.yaml",
+        "tests/data/manifests/split-2048.yaml",
+    ]);
+    assert!(
+        table.contains(
+            "team-riker/Deployment/deployment-2048: 1 on-demand + 4 spot (base 1, then 100% spot)"
+        ),
+        "{table}"
+    );
+}
+
+fn plan_table(args: &[&str]) -> String {
+    let out = plan(args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}

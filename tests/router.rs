@@ -642,3 +642,120 @@ async fn a_stalled_body_is_cut_off_with_408() {
         assert!(metrics.contains(line), "missing {line}\n{metrics}");
     }
 }
+
+/// The ReplicaSet pod of Deployment `keymaker-keymaker`, asking for a split by annotation, as
+/// review `uid`.
+fn split_review(uid: &str, base: &str, percent: &str) -> Value {
+    with(REPLICASET_POD, |v| {
+        v["request"]["uid"] = json!(uid);
+        let annotations = &mut v["request"]["object"]["metadata"]["annotations"];
+        annotations["nodewright.io/on-demand-base"] = json!(base);
+        annotations["nodewright.io/spot-percent"] = json!(percent);
+    })
+}
+
+fn capacity_type(object: &Value) -> &str {
+    object["spec"]["nodeSelector"]["karpenter.sh/capacity-type"]
+        .as_str()
+        .unwrap_or("none")
+}
+
+#[tokio::test]
+async fn split_fills_the_base_then_the_spot_share_and_a_second_pass_keeps_the_choice() {
+    let state = state();
+    let mut chosen = Vec::new();
+    for i in 0..5 {
+        let request = split_review(&format!("split-{i}"), "2", "50");
+        let (status, body) = post(&state, &request).await;
+        assert_eq!(status, StatusCode::OK);
+        let object = patched_object(&request, &body);
+        chosen.push(capacity_type(&object).to_owned());
+        assert_eq!(
+            object["metadata"]["annotations"]["nodewright.io/split-id"],
+            format!("split-{i}")
+        );
+        assert_eq!(
+            object["spec"]["nodeSelector"]["karpenter.sh/nodepool"],
+            "default"
+        );
+        let r = &body["response"];
+        assert_eq!(r["auditAnnotations"]["capacity-type"], chosen[i]);
+        assert!(r["warnings"][0].as_str().unwrap().contains("capacity-type"));
+        if i == 4 {
+            // Reinvocation over the patched pod: the pod has chosen, nothing more is added.
+            let again = with(REPLICASET_POD, |v| v["request"]["object"] = object.clone());
+            let (_, body) = post(&state, &again).await;
+            assert!(body["response"].get("patch").is_none(), "{body}");
+        }
+    }
+    // Base 2, then half of the rest (rounded toward on-demand): od, od, od, spot, od.
+    assert_eq!(
+        chosen,
+        ["on-demand", "on-demand", "on-demand", "spot", "on-demand"]
+    );
+    // A retried review gets its first answer; a dry run the next pod's, and counts nothing.
+    let (_, body) = post(&state, &split_review("split-3", "2", "50")).await;
+    assert_eq!(
+        capacity_type(&patched_object(&split_review("split-3", "2", "50"), &body)),
+        "spot"
+    );
+    let dry = with(&split_review("dry", "2", "50").to_string(), |v| {
+        v["request"]["dryRun"] = json!(true)
+    });
+    let (_, body) = post(&state, &dry).await;
+    assert_eq!(capacity_type(&patched_object(&dry, &body)), "spot");
+    let (_, body) = post(&state, &split_review("split-5", "2", "50")).await;
+    assert_eq!(
+        capacity_type(&patched_object(&split_review("split-5", "2", "50"), &body)),
+        "spot"
+    );
+}
+
+#[tokio::test]
+async fn split_asks_that_cannot_hold_are_refused_or_noted() {
+    let state = state();
+    // Not a number: refused, naming the annotation.
+    let (_, body) = post(&state, &split_review("bad", "1", "80%")).await;
+    let r = &body["response"];
+    assert_eq!(r["allowed"], false);
+    assert_eq!(r["status"]["code"], 403);
+    let message = r["status"]["message"].as_str().unwrap();
+    assert!(
+        message.contains(
+            r#"annotation nodewright.io/spot-percent="80%" is not a whole number from 0 to 100"#
+        ),
+        "{message}"
+    );
+    // A pool without spot (the gpu pool has no capacity-type requirement: on-demand only).
+    let gpu = with(&split_review("gpu", "1", "80").to_string(), |v| {
+        v["request"]["object"]["metadata"]["labels"]["workload"] = json!("batch");
+    });
+    let (_, body) = post(&state, &gpu).await;
+    let message = body["response"]["status"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("NodePool gpu (rule batch-to-gpu) does not launch spot nodes"),
+        "{message}"
+    );
+    // A pod without a controller is steered without a capacity type, with a note.
+    let bare = with(&split_review("bare", "1", "80").to_string(), |v| {
+        v["request"]["object"]["metadata"]["ownerReferences"] = json!(null);
+    });
+    let (_, body) = post(&state, &bare).await;
+    assert_eq!(body["response"]["allowed"], true);
+    assert_eq!(capacity_type(&patched_object(&bare, &body)), "none");
+    let warnings = body["response"]["warnings"].to_string();
+    assert!(warnings.contains("the pod has no controller"), "{warnings}");
+    // A pod that chose its capacity type is left alone.
+    let chose = with(&split_review("chose", "1", "80").to_string(), |v| {
+        v["request"]["object"]["spec"]["nodeSelector"] =
+            json!({"karpenter.sh/capacity-type": "spot"});
+    });
+    let (_, body) = post(&state, &chose).await;
+    let object = patched_object(&chose, &body);
+    assert_eq!(capacity_type(&object), "spot");
+    assert!(
+        object["metadata"]["annotations"]
+            .get("nodewright.io/split-id")
+            .is_none()
+    );
+}

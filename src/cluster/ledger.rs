@@ -1,24 +1,45 @@
-//! Where quota ledgers live: one ConfigMap per quota'd namespace in nodewright's own namespace, written
-//! with resourceVersion compare-and-swap so replicas never overwrite each other; or, standalone, memory.
+//! Where ledgers live: one ConfigMap per namespace and kind of ledger (pod quotas, capacity
+//! splits) in nodewright's own namespace, written with resourceVersion compare-and-swap so replicas
+//! never overwrite each other; or, standalone, memory.
 
 use std::collections::{BTreeMap, HashMap};
 
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{ObjectMeta, PostParams};
 use kube::{Api, Client};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 use tokio::sync::Mutex;
-
-use crate::policy::quota::Ledger;
 
 /// The ConfigMap key holding the ledger as JSON.
 pub const LEDGER_KEY: &str = "ledger.json";
-/// Label on ledger ConfigMaps naming the namespace whose pods they count.
+/// Label on quota ledger ConfigMaps naming the namespace whose pods they count.
 pub const LEDGER_NAMESPACE_LABEL: &str = "nodewright.io/quota-namespace";
+
+/// What a ledger type needs to be stored.
+pub trait StoredLedger:
+    Clone + Default + PartialEq + Serialize + DeserializeOwned + Send + Sync + 'static
+{
+    /// The ConfigMap name's prefix; the namespace the ledger counts follows it.
+    const PREFIX: &'static str;
+    /// The label naming that namespace on the ConfigMap.
+    const NAMESPACE_LABEL: &'static str;
+}
+
+impl StoredLedger for crate::policy::quota::Ledger {
+    const PREFIX: &'static str = "nodewright-quota-";
+    const NAMESPACE_LABEL: &'static str = LEDGER_NAMESPACE_LABEL;
+}
+
+impl StoredLedger for crate::policy::split::SplitLedger {
+    const PREFIX: &'static str = "nodewright-split-";
+    const NAMESPACE_LABEL: &'static str = "nodewright.io/split-namespace";
+}
 
 /// A ledger as read, with the version to write it back against (`None`: it does not exist yet).
 #[derive(Debug, Clone, PartialEq)]
-pub struct Versioned {
-    pub ledger: Ledger,
+pub struct Versioned<L> {
+    pub ledger: L,
     pub version: Option<String>,
 }
 
@@ -38,19 +59,20 @@ pub enum StoreError {
     },
 }
 
-pub enum LedgerStore {
+pub enum LedgerStore<L> {
     /// Standalone: not shared and not durable.
-    Memory(Mutex<HashMap<String, (Ledger, u64)>>),
+    Memory(Mutex<HashMap<String, (L, u64)>>),
     /// ConfigMaps in nodewright's namespace.
     ConfigMaps(Api<ConfigMap>),
 }
 
-/// The ConfigMap name for `namespace`'s ledger (namespace names are DNS labels, so this is a valid name).
-pub fn configmap_name(namespace: &str) -> String {
-    format!("nodewright-quota-{namespace}")
+/// The ConfigMap name for `namespace`'s ledger of kind `L` (namespace names are DNS labels, so
+/// this is a valid name).
+pub fn configmap_name<L: StoredLedger>(namespace: &str) -> String {
+    format!("{}{namespace}", L::PREFIX)
 }
 
-impl LedgerStore {
+impl<L: StoredLedger> LedgerStore<L> {
     pub fn memory() -> Self {
         Self::Memory(Mutex::new(HashMap::new()))
     }
@@ -59,11 +81,11 @@ impl LedgerStore {
         Self::ConfigMaps(Api::namespaced(client, own_namespace))
     }
 
-    pub async fn get(&self, namespace: &str) -> Result<Versioned, StoreError> {
+    pub async fn get(&self, namespace: &str) -> Result<Versioned<L>, StoreError> {
         match self {
             Self::Memory(map) => Ok(map.lock().await.get(namespace).map_or_else(
                 || Versioned {
-                    ledger: Ledger::default(),
+                    ledger: L::default(),
                     version: None,
                 },
                 |(ledger, v)| Versioned {
@@ -72,17 +94,17 @@ impl LedgerStore {
                 },
             )),
             Self::ConfigMaps(api) => {
-                let name = configmap_name(namespace);
+                let name = configmap_name::<L>(namespace);
                 let Some(cm) = api.get_opt(&name).await? else {
                     return Ok(Versioned {
-                        ledger: Ledger::default(),
+                        ledger: L::default(),
                         version: None,
                     });
                 };
                 let ledger = match cm.data.as_ref().and_then(|d| d.get(LEDGER_KEY)) {
                     Some(text) => serde_json::from_str(text)
                         .map_err(|error| StoreError::Corrupt { name, error })?,
-                    None => Ledger::default(),
+                    None => L::default(),
                 };
                 Ok(Versioned {
                     ledger,
@@ -96,7 +118,7 @@ impl LedgerStore {
     pub async fn put(
         &self,
         namespace: &str,
-        ledger: &Ledger,
+        ledger: &L,
         version: Option<&str>,
     ) -> Result<String, StoreError> {
         match self {
@@ -112,18 +134,18 @@ impl LedgerStore {
             }
             Self::ConfigMaps(api) => {
                 let text = serde_json::to_string(ledger).map_err(|error| StoreError::Corrupt {
-                    name: configmap_name(namespace),
+                    name: configmap_name::<L>(namespace),
                     error,
                 })?;
                 let cm = ConfigMap {
                     metadata: ObjectMeta {
-                        name: Some(configmap_name(namespace)),
+                        name: Some(configmap_name::<L>(namespace)),
                         labels: Some(BTreeMap::from([
                             (
                                 "app.kubernetes.io/managed-by".to_owned(),
                                 "nodewright".to_owned(),
                             ),
-                            (LEDGER_NAMESPACE_LABEL.to_owned(), namespace.to_owned()),
+                            (L::NAMESPACE_LABEL.to_owned(), namespace.to_owned()),
                         ])),
                         resource_version: version.map(str::to_owned),
                         ..ObjectMeta::default()
@@ -134,7 +156,7 @@ impl LedgerStore {
                 let pp = PostParams::default();
                 let written = match version {
                     None => api.create(&pp, &cm).await,
-                    Some(_) => api.replace(&configmap_name(namespace), &pp, &cm).await,
+                    Some(_) => api.replace(&configmap_name::<L>(namespace), &pp, &cm).await,
                 };
                 match written {
                     Ok(cm) => Ok(cm.metadata.resource_version.unwrap_or_default()),
@@ -152,11 +174,11 @@ impl LedgerStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::quota::LedgerEntry;
+    use crate::policy::quota::{Ledger, LedgerEntry};
 
     #[tokio::test]
     async fn memory_store_compares_and_swaps() {
-        let store = LedgerStore::memory();
+        let store = LedgerStore::<Ledger>::memory();
         let first = store.get("ns").await.unwrap();
         assert_eq!(first.version, None);
         let mut ledger = Ledger::default();

@@ -1,5 +1,6 @@
 //! Kubernetes adapters: the client (kubeconfig / in-cluster chain) and watch caches.
 
+pub mod batched;
 pub mod certs;
 pub mod daemonsets;
 pub mod events;
@@ -13,6 +14,7 @@ pub mod nodes;
 pub mod pods;
 pub mod quota;
 pub mod snapshot;
+pub mod split;
 pub mod state;
 pub mod volumes;
 

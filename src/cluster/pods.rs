@@ -1,7 +1,7 @@
-//! A watch-fed index of the pods that count against quotas, per namespace, with tombstones for pods
-//! seen to go away. Only the few fields the quota reads are decoded.
+//! A watch-fed index of the pods that count against quotas and capacity splits, per namespace,
+//! with tombstones for pods seen to go away. Only the few fields those read are decoded.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -13,35 +13,77 @@ use kube::{Api, Client};
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
+use crate::model::catalog::CapacityType;
 use crate::policy::pod::lean_meta;
 use crate::policy::quota::{PodCountFacts, PodWatchView, pod_counts};
+use crate::policy::split::{self, Counts, WorkloadWatchView};
 
-/// A pod as the quota sees it.
+/// A pod as the quota and the capacity split see it.
 #[derive(Clone, Debug, Default, Deserialize)]
-pub struct QuotaPod {
+pub struct WatchedPod {
     #[serde(default, deserialize_with = "lean_meta")]
     pub metadata: ObjectMeta,
     #[serde(default)]
-    pub status: Option<QuotaPodStatus>,
+    pub spec: Option<WatchedPodSpec>,
+    #[serde(default)]
+    pub status: Option<WatchedPodStatus>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
-pub struct QuotaPodStatus {
+#[serde(rename_all = "camelCase")]
+pub struct WatchedPodSpec {
+    #[serde(default)]
+    pub node_selector: Option<BTreeMap<String, String>>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct WatchedPodStatus {
     #[serde(default)]
     pub phase: Option<String>,
 }
 
-crate::cluster::core_pod_resource!(QuotaPod);
+crate::cluster::core_pod_resource!(WatchedPod);
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 struct Facts {
     terminal: bool,
     deletion_timestamp: Option<i64>,
     deletion_grace_seconds: Option<i64>,
+    /// For pods with a controller: what the capacity split counts.
+    split: Option<SplitFacts>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct SplitFacts {
+    /// `Kind/name` (see [`split::workload_of`]).
+    workload: Box<str>,
+    /// The pod's [`split::SPLIT_ID`], when nodewright chose its capacity type.
+    id: Option<Box<str>>,
+    /// The capacity type its nodeSelector asks for.
+    capacity_type: Option<CapacityType>,
+}
+
+impl SplitFacts {
+    fn of(pod: &WatchedPod) -> Option<Self> {
+        let workload = split::workload_of(&pod.metadata)?;
+        Some(Self {
+            workload: workload.into(),
+            id: pod
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(split::SPLIT_ID))
+                .map(|id| id.as_str().into()),
+            capacity_type: split::selected_capacity_type(
+                pod.spec.as_ref().and_then(|s| s.node_selector.as_ref()),
+            )
+            .and_then(CapacityType::parse),
+        })
+    }
 }
 
 impl Facts {
-    fn of(pod: &QuotaPod) -> Self {
+    fn of(pod: &WatchedPod) -> Self {
         let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
         Self {
             terminal: matches!(phase, Some("Succeeded" | "Failed")),
@@ -51,6 +93,7 @@ impl Facts {
                 .as_ref()
                 .map(|t| t.0.as_second()),
             deletion_grace_seconds: pod.metadata.deletion_grace_period_seconds,
+            split: SplitFacts::of(pod),
         }
     }
 
@@ -72,10 +115,12 @@ struct Index {
     pods: HashMap<String, HashMap<String, Facts>>,
     /// uid -> unix seconds when the watch saw the pod go away (deleted or terminal).
     gone: HashMap<String, i64>,
+    /// split id -> unix seconds when the watch saw the pod carrying it go away.
+    gone_split_ids: HashMap<Box<str>, i64>,
 }
 
 impl Index {
-    fn apply(&mut self, pod: &QuotaPod, now: i64) {
+    fn apply(&mut self, pod: &WatchedPod, now: i64) {
         let (Some(ns), Some(uid)) = (pod.metadata.namespace.as_ref(), pod.metadata.uid.as_ref())
         else {
             return;
@@ -93,7 +138,9 @@ impl Index {
 
     fn remove(&mut self, ns: &str, uid: &str, now: i64) {
         if let Some(pods) = self.pods.get_mut(ns) {
-            pods.remove(uid);
+            if let Some(id) = pods.remove(uid).and_then(|f| f.split).and_then(|s| s.id) {
+                self.gone_split_ids.insert(id, now);
+            }
             if pods.is_empty() {
                 self.pods.remove(ns);
             }
@@ -143,7 +190,7 @@ impl PodIndex {
         shutdown: CancellationToken,
     ) -> Arc<Self> {
         let index = Arc::new(Self::default());
-        let api: Api<QuotaPod> = Api::all(client);
+        let api: Api<WatchedPod> = Api::all(client);
         // Terminal pods never count; the apiserver sends DELETED when a pod leaves the selection.
         let config =
             watcher::Config::default().fields("status.phase!=Succeeded,status.phase!=Failed");
@@ -172,7 +219,7 @@ impl PodIndex {
         index
     }
 
-    fn handle(&self, event: watcher::Event<QuotaPod>, relist: &mut Option<Index>, now: i64) {
+    fn handle(&self, event: watcher::Event<WatchedPod>, relist: &mut Option<Index>, now: i64) {
         match event {
             watcher::Event::Init => *relist = Some(Index::default()),
             watcher::Event::InitApply(pod) => {
@@ -187,13 +234,17 @@ impl PodIndex {
                 let mut index = self.index.write().unwrap_or_else(|e| e.into_inner());
                 // Pods that vanished while the watch was down are gone too.
                 for (ns, pods) in &index.pods {
-                    for uid in pods.keys() {
+                    for (uid, facts) in pods {
                         if !fresh.pods.get(ns).is_some_and(|p| p.contains_key(uid)) {
                             fresh.gone.insert(uid.clone(), now);
+                            if let Some(id) = facts.split.as_ref().and_then(|s| s.id.clone()) {
+                                fresh.gone_split_ids.insert(id, now);
+                            }
                         }
                     }
                 }
                 fresh.gone.extend(index.gone.drain());
+                fresh.gone_split_ids.extend(index.gone_split_ids.drain());
                 *index = fresh;
                 drop(index);
                 if !self.synced.swap(true, Ordering::SeqCst) {
@@ -220,11 +271,9 @@ impl PodIndex {
 
     fn prune(&self, now: i64, ttl: Duration) {
         let ttl = i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX);
-        self.index
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .gone
-            .retain(|_, at| now - *at <= ttl);
+        let mut index = self.index.write().unwrap_or_else(|e| e.into_inner());
+        index.gone.retain(|_, at| now - *at <= ttl);
+        index.gone_split_ids.retain(|_, at| now - *at <= ttl);
     }
 
     /// True once the first full list has been read.
@@ -248,6 +297,67 @@ impl PodIndex {
     }
 }
 
+/// One namespace's workloads at one instant, as [`WorkloadWatchView`]: counted once per batch.
+pub struct WorkloadsView<'a> {
+    counts: HashMap<&'a str, Counts>,
+    seen: std::collections::HashSet<&'a str>,
+    /// Ids of pods still listed but no longer counting (past their deletion grace).
+    ending: std::collections::HashSet<&'a str>,
+    gone: &'a HashMap<Box<str>, i64>,
+}
+
+impl WorkloadWatchView for WorkloadsView<'_> {
+    fn counts(&self, workload: &str) -> Counts {
+        self.counts.get(workload).copied().unwrap_or_default()
+    }
+    fn is_seen(&self, id: &str) -> bool {
+        self.seen.contains(id)
+    }
+    fn is_gone(&self, id: &str) -> bool {
+        self.gone.contains_key(id) || self.ending.contains(id)
+    }
+}
+
+impl PodIndex {
+    /// Run `f` on the workloads of `namespace` at `now`: the pods that count (as for quotas), by
+    /// workload and the capacity type their nodeSelector asks for.
+    pub fn with_workloads<R>(
+        &self,
+        namespace: &str,
+        now: i64,
+        f: impl FnOnce(&WorkloadsView<'_>) -> R,
+    ) -> R {
+        let index = self.index.read().unwrap_or_else(|e| e.into_inner());
+        let mut view = WorkloadsView {
+            counts: HashMap::new(),
+            seen: std::collections::HashSet::new(),
+            ending: std::collections::HashSet::new(),
+            gone: &index.gone_split_ids,
+        };
+        for facts in index
+            .pods
+            .get(namespace)
+            .into_iter()
+            .flat_map(HashMap::values)
+        {
+            let Some(split) = facts.split.as_ref() else {
+                continue;
+            };
+            if !facts.counts(now) {
+                view.ending.extend(split.id.as_deref());
+                continue;
+            }
+            if let Some(id) = &split.id {
+                view.seen.insert(id);
+            }
+            if let Some(ct) = split.capacity_type {
+                view.counts.entry(&split.workload).or_default().add(ct);
+            }
+        }
+        f(&view)
+    }
+}
+
 /// Seconds since the Unix epoch.
 pub fn unix_now() -> i64 {
     std::time::SystemTime::now()
@@ -266,7 +376,7 @@ mod tests {
         phase: &str,
         deletion: Option<&str>,
         grace: Option<i64>,
-    ) -> QuotaPod {
+    ) -> WatchedPod {
         serde_json::from_value(json!({
             "metadata": {"name": uid, "namespace": ns, "uid": uid, "resourceVersion": "1",
                          "deletionTimestamp": deletion, "deletionGracePeriodSeconds": grace,

@@ -1,24 +1,15 @@
-//! Exact namespace pod quotas: one worker per namespace batches concurrent admission requests, decides
-//! them with the pure ledger logic against the pod watch, writes the ledger once per batch with
-//! compare-and-swap (re-reading and re-deciding on conflict), and only then answers.
+//! Exact namespace pod quotas: concurrent admission requests of one namespace are batched,
+//! decided with the pure ledger logic against the pod watch, and written to the shared ledger
+//! once per batch with compare-and-swap before they are answered (`cluster::batched`).
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot};
-
-use crate::cluster::ledger::{LedgerStore, StoreError, Versioned};
-use crate::cluster::pods::{PodIndex, unix_now};
+use crate::cluster::batched::{BatchError, Batched, Decide, LedgerEvent};
+use crate::cluster::ledger::LedgerStore;
+use crate::cluster::pods::PodIndex;
 use crate::metrics::{Metrics, QuotaEvent};
 use crate::policy::quota::{Ledger, Limit, PodWatchView, SlotRequest, Verdict};
-
-/// Largest batch decided with one ledger write.
-const MAX_BATCH: usize = 512;
-/// Compare-and-swap attempts per batch before giving up (each re-reads the ledger).
-const MAX_ATTEMPTS: u32 = 20;
-/// A namespace worker with nothing to do for this long exits.
-const WORKER_IDLE: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Clone, Copy)]
 pub struct QuotaSettings {
@@ -37,37 +28,25 @@ impl Default for QuotaSettings {
 
 #[derive(Debug, thiserror::Error, Clone)]
 pub enum QuotaError {
-    #[error("cannot reach the Kubernetes API: {0}")]
-    Unavailable(String),
+    #[error(transparent)]
+    Ledger(#[from] BatchError),
     #[error("the pod watch has not finished its first list yet")]
     NotSynced,
-    #[error("gave up after {MAX_ATTEMPTS} conflicting ledger writes")]
-    TooManyConflicts,
-    #[error("the quota worker stopped")]
-    Stopped,
     #[error("no answer within the apiserver's timeout")]
     Timeout,
-}
-
-struct Pending {
-    limit: Limit,
-    request: SlotRequest,
-    reply: oneshot::Sender<Result<Verdict, QuotaError>>,
 }
 
 /// Shared by all request handlers. Cheap to clone.
 #[derive(Clone)]
 pub struct QuotaService {
-    inner: Arc<Inner>,
+    batched: Batched<QuotaDecider>,
 }
 
-struct Inner {
-    store: LedgerStore,
+struct QuotaDecider {
     /// `None` standalone: only the pods admitted since start count, and they never expire.
     pods: Option<Arc<PodIndex>>,
     settings: QuotaSettings,
     metrics: Metrics,
-    workers: Mutex<HashMap<String, mpsc::UnboundedSender<Pending>>>,
 }
 
 /// A watch view that sees nothing: standalone, the ledger alone is the count.
@@ -87,25 +66,30 @@ impl PodWatchView for NoWatch {
 
 impl QuotaService {
     pub fn new(
-        store: LedgerStore,
+        store: LedgerStore<Ledger>,
         pods: Option<Arc<PodIndex>>,
         settings: QuotaSettings,
         metrics: Metrics,
     ) -> Self {
         Self {
-            inner: Arc::new(Inner {
+            batched: Batched::new(
                 store,
-                pods,
-                settings,
-                metrics,
-                workers: Mutex::new(HashMap::new()),
-            }),
+                QuotaDecider {
+                    pods,
+                    settings,
+                    metrics,
+                },
+            ),
         }
     }
 
     /// True when decisions can be made (the pod watch, if any, has listed once).
     pub fn is_ready(&self) -> bool {
-        self.inner.pods.as_ref().is_none_or(|p| p.is_synced())
+        self.batched
+            .decider()
+            .pods
+            .as_ref()
+            .is_none_or(|p| p.is_synced())
     }
 
     /// Ask for a slot for one pod in `namespace` under `limit`. Concurrent calls for one namespace are
@@ -119,133 +103,23 @@ impl QuotaService {
         if !self.is_ready() {
             return Err(QuotaError::NotSynced);
         }
-        let (reply, answer) = oneshot::channel();
-        let pending = Pending {
-            limit,
-            request,
-            reply,
-        };
-        {
-            let mut workers = self.inner.workers.lock().unwrap_or_else(|e| e.into_inner());
-            // A worker that exited leaves a closed channel: the request comes back and a new worker takes it.
-            let unsent = match workers.get(namespace) {
-                Some(tx) => tx.send(pending).err().map(|mpsc::error::SendError(p)| p),
-                None => Some(pending),
-            };
-            if let Some(pending) = unsent {
-                let (tx, rx) = mpsc::unbounded_channel();
-                // Cannot fail: `rx` is alive.
-                let _ = tx.send(pending);
-                workers.insert(namespace.to_owned(), tx);
-                tokio::spawn(run_worker(self.inner.clone(), namespace.to_owned(), rx));
-            }
-        }
-        answer.await.map_err(|_| QuotaError::Stopped)?
+        Ok(self.batched.submit(namespace, (limit, request)).await?)
     }
 }
 
-async fn run_worker(
-    inner: Arc<Inner>,
-    namespace: String,
-    mut rx: mpsc::UnboundedReceiver<Pending>,
-) {
-    let mut cached: Option<Versioned> = None;
-    loop {
-        let first = match tokio::time::timeout(WORKER_IDLE, rx.recv()).await {
-            Ok(Some(p)) => p,
-            Ok(None) => return,
-            Err(_) => {
-                // Senders send while holding the map lock, so checking and leaving under it loses nothing.
-                let mut workers = inner.workers.lock().unwrap_or_else(|e| e.into_inner());
-                match rx.try_recv() {
-                    Ok(p) => p,
-                    Err(_) => {
-                        workers.remove(&namespace);
-                        return;
-                    }
-                }
-            }
-        };
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(p) => batch.push(p),
-                Err(_) => break,
-            }
-        }
-        let result = inner.decide_batch(&namespace, &batch, &mut cached).await;
-        for (i, p) in batch.into_iter().enumerate() {
-            let _ = p
-                .reply
-                .send(result.as_ref().map(|v| v[i].clone()).map_err(Clone::clone));
-        }
-    }
-}
-
-impl Inner {
-    async fn decide_batch(
-        &self,
-        namespace: &str,
-        batch: &[Pending],
-        cached: &mut Option<Versioned>,
-    ) -> Result<Vec<Verdict>, QuotaError> {
-        self.metrics.quota_batch(batch.len());
-        for attempt in 0..MAX_ATTEMPTS {
-            let (current, from_cache) = match cached.take() {
-                Some(c) => (c, true),
-                None => (self.read(namespace).await?, false),
-            };
-            let mut ledger = current.ledger.clone();
-            let verdicts = self.decide(namespace, &mut ledger, batch, unix_now());
-            // Never deny on a cached copy: another replica may have freed slots since.
-            if from_cache && verdicts.iter().any(|v| matches!(v, Verdict::Deny { .. })) {
-                continue;
-            }
-            if ledger == current.ledger {
-                *cached = Some(current);
-                return Ok(verdicts);
-            }
-            match self
-                .store
-                .put(namespace, &ledger, current.version.as_deref())
-                .await
-            {
-                Ok(version) => {
-                    self.metrics.quota_event(QuotaEvent::LedgerWrite);
-                    *cached = Some(Versioned {
-                        ledger,
-                        version: Some(version),
-                    });
-                    return Ok(verdicts);
-                }
-                Err(StoreError::Conflict) => {
-                    self.metrics.quota_event(QuotaEvent::LedgerConflict);
-                    tokio::time::sleep(jitter(attempt)).await;
-                }
-                Err(e) => {
-                    self.metrics.quota_event(QuotaEvent::ApiError);
-                    return Err(QuotaError::Unavailable(e.to_string()));
-                }
-            }
-        }
-        Err(QuotaError::TooManyConflicts)
-    }
-
-    async fn read(&self, namespace: &str) -> Result<Versioned, QuotaError> {
-        self.store.get(namespace).await.map_err(|e| {
-            self.metrics.quota_event(QuotaEvent::ApiError);
-            QuotaError::Unavailable(e.to_string())
-        })
-    }
+impl Decide for QuotaDecider {
+    type Ledger = Ledger;
+    type Request = (Limit, SlotRequest);
+    type Verdict = Verdict;
 
     fn decide(
         &self,
         namespace: &str,
         ledger: &mut Ledger,
-        batch: &[Pending],
+        batch: &[(Limit, SlotRequest)],
         now: i64,
     ) -> Vec<Verdict> {
-        let requests = batch.iter().map(|p| (&p.limit, &p.request));
+        let requests = batch.iter().map(|(limit, request)| (limit, request));
         match &self.pods {
             Some(pods) => {
                 let expiry =
@@ -258,13 +132,21 @@ impl Inner {
             None => ledger.admit(namespace, requests, &NoWatch, now),
         }
     }
-}
 
-/// Up to 2^attempt ms (capped at 64 ms), spread so that replicas that collided do not collide again.
-fn jitter(attempt: u32) -> Duration {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    let cap_ms = 1u64 << attempt.min(6);
-    Duration::from_micros(u64::from(nanos) % (cap_ms * 1000))
+    /// Never deny on a cached copy: another replica may have freed slots since.
+    fn needs_fresh_read(&self, verdicts: &[Verdict]) -> bool {
+        verdicts.iter().any(|v| matches!(v, Verdict::Deny { .. }))
+    }
+
+    fn batch(&self, size: usize) {
+        self.metrics.quota_batch(size);
+    }
+
+    fn ledger_event(&self, event: LedgerEvent) {
+        self.metrics.quota_event(match event {
+            LedgerEvent::Write => QuotaEvent::LedgerWrite,
+            LedgerEvent::Conflict => QuotaEvent::LedgerConflict,
+            LedgerEvent::ApiError => QuotaEvent::ApiError,
+        });
+    }
 }

@@ -170,6 +170,29 @@ pub struct SteeringRule {
     /// Scheduler for the pods this rule selects; overrides `spec.schedulerName`.
     #[serde(default)]
     pub scheduler_name: Option<String>,
+    /// Spot and on-demand per workload: each selected pod's capacity type is chosen at admission
+    /// so that its workload keeps this split. The pod template's annotations
+    /// `nodewright.io/on-demand-base` and `nodewright.io/spot-percent` override it per workload.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capacity_split: Option<CapacitySplitSpec>,
+}
+
+/// A workload's split between on-demand and spot capacity, as EC2 Auto Scaling's mixed instances
+/// policy words it: the first `onDemandBase` pods on on-demand, then `spotPercent` of the rest on
+/// spot (rounded so that the on-demand share is never short).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CapacitySplitSpec {
+    /// Pods always on on-demand, before any goes to spot.
+    #[serde(default)]
+    pub on_demand_base: u32,
+    /// Percent (0 to 100) of the pods above the base that go to spot.
+    #[serde(default = "default_spot_percent")]
+    pub spot_percent: u32,
+}
+
+fn default_spot_percent() -> u32 {
+    100
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

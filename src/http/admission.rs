@@ -358,7 +358,15 @@ async fn mutate_pod(
         pod: request.object.as_ref(),
         namespace_labels: namespace_labels.as_ref(),
     };
-    let decision = steering.decide(&admission);
+    let decision = super::split::with_split(
+        state,
+        &steering,
+        &request,
+        namespace,
+        query.budget(),
+        steering.decide(&admission),
+    )
+    .await;
     let pod_name = request
         .object
         .as_ref()

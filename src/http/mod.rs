@@ -5,6 +5,7 @@ pub mod admission;
 mod drain;
 pub mod extender;
 pub mod server;
+mod split;
 pub mod state;
 
 use axum::Router;

@@ -11,8 +11,10 @@ use super::extender::ExtenderState;
 use crate::cluster::ledger::LedgerStore;
 use crate::cluster::namespaces::NamespaceLabels;
 use crate::cluster::quota::{QuotaService, QuotaSettings};
+use crate::cluster::split::SplitService;
 use crate::config::Config;
 use crate::metrics::Metrics;
+use crate::metrics::split::SplitMetrics;
 use crate::policy::mutate::Steering;
 use crate::policy::quota::Quotas;
 use crate::tls::CertResolver;
@@ -82,6 +84,8 @@ pub struct AppState {
     pub steering: Arc<ArcSwap<Steering>>,
     pub quotas: Arc<ArcSwap<Quotas>>,
     pub quota: QuotaService,
+    /// Capacity types chosen for workloads that ask for a spot/on-demand split.
+    pub split: SplitService,
     pub namespaces: NamespaceLabels,
     pub metrics: Metrics,
     pub limits: Limits,
@@ -100,6 +104,7 @@ impl AppState {
             steering: Arc::new(ArcSwap::from_pointee(Steering::new(config, own_namespace))),
             quotas: Arc::new(ArcSwap::from_pointee(Quotas::new(&config.policy))),
             quota: None,
+            split: None,
             namespaces: NamespaceLabels::Standalone,
             metrics,
             limits: Limits::default(),
@@ -114,6 +119,7 @@ pub struct AppStateBuilder {
     steering: Arc<ArcSwap<Steering>>,
     quotas: Arc<ArcSwap<Quotas>>,
     quota: Option<QuotaService>,
+    split: Option<SplitService>,
     namespaces: NamespaceLabels,
     metrics: Metrics,
     limits: Limits,
@@ -140,6 +146,11 @@ impl AppStateBuilder {
 
     pub fn quota(mut self, quota: QuotaService) -> Self {
         self.quota = Some(quota);
+        self
+    }
+
+    pub fn split(mut self, split: SplitService) -> Self {
+        self.split = Some(split);
         self
     }
 
@@ -172,10 +183,14 @@ impl AppStateBuilder {
                 self.metrics.clone(),
             )
         });
+        let split = self
+            .split
+            .unwrap_or_else(|| SplitService::standalone(SplitMetrics::new(&self.metrics)));
         AppState {
             steering: self.steering,
             quotas: self.quotas,
             quota,
+            split,
             namespaces: self.namespaces,
             metrics: self.metrics,
             limits: self.limits,

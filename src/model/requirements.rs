@@ -6,7 +6,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use super::catalog::{InstanceType, labels};
+use super::catalog::{CapacityType, InstanceType, labels};
 
 /// One requirement on a node label: Karpenter's `NodeSelectorRequirementWithMinValues`
 /// (`spec.template.spec.requirements[]`).
@@ -144,6 +144,15 @@ impl fmt::Display for MinValuesUnmet {
 }
 
 impl std::error::Error for MinValuesUnmet {}
+
+/// Does a NodePool with these requirements launch this capacity type? Without a
+/// `karpenter.sh/capacity-type` requirement Karpenter launches on-demand only.
+pub fn allows_capacity_type(requirements: &[Requirement], ct: CapacityType) -> bool {
+    match requirements.iter().find(|r| r.key == labels::CAPACITY_TYPE) {
+        Some(r) => r.allows(Some(ct.as_str())),
+        None => ct == CapacityType::OnDemand,
+    }
+}
 
 /// Karpenter's `SatisfiesMinValues`: whether every requirement with `minValues` finds at least
 /// that many distinct values of its key among `candidates` (the chosen instance type of one planned

@@ -23,8 +23,9 @@ use k8s_openapi::api::core::v1::Pod;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-use crate::policy::mutate::{Decision, Operation, PodAdmission, Steering};
+use crate::policy::mutate::{Decision, Operation, PodAdmission, SplitAsk, Steering};
 use crate::policy::pod::PodView;
+use crate::policy::split::{CAPACITY_TYPE_KEY, Counts, Split, WorkloadSplit};
 use crate::scheduling::pools::{DAEMON_HOST_NETWORK_TOLERATION, DAEMON_TOLERATIONS};
 
 /// A workload asking for more pods than this is refused rather than expanded (memory).
@@ -62,6 +63,9 @@ pub struct Workloads {
     /// PersistentVolumeClaims (with those of StatefulSets' claim templates), PersistentVolumes
     /// and StorageClasses, for the pods' volume topology.
     pub volumes: crate::scheduling::volumes::VolumeObjects,
+    /// The spot/on-demand split of each workload that asks for one, as the webhook chose it for
+    /// the pods in `pods` (in the order of the pods, from no pods).
+    pub splits: Vec<WorkloadSplit>,
 }
 
 /// Where an object was read: file, document (1-based, counting empty documents) and, inside
@@ -593,12 +597,28 @@ pub fn expand<M: Into<Manifest>>(
     };
     let admitted = parallel_map(sets, 256, |set| set.and_then(|set| admission.admit(set)));
     let mut out = Workloads::default();
+    // Capacity types are chosen in document order, one pod after the other, as admission would
+    // see the pods arrive: a workload's pods may come from several sets (Pods listed one by one).
+    let mut splits: BTreeMap<String, (Split, Counts)> = BTreeMap::new();
     for admitted in admitted {
         let Admitted {
-            pods,
+            mut pods,
             daemon,
             denied,
+            split,
         } = admitted?;
+        if let Some((workload, split)) = split {
+            let (_, counts) = splits.entry(workload).or_insert((split, Counts::default()));
+            for pod in &mut pods {
+                let ct = split.choose(*counts);
+                counts.add(ct);
+                pod.spec
+                    .get_or_insert_default()
+                    .node_selector
+                    .get_or_insert_default()
+                    .insert(CAPACITY_TYPE_KEY.to_owned(), ct.as_str().to_owned());
+            }
+        }
         if daemon {
             out.daemonsets.extend(pods);
         } else {
@@ -606,6 +626,10 @@ pub fn expand<M: Into<Manifest>>(
         }
         out.denied.extend(denied);
     }
+    out.splits = splits
+        .into_iter()
+        .map(|(workload, (split, counts))| WorkloadSplit::new(workload, split, counts))
+        .collect();
     out.volumes = volumes.finish(&mut out.pods);
     out.skipped = ignored
         .into_iter()
@@ -762,6 +786,8 @@ struct Admitted {
     pods: Vec<Pod>,
     daemon: bool,
     denied: Vec<(String, String)>,
+    /// The workload (`namespace/Kind/name`) and split its pods ask for, when they do.
+    split: Option<(String, Split)>,
 }
 
 /// A Namespace object's name and labels, as the apiserver would have them.
@@ -1075,16 +1101,20 @@ impl Admission<'_> {
             pods: Vec::with_capacity(replicas.len()),
             daemon,
             denied: Vec::new(),
+            split: None,
         };
         if per_replica {
             for replica in replicas {
                 let mut pod = base.clone();
                 stamp(&mut pod, &replica);
                 match self.mutate(&mut pod, &namespace, &at, prefix)? {
-                    Some(message) => out
+                    Admit::Denied(message) => out
                         .denied
                         .push((format!("{namespace}/{}", replica.name), message)),
-                    None => out.pods.push(decode(&pod, &at, prefix)?),
+                    Admit::Admitted(split) => {
+                        out.split = out.split.or(split);
+                        out.pods.push(decode(&pod, &at, prefix)?);
+                    }
                 }
             }
             return Ok(out);
@@ -1093,12 +1123,15 @@ impl Admission<'_> {
         if let Some(first) = replicas.first() {
             stamp(&mut base, first);
         }
-        if let Some(message) = self.mutate(&mut base, &namespace, &at, prefix)? {
-            out.denied = replicas
-                .into_iter()
-                .map(|replica| (format!("{namespace}/{}", replica.name), message.clone()))
-                .collect();
-            return Ok(out);
+        match self.mutate(&mut base, &namespace, &at, prefix)? {
+            Admit::Denied(message) => {
+                out.denied = replicas
+                    .into_iter()
+                    .map(|replica| (format!("{namespace}/{}", replica.name), message.clone()))
+                    .collect();
+                return Ok(out);
+            }
+            Admit::Admitted(split) => out.split = split,
         }
         // Typed even with no replicas, so that a bad template is reported whatever the count.
         let pod: Pod = decode(&base, &at, prefix)?;
@@ -1115,14 +1148,15 @@ impl Admission<'_> {
         Ok(out)
     }
 
-    /// Decide as the webhook would and apply the patch; `Some(message)` when the pod is denied.
+    /// Decide as the webhook would and apply the patch: denied with a message, or admitted with
+    /// the workload split its pods ask for (their capacity types are chosen in [`expand`]).
     fn mutate(
         &self,
         pod: &mut Value,
         namespace: &str,
         at: &At,
         prefix: &str,
-    ) -> Result<Option<String>, ManifestError> {
+    ) -> Result<Admit, ManifestError> {
         let view: PodView = decode(pod, at, prefix)?;
         let decision = self.steering.decide(&PodAdmission {
             operation: Operation::Create,
@@ -1132,6 +1166,17 @@ impl Admission<'_> {
             pod: Some(&view),
             namespace_labels: self.namespace_labels.get(namespace),
         });
+        let rule = match &decision {
+            Decision::Patch { rule, .. } | Decision::Unchanged { rule, .. } => Some(rule.as_str()),
+            Decision::Deny { .. } | Decision::Skip(_) => None,
+        };
+        let split = match rule.map(|rule| self.steering.split_for(rule, &view)) {
+            Some(SplitAsk::Invalid(message)) => return Ok(Admit::Denied(message)),
+            Some(SplitAsk::Choose { workload, split }) => {
+                Some((format!("{namespace}/{workload}"), split))
+            }
+            Some(SplitAsk::None | SplitAsk::NotApplicable(_)) | None => None,
+        };
         match decision {
             // On failure the pod is dropped with the error: no need for patch's undo log.
             Decision::Patch { patch, .. } => {
@@ -1142,11 +1187,17 @@ impl Admission<'_> {
                     )
                 })?
             }
-            Decision::Deny { message, .. } => return Ok(Some(message)),
+            Decision::Deny { message, .. } => return Ok(Admit::Denied(message)),
             Decision::Skip(_) | Decision::Unchanged { .. } => {}
         }
-        Ok(None)
+        Ok(Admit::Admitted(split))
     }
+}
+
+/// What admission did with one pod.
+enum Admit {
+    Denied(String),
+    Admitted(Option<(String, Split)>),
 }
 
 /// Give a pod object a replica's name and labels.

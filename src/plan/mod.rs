@@ -78,6 +78,16 @@ pub fn to_table(plan: &Plan) -> String {
     if !plan.placements.is_empty() {
         let _ = writeln!(out, "{} pods fit on existing nodes.", plan.placements.len());
     }
+    if !plan.capacity_splits.is_empty() {
+        let _ = writeln!(out, "\nSpot/on-demand split per workload:");
+        for w in &plan.capacity_splits {
+            let _ = writeln!(
+                out,
+                "  {}: {} on-demand + {} spot (base {}, then {}% spot)",
+                w.workload, w.on_demand, w.spot, w.on_demand_base, w.spot_percent
+            );
+        }
+    }
     if !plan.unschedulable.is_empty() {
         let _ = writeln!(out, "\nUnschedulable ({}):", plan.unschedulable.len());
         for u in &plan.unschedulable {

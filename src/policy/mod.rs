@@ -4,3 +4,4 @@ pub mod mutate;
 pub mod pod;
 pub mod quota;
 pub mod selector;
+pub mod split;

@@ -14,9 +14,12 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use serde_json::{Value, json};
 
 use crate::config::{Config, SpreadSpec};
+use crate::model::catalog::CapacityType;
+use crate::model::requirements::allows_capacity_type;
 use crate::model::{Requirement, Taint};
 use crate::policy::pod::{PodSpecView, PodView};
 use crate::policy::selector;
+use crate::policy::split::{self, Split};
 
 /// Namespaces a steering webhook must never touch.
 pub const SYSTEM_NAMESPACES: [&str; 3] = ["kube-system", "kube-public", "kube-node-lease"];
@@ -110,6 +113,8 @@ pub struct Additions {
     pub tolerations: usize,
     pub spread_topology_key: Option<String>,
     pub scheduler_name: Option<String>,
+    /// The capacity type chosen for the pod's workload split, with that split.
+    pub capacity_type: Option<(CapacityType, Split)>,
     /// A note for the user when something was deliberately not added.
     pub notes: Vec<String>,
 }
@@ -120,6 +125,7 @@ impl Additions {
             && self.tolerations == 0
             && self.spread_topology_key.is_none()
             && self.scheduler_name.is_none()
+            && self.capacity_type.is_none()
     }
 
     /// One short line (WIRE.md: warnings of 120 characters or fewer).
@@ -127,6 +133,12 @@ impl Additions {
         let mut parts = Vec::new();
         if let Some((k, _)) = &self.node_selector {
             parts.push(format!("nodeSelector {k}"));
+        }
+        if let Some((ct, split)) = &self.capacity_type {
+            parts.push(format!(
+                "capacity-type {ct} ({}+{}% spot)",
+                split.on_demand_base, split.spot_percent
+            ));
         }
         match self.tolerations {
             0 => {}
@@ -156,7 +168,7 @@ impl Additions {
     /// Comma-separated field names, for the `added` audit annotation.
     pub fn fields(&self) -> String {
         let mut fields = Vec::new();
-        if self.node_selector.is_some() {
+        if self.node_selector.is_some() || self.capacity_type.is_some() {
             fields.push("nodeSelector");
         }
         if self.tolerations > 0 {
@@ -209,6 +221,8 @@ struct CompiledRule {
     pod_selector: Option<LabelSelector>,
     spread: Option<SpreadSpec>,
     scheduler_name: Option<String>,
+    /// The rule's spot/on-demand split, if it sets one (pod annotations may set or override it).
+    split: Option<Split>,
     pool: PoolTarget,
 }
 
@@ -219,6 +233,19 @@ struct PoolTarget {
     taints: Vec<Taint>,
     requirements: Vec<Requirement>,
     labels: BTreeMap<String, String>,
+}
+
+/// What a steered pod's workload asks of its capacity types (see [`Steering::split_for`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SplitAsk {
+    /// No split asked for, or the pod already chose its capacity type.
+    None,
+    /// Choose the pod's capacity type so that `workload` keeps `split`.
+    Choose { workload: String, split: Split },
+    /// A split is asked for but cannot apply to this pod (it has no controller): steered without.
+    NotApplicable(String),
+    /// The pod's split annotations are invalid, or its pool cannot hold a split: refuse it.
+    Invalid(String),
 }
 
 impl Steering {
@@ -247,6 +274,7 @@ impl Steering {
                         .scheduler_name
                         .clone()
                         .or_else(|| policy.scheduler_name.clone()),
+                    split: rule.capacity_split.map(Split::from),
                     pool: PoolTarget {
                         name: rule.node_pool.clone(),
                         taints: template.spec.taints.clone(),
@@ -397,6 +425,68 @@ impl Steering {
                 patch: Patch(ops),
                 additions,
             }
+        }
+    }
+
+    /// The split a pod steered by `rule` (the rule [`Steering::decide`] named) asks for: the
+    /// rule's, overridden by the pod's [`split::ON_DEMAND_BASE`] / [`split::SPOT_PERCENT`]
+    /// annotations. A pod that already selects a capacity type (nodeSelector or required node
+    /// affinity) is left alone.
+    pub fn split_for(&self, rule: &str, pod: &PodView) -> SplitAsk {
+        let Some(rule) = self.rules.iter().find(|r| r.name == rule) else {
+            return SplitAsk::None;
+        };
+        let split = match Split::for_pod(rule.split, pod.metadata.annotations.as_ref()) {
+            Ok(Some(split)) => split,
+            Ok(None) => return SplitAsk::None,
+            Err(message) => {
+                return SplitAsk::Invalid(format!(
+                    "{message}; fix the pod template's annotation (rule {})",
+                    rule.name
+                ));
+            }
+        };
+        let spec = pod.spec.as_ref();
+        let selects = split::selected_capacity_type(spec.and_then(|s| s.node_selector.as_ref()))
+            .is_some()
+            || spec
+                .and_then(|s| s.affinity.as_ref())
+                .and_then(|a| a.node_affinity.as_ref())
+                .and_then(|n| {
+                    n.required_during_scheduling_ignored_during_execution
+                        .as_ref()
+                })
+                .is_some_and(|r| {
+                    r.node_selector_terms.iter().any(|t| {
+                        t.match_expressions
+                            .iter()
+                            .flatten()
+                            .any(|e| e.key == split::CAPACITY_TYPE_KEY)
+                    })
+                });
+        if selects {
+            return SplitAsk::None;
+        }
+        if let Some(missing) = CapacityType::ALL
+            .into_iter()
+            .find(|ct| !allows_capacity_type(&rule.pool.requirements, *ct))
+        {
+            return SplitAsk::Invalid(format!(
+                "the pod asks for a split between spot and on-demand ({split}) but NodePool {} (rule {}) \
+                 does not launch {missing} nodes; remove the annotations {} and {}, or ask the platform \
+                 team to allow both capacity types in that NodePool",
+                rule.pool.name,
+                rule.name,
+                split::ON_DEMAND_BASE,
+                split::SPOT_PERCENT
+            ));
+        }
+        match split::workload_of(&pod.metadata) {
+            Some(workload) => SplitAsk::Choose { workload, split },
+            None => SplitAsk::NotApplicable(
+                "no capacity split: the pod has no controller (Deployment, StatefulSet, ...) to split"
+                    .to_owned(),
+            ),
         }
     }
 
@@ -568,7 +658,7 @@ fn spread_constraint(spread: &SpreadSpec, pod_labels: &BTreeMap<String, String>)
     Some(constraint)
 }
 
-fn add(tokens: &[&str], value: Value) -> PatchOperation {
+pub(crate) fn add(tokens: &[&str], value: Value) -> PatchOperation {
     PatchOperation::Add(AddOperation {
         path: PointerBuf::from_tokens(tokens.iter().copied()),
         value,
@@ -597,11 +687,15 @@ fn append<T: serde::Serialize>(
 
 /// Audit annotations for a steered pod (the apiserver prefixes each key with the webhook name).
 pub fn audit_annotations(pool: &str, rule: &str, additions: &Additions) -> HashMap<String, String> {
-    HashMap::from([
+    let mut annotations = HashMap::from([
         ("nodepool".to_owned(), pool.to_owned()),
         ("rule".to_owned(), rule.to_owned()),
         ("added".to_owned(), additions.fields()),
-    ])
+    ]);
+    if let Some((ct, _)) = &additions.capacity_type {
+        annotations.insert("capacity-type".to_owned(), ct.as_str().to_owned());
+    }
+    annotations
 }
 
 #[cfg(test)]
@@ -976,6 +1070,7 @@ mod tests {
             tolerations: 2,
             spread_topology_key: Some("topology.kubernetes.io/zone".into()),
             scheduler_name: None,
+            capacity_type: None,
             notes: vec![],
         };
         let w = a.warning(&"p".repeat(200));

@@ -5,18 +5,6 @@
 
 use super::*;
 
-/// Does the pool allow this capacity type? Without a requirement Karpenter launches on-demand.
-fn pool_allows(pool: &Pool, ct: CapacityType) -> bool {
-    match pool
-        .requirements
-        .iter()
-        .find(|r| r.key == labels::CAPACITY_TYPE)
-    {
-        Some(r) => r.allows(Some(ct.as_str())),
-        None => ct == CapacityType::OnDemand,
-    }
-}
-
 /// The claim for one planned node: the chosen offering and its alternatives in the same zone,
 /// then (for spot) the same types on-demand if the pool allows it.
 pub(super) fn claim_for(
@@ -29,7 +17,12 @@ pub(super) fn claim_for(
     let mut offerings = Vec::new();
     let mut capacity_types = vec![node.capacity_type];
     if node.capacity_type == CapacityType::Spot
-        && pool.is_some_and(|p| pool_allows(p, CapacityType::OnDemand))
+        && pool.is_some_and(|p| {
+            crate::model::requirements::allows_capacity_type(
+                &p.requirements,
+                CapacityType::OnDemand,
+            )
+        })
     {
         capacity_types.push(CapacityType::OnDemand);
     }

@@ -8,6 +8,9 @@ use super::super::policy::{PolicySpec, PricingSpec, ProvisioningSpec, SpreadSpec
 use super::super::yaml::FieldPath;
 use super::syntax::{label_key, label_value, scheduler_name};
 use super::{Issues, listed};
+use crate::model::catalog::CapacityType;
+use crate::model::labels::CAPACITY_TYPE;
+use crate::model::requirements::allows_capacity_type;
 
 pub(super) fn policy(spec: &PolicySpec, parsed: &Parsed, issues: &mut Issues<'_>) {
     let path = FieldPath::of("spec");
@@ -48,6 +51,35 @@ pub(super) fn policy(spec: &PolicySpec, parsed: &Parsed, issues: &mut Issues<'_>
         }
         if let Some(name) = &rule.scheduler_name {
             issues.check(rule_path.key("schedulerName"), scheduler_name(name));
+        }
+        if let Some(split) = &rule.capacity_split {
+            let at = rule_path.key("capacitySplit");
+            if split.spot_percent > 100 {
+                issues.add(
+                    at.key("spotPercent"),
+                    format!("{} is out of range: 0 to 100", split.spot_percent),
+                );
+            }
+            let pool = parsed
+                .node_pools
+                .iter()
+                .find(|(_, pool)| pool.name() == rule.node_pool);
+            if let Some((_, pool)) = pool
+                && let Some(missing) = CapacityType::ALL
+                    .into_iter()
+                    .find(|ct| !allows_capacity_type(&pool.spec.template.spec.requirements, *ct))
+            {
+                issues.add(
+                    at,
+                    format!(
+                        "NodePool {:?} does not launch {missing} nodes, so it cannot hold a split \
+                         between spot and on-demand: allow both in its requirements \
+                         ({{key: {CAPACITY_TYPE}, operator: In, values: [spot, on-demand]}}; \
+                         without that requirement a NodePool launches on-demand only)",
+                        rule.node_pool
+                    ),
+                );
+            }
         }
     }
     let c = &spec.consolidation;

@@ -135,6 +135,10 @@ pub struct Plan {
     /// Pods placed on existing or in-flight nodes.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub placements: Vec<Placement>,
+    /// The spot/on-demand split of each workload that asks for one (`nodewright plan` only: the
+    /// pods' capacity types were chosen before solving).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub capacity_splits: Vec<crate::policy::split::WorkloadSplit>,
 }
 
 /// A new node to launch.
@@ -531,6 +535,7 @@ impl<'a> Solver<'a> {
             total_price_per_hour: (total * 1e6).round() / 1e6,
             unschedulable,
             placements,
+            capacity_splits: Vec::new(),
         }
     }
 }

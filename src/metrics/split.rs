@@ -1,0 +1,56 @@
+//! Metrics of the capacity split: the capacity types chosen at admission and the shared ledger.
+
+use prometheus::{IntCounterVec, Opts};
+
+use super::Metrics;
+
+/// What the capacity split counts.
+#[derive(Clone)]
+pub struct SplitMetrics {
+    /// `capacity_type` (on-demand, spot, none), `outcome` (steered, dry_run, unchecked).
+    pub choices: IntCounterVec,
+    /// `event`: write, conflict, api_error.
+    pub ledger: IntCounterVec,
+}
+
+impl SplitMetrics {
+    pub fn new(metrics: &Metrics) -> Self {
+        let m = Self {
+            choices: IntCounterVec::new(
+                Opts::new(
+                    "capacity_split_choices_total",
+                    "Capacity types chosen at admission for pods whose workload asks for a spot/on-demand split, by capacity type and outcome: steered, dry_run (answered, not counted), unchecked (no choice could be made: the pod was steered without a capacity type, capacity_type=\"none\").",
+                ),
+                &["capacity_type", "outcome"],
+            )
+            .expect("static metric"),
+            ledger: IntCounterVec::new(
+                Opts::new(
+                    "capacity_split_ledger_events_total",
+                    "Capacity split ledger events: write (one per decided batch that changed the ledger), conflict (another replica wrote first; re-read and decided again), api_error.",
+                ),
+                &["event"],
+            )
+            .expect("static metric"),
+        };
+        let registry = metrics.registry();
+        for c in [
+            Box::new(m.choices.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(m.ledger.clone()),
+        ] {
+            // Registering twice (two services on one registry in tests) keeps the first.
+            let _ = registry.register(c);
+        }
+        for (ct, outcome) in [
+            ("on-demand", "steered"),
+            ("spot", "steered"),
+            ("none", "unchecked"),
+        ] {
+            m.choices.with_label_values(&[ct, outcome]);
+        }
+        for event in ["write", "conflict", "api_error"] {
+            m.ledger.with_label_values(&[event]);
+        }
+        m
+    }
+}

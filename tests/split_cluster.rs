@@ -1,0 +1,526 @@
+//! Spot and on-demand per workload on the real control plane: three `nodewright serve` processes
+//! under the chart's ServiceAccount and RBAC sit behind one webhook URL (a round-robin TCP proxy,
+//! as a Service spreads connections); the real kube-apiserver calls the mutating webhook for the
+//! pods kube-controller-manager's ReplicaSet controller creates for a Deployment. The split's
+//! ledger is written to etcd through the real apiserver with compare-and-swap.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use kube::{Api, Client};
+use serde_json::{Value, json};
+
+#[macro_use]
+mod common;
+use common::Server;
+use common::controlplane::{self, Install};
+use common::tcpproxy::{ProxyHandle, RoundRobin};
+
+/// The Deployment's split: `nodewright.io/on-demand-base: "3"`, `nodewright.io/spot-percent: "80"`.
+const BASE: u32 = 3;
+const SPOT_PERCENT: u32 = 80;
+
+struct Cluster {
+    client: Client,
+    install: Install,
+    namespace: String,
+    replicas: Vec<Server>,
+    proxy: ProxyHandle,
+    ca: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    async fn start(replicas: usize) -> Cluster {
+        let plane = controlplane::shared();
+        let dir = tempfile::tempdir().unwrap();
+        let client = plane.client().await;
+        let install = plane.install_nodewright().await;
+        let namespace = plane.namespace("shop").await;
+        let bundle = nodewright::tls::certs::generate(
+            &nodewright::tls::certs::local_names(),
+            time::Duration::days(1),
+        )
+        .unwrap();
+        let (cert, key, config) = (
+            dir.path().join("tls.crt"),
+            dir.path().join("tls.key"),
+            dir.path().join("config.yaml"),
+        );
+        std::fs::write(&cert, &bundle.cert_pem).unwrap();
+        std::fs::write(&key, &bundle.key_pem).unwrap();
+        // The steering test config; its `teams` rule (pool `default`, spot and on-demand) selects
+        // this test's namespace. The split comes from the pod template's annotations.
+        let text = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/steering.yaml"),
+        )
+        .unwrap()
+        .replace("team-riker", &namespace);
+        std::fs::write(&config, text).unwrap();
+        let args = [
+            "--config",
+            config.to_str().unwrap(),
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+            "--namespace",
+            &install.namespace,
+        ];
+        let replicas: Vec<Server> = (0..replicas)
+            .map(|_| Server::start_with(&args, Some(&install.kubeconfig)))
+            .collect();
+        let backends = replicas
+            .iter()
+            .map(|s| s.https.trim_start_matches("https://").parse().unwrap())
+            .collect();
+        let proxy = RoundRobin::start(backends).await.unwrap();
+        let cluster = Cluster {
+            client,
+            install,
+            namespace,
+            replicas,
+            proxy,
+            ca: bundle.ca_pem,
+            _dir: dir,
+        };
+        cluster.wait_until_split_ready().await;
+        cluster.register_webhook().await;
+        cluster
+    }
+
+    async fn register_webhook(&self) {
+        let hook = json!({
+            "apiVersion": "admissionregistration.k8s.io/v1",
+            "kind": "MutatingWebhookConfiguration",
+            "metadata": {"name": format!("{}-split", self.install.release)},
+            "webhooks": [{
+                "name": "mutate.nodewright.io",
+                "admissionReviewVersions": ["v1"],
+                "clientConfig": {
+                    "url": format!("https://127.0.0.1:{}/mutate", self.proxy.addr().port()),
+                    "caBundle": base64::engine::general_purpose::STANDARD.encode(&self.ca),
+                },
+                "rules": [{"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods"]}],
+                "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": self.namespace}},
+                "sideEffects": "NoneOnDryRun",
+                "reinvocationPolicy": "IfNeeded",
+                "failurePolicy": "Fail",
+                "timeoutSeconds": 10,
+            }]
+        });
+        controlplane::apply(&self.client, &hook).await;
+    }
+
+    /// Each replica chooses capacity types only once its pod watch has listed: dry-run reviews
+    /// sent to each directly tell.
+    async fn wait_until_split_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        for (i, replica) in self.replicas.iter().enumerate() {
+            loop {
+                let answer = review(
+                    replica,
+                    &self.ca,
+                    &self.namespace,
+                    &format!("probe-{i}"),
+                    "probe",
+                    true,
+                )
+                .await;
+                if chosen_in(&answer).is_some() {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "split never ready: {answer}\n{}",
+                    replica.logs()
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+
+    fn pods(&self) -> Api<Pod> {
+        Api::namespaced(self.client.clone(), &self.namespace)
+    }
+
+    fn deployments(&self) -> Api<Deployment> {
+        Api::namespaced(self.client.clone(), &self.namespace)
+    }
+
+    async fn create_deployment(&self, name: &str, replicas: i32) {
+        let deployment = json!({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": name, "namespace": self.namespace},
+            "spec": {
+                "replicas": replicas,
+                "selector": {"matchLabels": {"app": name}},
+                "template": {
+                    "metadata": {
+                        "labels": {"app": name},
+                        "annotations": {
+                            "nodewright.io/on-demand-base": BASE.to_string(),
+                            "nodewright.io/spot-percent": SPOT_PERCENT.to_string(),
+                        }
+                    },
+                    "spec": {"containers": [{"name": "c", "image": "registry.k8s.io/pause:3.10"}]}
+                }
+            }
+        });
+        self.deployments()
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(deployment).unwrap(),
+            )
+            .await
+            .unwrap();
+    }
+
+    async fn patch_deployment(&self, name: &str, patch: Value) {
+        self.deployments()
+            .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .unwrap();
+    }
+
+    /// The live pods of Deployment `name` by the capacity type their nodeSelector asks for, once
+    /// there are `expected` of them; panics after 60 s. Every one must have been given one.
+    async fn settled(&self, name: &str, expected: usize) -> (u32, u32) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let pods = self
+                .pods()
+                .list(&ListParams::default().labels(&format!("app={name}")))
+                .await
+                .unwrap()
+                .items;
+            let live: Vec<&Pod> = pods
+                .iter()
+                .filter(|p| p.metadata.deletion_timestamp.is_none())
+                .collect();
+            if live.len() == expected {
+                let mut counts = (0, 0);
+                for pod in &live {
+                    let ct = pod
+                        .spec
+                        .as_ref()
+                        .and_then(|s| s.node_selector.as_ref())
+                        .and_then(|m| m.get("karpenter.sh/capacity-type"))
+                        .map(String::as_str);
+                    match ct {
+                        Some("on-demand") => counts.0 += 1,
+                        Some("spot") => counts.1 += 1,
+                        other => panic!(
+                            "pod {:?} has capacity type {other:?}; logs:\n{}",
+                            pod.metadata.name,
+                            self.replicas[0].logs()
+                        ),
+                    }
+                    // Steering's own additions are there too, and the choice's id.
+                    let annotations = pod.metadata.annotations.clone().unwrap_or_default();
+                    assert!(
+                        annotations.contains_key("nodewright.io/split-id"),
+                        "{annotations:?}"
+                    );
+                }
+                return counts;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{name}: {} live pods, expected {expected}",
+                live.len()
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    async fn ledger_entries(&self) -> usize {
+        let Some(cm) = Api::<ConfigMap>::namespaced(self.client.clone(), &self.install.namespace)
+            .get_opt(&format!("nodewright-split-{}", self.namespace))
+            .await
+            .unwrap()
+        else {
+            return 0;
+        };
+        let ledger: Value = serde_json::from_str(&cm.data.unwrap()["ledger.json"]).unwrap();
+        ledger["entries"].as_object().map_or(0, |e| e.len())
+    }
+}
+
+/// Desired on-demand pods of a workload of `total` (the product's rule, written out again).
+fn desired_on_demand(total: u32) -> u32 {
+    let base = total.min(BASE);
+    base + ((total - base) * (100 - SPOT_PERCENT)).div_ceil(100)
+}
+
+/// A pod CREATE review of a pod of ReplicaSet `<workload>-abc` (Deployment `<workload>`), asking
+/// for the split by annotation (not for workload `plain`), sent to one replica.
+async fn review(
+    server: &Server,
+    ca: &str,
+    namespace: &str,
+    uid: impl std::fmt::Display,
+    workload: &str,
+    dry_run: bool,
+) -> Value {
+    let pod = json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {
+            "generateName": format!("{workload}-abc-"), "namespace": namespace,
+            "labels": {"app": workload, "pod-template-hash": "abc"},
+            "annotations": if workload == "plain" { json!({}) } else { json!({
+                "nodewright.io/on-demand-base": BASE.to_string(),
+                "nodewright.io/spot-percent": SPOT_PERCENT.to_string(),
+            }) },
+            "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": format!("{workload}-abc"),
+                                 "uid": "00000000-0000-0000-0000-000000000001", "controller": true}]
+        },
+        "spec": {"containers": [{"name": "c", "image": "pause"}]}
+    });
+    let review = json!({
+        "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+        "request": {
+            "uid": format!("req-{uid}"),
+            "kind": {"group": "", "version": "v1", "kind": "Pod"},
+            "resource": {"group": "", "version": "v1", "resource": "pods"},
+            "namespace": namespace, "operation": "CREATE",
+            "userInfo": {"username": "system:serviceaccount:kube-system:replicaset-controller"},
+            "object": pod, "oldObject": null, "dryRun": dry_run
+        }
+    });
+    let client = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(ca.as_bytes()).unwrap())
+        .build()
+        .unwrap();
+    client
+        .post(server.https_url("/mutate?timeout=10s"))
+        .header("content-type", "application/json")
+        .body(review.to_string())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// The capacity type a /mutate answer's patch chose, if any.
+fn chosen_in(answer: &Value) -> Option<String> {
+    let patch = answer["response"]["patch"].as_str()?;
+    let patch: Value = serde_json::from_slice(
+        &base64::engine::general_purpose::STANDARD
+            .decode(patch)
+            .unwrap(),
+    )
+    .unwrap();
+    patch.as_array()?.iter().find_map(|op| {
+        let path = op["path"].as_str()?;
+        if path == "/spec/nodeSelector/karpenter.sh~1capacity-type" {
+            op["value"].as_str().map(str::to_owned)
+        } else if path == "/spec/nodeSelector" {
+            op["value"]["karpenter.sh/capacity-type"]
+                .as_str()
+                .map(str::to_owned)
+        } else {
+            None
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deployment_scaled_1_10_4_20_keeps_its_base_and_share() {
+    let cluster = Cluster::start(3).await;
+    cluster.create_deployment("web", 1).await;
+    let mut report = Vec::new();
+    for replicas in [1u32, 10, 4, 20] {
+        cluster
+            .patch_deployment("web", json!({"spec": {"replicas": replicas}}))
+            .await;
+        let (on_demand, spot) = cluster.settled("web", replicas as usize).await;
+        let error = i64::from(on_demand) - i64::from(desired_on_demand(replicas));
+        report.push(format!(
+            "{replicas} replicas: {on_demand} on-demand + {spot} spot (desired {} + {}; error {error:+})",
+            desired_on_demand(replicas),
+            replicas - desired_on_demand(replicas)
+        ));
+        assert!(error.abs() <= 1, "{}", report.join("\n"));
+        assert!(
+            on_demand >= BASE.min(replicas),
+            "base not kept: {}",
+            report.join("\n")
+        );
+    }
+    eprintln!(
+        "split of Deployment web (base {BASE}, {SPOT_PERCENT}% spot):\n{}",
+        report.join("\n")
+    );
+
+    // A rollout (a new ReplicaSet) is the same workload: its pods keep the split across both.
+    cluster
+        .patch_deployment(
+            "web",
+            json!({"spec": {"template": {"metadata": {"labels": {"revision": "2"}}}}}),
+        )
+        .await;
+    // Wait for the rollout's pods to stop changing (no pod becomes ready without nodes, so old
+    // and new pods may stay side by side).
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let mut last = Vec::new();
+    let mut unchanged = 0;
+    let total = loop {
+        let mut names: Vec<(String, bool)> = cluster
+            .pods()
+            .list(&ListParams::default().labels("app=web"))
+            .await
+            .unwrap()
+            .items
+            .iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_none())
+            .map(|p| {
+                let new = p
+                    .metadata
+                    .labels
+                    .as_ref()
+                    .is_some_and(|l| l.contains_key("revision"));
+                (p.metadata.name.clone().unwrap_or_default(), new)
+            })
+            .collect();
+        names.sort();
+        unchanged = if names == last { unchanged + 1 } else { 0 };
+        if unchanged >= 3 && names.iter().any(|(_, new)| *new) {
+            break names.len();
+        }
+        last = names;
+        assert!(
+            Instant::now() < deadline,
+            "the rollout never settled: {last:?}"
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    };
+    let (on_demand, spot) = cluster.settled("web", total).await;
+    let error = i64::from(on_demand) - i64::from(desired_on_demand(total as u32));
+    eprintln!("mid-rollout: {on_demand} on-demand + {spot} spot of {total} (error {error:+})");
+    assert!(
+        error.abs() <= 1,
+        "mid-rollout: {on_demand} on-demand + {spot} spot"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_reviews_over_three_replicas_choose_exactly_and_dry_runs_never_count() {
+    let cluster = Cluster::start(3).await;
+    let before = cluster.ledger_entries().await;
+    // 90 reviews at once, 30 to each replica directly, for one workload: the split of 90 exactly.
+    let answers = futures::future::join_all((0..90).map(|i| {
+        let server = &cluster.replicas[i % 3];
+        review(
+            server,
+            &cluster.ca,
+            &cluster.namespace,
+            format!("c{i}"),
+            "api",
+            false,
+        )
+    }))
+    .await;
+    let on_demand = answers
+        .iter()
+        .filter(|a| chosen_in(a).as_deref() == Some("on-demand"))
+        .count() as u32;
+    let spot = answers
+        .iter()
+        .filter(|a| chosen_in(a).as_deref() == Some("spot"))
+        .count() as u32;
+    assert_eq!(on_demand + spot, 90, "every review got a capacity type");
+    assert_eq!(
+        on_demand,
+        desired_on_demand(90),
+        "{on_demand} on-demand + {spot} spot"
+    );
+    assert_eq!(cluster.ledger_entries().await, before + 90);
+    // A retried review (same request uid) gets its first answer and is not counted again.
+    let first = chosen_in(&answers[7]);
+    let again = review(
+        &cluster.replicas[1],
+        &cluster.ca,
+        &cluster.namespace,
+        "c7",
+        "api",
+        false,
+    )
+    .await;
+    assert_eq!(chosen_in(&again), first);
+    // Dry runs are answered as the next pod would be, and never recorded or counted.
+    let next = if on_demand < desired_on_demand(91) {
+        "on-demand"
+    } else {
+        "spot"
+    };
+    for i in 0..10 {
+        let dry = review(
+            &cluster.replicas[i % 3],
+            &cluster.ca,
+            &cluster.namespace,
+            &format!("d{i}"),
+            "api",
+            true,
+        )
+        .await;
+        assert_eq!(chosen_in(&dry).as_deref(), Some(next));
+    }
+    assert_eq!(cluster.ledger_entries().await, before + 90);
+    let real = review(
+        &cluster.replicas[2],
+        &cluster.ca,
+        &cluster.namespace,
+        "after",
+        "api",
+        false,
+    )
+    .await;
+    assert_eq!(chosen_in(&real).as_deref(), Some(next));
+}
+
+/// What the split adds to a review's latency (one replica, sequential reviews, the API round trip
+/// of the ledger write included): printed, not asserted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn latency_added_by_the_split() {
+    let cluster = Cluster::start(1).await;
+    let server = &cluster.replicas[0];
+    let mut report = Vec::new();
+    for workload in ["plain", "timed", "plain", "timed"] {
+        let mut times = Vec::new();
+        for i in 0..100 {
+            let started = Instant::now();
+            let answer = review(
+                server,
+                &cluster.ca,
+                &cluster.namespace,
+                format!("{workload}-{i}-{}", report.len()),
+                workload,
+                false,
+            )
+            .await;
+            times.push(started.elapsed().as_secs_f64() * 1e3);
+            assert_eq!(answer["response"]["allowed"], true, "{answer}");
+            assert_eq!(
+                chosen_in(&answer).is_some(),
+                workload == "timed",
+                "{answer}"
+            );
+        }
+        times.sort_by(f64::total_cmp);
+        report.push(format!(
+            "{workload}: p50 {:.2} ms, p99 {:.2} ms",
+            times[49], times[98]
+        ));
+    }
+    eprintln!(
+        "/mutate latency, 100 sequential reviews each (client included):\n{}",
+        report.join("\n")
+    );
+}
