@@ -158,7 +158,7 @@ pub async fn serve(settings: ServeSettings, shutdown: CancellationToken) -> Resu
     }
 
     let quota_settings = QuotaSettings::default();
-    let mut extender = start_provisioning(
+    let (mut extender, leader, events) = start_provisioning(
         &config,
         &decisions,
         kube_client.clone(),
@@ -180,6 +180,14 @@ pub async fn serve(settings: ServeSettings, shutdown: CancellationToken) -> Resu
                 quota_settings.reservation_expiry.max(CHOICE_EXPIRY) * 2,
                 shutdown.clone(),
             );
+            let split_metrics = SplitMetrics::new(&metrics);
+            crate::cluster::split_monitor::spawn(
+                pods.clone(),
+                split_metrics.clone(),
+                leader,
+                events,
+                shutdown.clone(),
+            );
             (
                 NamespaceLabels::watch(client.clone(), shutdown.clone()),
                 QuotaService::new(
@@ -191,7 +199,7 @@ pub async fn serve(settings: ServeSettings, shutdown: CancellationToken) -> Resu
                 SplitService::new(
                     LedgerStore::configmaps(client, ledger_namespace),
                     Some(pods),
-                    SplitMetrics::new(&metrics),
+                    split_metrics,
                 ),
             )
         }
@@ -284,7 +292,11 @@ async fn start_provisioning(
     namespace: &str,
     metrics: &Metrics,
     shutdown: CancellationToken,
-) -> http::extender::ExtenderState {
+) -> (
+    http::extender::ExtenderState,
+    tokio::sync::watch::Receiver<bool>,
+    crate::cluster::events::EventSink,
+) {
     use crate::cloud::ec2::CatalogCache;
     use crate::cloud::launch::{Launcher, Unavailable};
     use crate::cluster::nodeclaims::ClaimStore;
@@ -430,16 +442,18 @@ async fn start_provisioning(
             shutdown.clone(),
         );
     }
+    let (leader, events) = (provisioner.leader.clone(), provisioner.events.clone());
     tokio::spawn(async move {
         // Keep a sender alive so the event stream only ends with the process.
         let _events = events_tx;
         provisioner.run(events_rx, unplaced_rx, shutdown).await;
     });
-    http::extender::ExtenderState {
+    let extender = http::extender::ExtenderState {
         view,
         unplaced: Some(unplaced_tx),
         client_certificate_required: false,
-    }
+    };
+    (extender, leader, events)
 }
 
 /// nodewright's namespace when `--namespace` / `POD_NAMESPACE` is not given.

@@ -354,6 +354,40 @@ async fn deployment_scaled_1_10_4_20_keeps_its_base_and_share() {
             report.join("\n")
         );
     }
+    // Every replica exports where the workload stands (its monitor reads the pod watch every 5 s).
+    for replica in &cluster.replicas {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let text = reqwest::get(format!("{}/metrics", replica.ops))
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            let value = |ct: &str, kind: &str| {
+                text.lines()
+                    .find(|l| {
+                        l.starts_with("nodewright_capacity_split_pods{")
+                            && l.contains(&format!("capacity_type=\"{ct}\""))
+                            && l.contains(&format!("kind=\"{kind}\""))
+                            && l.contains(&format!("namespace=\"{}\"", cluster.namespace))
+                            && l.contains("workload=\"Deployment/web\"")
+                    })
+                    .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            };
+            let seen = [
+                value("on-demand", "actual"),
+                value("spot", "actual"),
+                value("on-demand", "desired"),
+                value("spot", "desired"),
+            ];
+            if seen == [Some(7.0), Some(13.0), Some(7.0), Some(13.0)] {
+                break;
+            }
+            assert!(Instant::now() < deadline, "split gauges: {seen:?}");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
     eprintln!(
         "split of Deployment web (base {BASE}, {SPOT_PERCENT}% spot):\n{}",
         report.join("\n")

@@ -97,6 +97,32 @@ impl EventSink {
         self.send(kind, reason, action, note, reference);
     }
 
+    /// An event about a workload (`Kind/name` in `namespace`: a Deployment, StatefulSet, ...).
+    pub fn workload(
+        &self,
+        namespace: &str,
+        workload: &str,
+        kind: Kind,
+        reason: &str,
+        action: &str,
+        note: String,
+    ) {
+        let (object_kind, name) = workload.split_once('/').unwrap_or(("Pod", workload));
+        let api_version = match object_kind {
+            "Deployment" | "ReplicaSet" | "StatefulSet" | "DaemonSet" => "apps/v1",
+            "Job" | "CronJob" => "batch/v1",
+            _ => "v1",
+        };
+        let reference = ObjectReference {
+            api_version: Some(api_version.to_owned()),
+            kind: Some(object_kind.to_owned()),
+            name: Some(name.to_owned()),
+            namespace: Some(namespace.to_owned()),
+            ..ObjectReference::default()
+        };
+        self.send(kind, reason, action, note, reference);
+    }
+
     fn send(
         &self,
         kind: Kind,

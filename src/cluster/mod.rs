@@ -15,6 +15,7 @@ pub mod pods;
 pub mod quota;
 pub mod snapshot;
 pub mod split;
+pub mod split_monitor;
 pub mod state;
 pub mod volumes;
 

@@ -61,6 +61,8 @@ struct SplitFacts {
     id: Option<Box<str>>,
     /// The capacity type its nodeSelector asks for.
     capacity_type: Option<CapacityType>,
+    /// The split its annotations ask for (nodewright writes the rule's on every pod it steers).
+    split: Option<split::Split>,
 }
 
 impl SplitFacts {
@@ -78,6 +80,9 @@ impl SplitFacts {
                 pod.spec.as_ref().and_then(|s| s.node_selector.as_ref()),
             )
             .and_then(CapacityType::parse),
+            split: split::Split::for_pod(None, pod.metadata.annotations.as_ref())
+                .ok()
+                .flatten(),
         })
     }
 }
@@ -355,6 +360,62 @@ impl PodIndex {
             }
         }
         f(&view)
+    }
+}
+
+/// One workload with a split, as the watch sees it now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkloadState {
+    pub namespace: String,
+    /// `Kind/name`.
+    pub workload: String,
+    /// The split most of its pods were steered under.
+    pub split: split::Split,
+    /// Its live pods by the capacity type they chose.
+    pub counts: Counts,
+}
+
+impl PodIndex {
+    /// Every workload whose pods ask for a split, with its live pods by capacity type, sorted.
+    pub fn workload_splits(&self, now: i64) -> Vec<WorkloadState> {
+        type Key<'a> = (&'a str, &'a str);
+        let index = self.index.read().unwrap_or_else(|e| e.into_inner());
+        let mut counts: BTreeMap<Key<'_>, Counts> = BTreeMap::new();
+        let mut splits: BTreeMap<Key<'_>, BTreeMap<(u32, u32), u32>> = BTreeMap::new();
+        for (namespace, pods) in &index.pods {
+            for facts in pods.values().filter(|f| f.counts(now)) {
+                let Some(split) = &facts.split else { continue };
+                let key = (namespace.as_str(), &*split.workload);
+                if let Some(s) = split.split {
+                    *splits
+                        .entry(key)
+                        .or_default()
+                        .entry((s.on_demand_base, s.spot_percent))
+                        .or_default() += 1;
+                }
+                if let Some(ct) = split.capacity_type {
+                    counts.entry(key).or_default().add(ct);
+                }
+            }
+        }
+        splits
+            .into_iter()
+            .filter_map(|((namespace, workload), seen)| {
+                let ((base, percent), _) = seen.into_iter().max_by_key(|(s, n)| (*n, *s))?;
+                Some(WorkloadState {
+                    namespace: namespace.to_owned(),
+                    workload: workload.to_owned(),
+                    split: split::Split {
+                        on_demand_base: base,
+                        spot_percent: percent,
+                    },
+                    counts: counts
+                        .get(&(namespace, workload))
+                        .copied()
+                        .unwrap_or_default(),
+                })
+            })
+            .collect()
     }
 }
 

@@ -80,6 +80,7 @@ pub(super) async fn with_split(
                     ops.extend(choice_patch(
                         pod,
                         node_selector_exists,
+                        split,
                         choice,
                         &request.uid,
                     ));

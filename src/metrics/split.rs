@@ -1,6 +1,6 @@
 //! Metrics of the capacity split: the capacity types chosen at admission and the shared ledger.
 
-use prometheus::{IntCounterVec, Opts};
+use prometheus::{IntCounterVec, IntGaugeVec, Opts};
 
 use super::Metrics;
 
@@ -11,6 +11,10 @@ pub struct SplitMetrics {
     pub choices: IntCounterVec,
     /// `event`: write, conflict, api_error.
     pub ledger: IntCounterVec,
+    /// `namespace`, `workload`, `capacity_type`, `kind` (desired, actual).
+    pub pods: IntGaugeVec,
+    /// `namespace`, `workload`: on-demand pods minus those the split wants.
+    pub drift: IntGaugeVec,
 }
 
 impl SplitMetrics {
@@ -32,11 +36,29 @@ impl SplitMetrics {
                 &["event"],
             )
             .expect("static metric"),
+            pods: IntGaugeVec::new(
+                Opts::new(
+                    "capacity_split_pods",
+                    "Pods of each workload that asks for a spot/on-demand split, by capacity type: kind=actual (its live pods, by the capacity type they chose) and kind=desired (what its split wants for that many pods), as this replica's pod watch sees them.",
+                ),
+                &["namespace", "workload", "capacity_type", "kind"],
+            )
+            .expect("static metric"),
+            drift: IntGaugeVec::new(
+                Opts::new(
+                    "capacity_split_drift_pods",
+                    "On-demand pods of a workload minus those its split wants (positive: too many on-demand, negative: too few); within one pod is kept.",
+                ),
+                &["namespace", "workload"],
+            )
+            .expect("static metric"),
         };
         let registry = metrics.registry();
         for c in [
             Box::new(m.choices.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(m.ledger.clone()),
+            Box::new(m.pods.clone()),
+            Box::new(m.drift.clone()),
         ] {
             // Registering twice (two services on one registry in tests) keeps the first.
             let _ = registry.register(c);

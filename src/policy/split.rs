@@ -240,12 +240,15 @@ pub fn selected_capacity_type(node_selector: Option<&BTreeMap<String, String>>) 
 }
 
 /// The patch operations that record a choice on a pod: `karpenter.sh/capacity-type` in its
-/// nodeSelector, the choice's id in its [`SPLIT_ID`] annotation and its [`POD_DELETION_COST`]
-/// (unless the pod sets its own). `node_selector_exists`: the pod has a nodeSelector map, or an
-/// earlier operation of the same patch adds one.
+/// nodeSelector; in its annotations the choice's id ([`SPLIT_ID`]), its [`POD_DELETION_COST`]
+/// (unless the pod sets its own) and the split it was chosen for ([`ON_DEMAND_BASE`],
+/// [`SPOT_PERCENT`], where a rule set it), so that every steered pod says what its workload asks.
+/// `node_selector_exists`: the pod has a nodeSelector map, or an earlier operation of the same
+/// patch adds one.
 pub fn choice_patch(
     pod: &PodView,
     node_selector_exists: bool,
+    split: Split,
     choice: Choice,
     id: &str,
 ) -> Vec<PatchOperation> {
@@ -255,23 +258,39 @@ pub fn choice_patch(
     } else {
         add(&["spec", "nodeSelector"], json!({ CAPACITY_TYPE_KEY: ct }))
     }];
-    let cost = choice.deletion_cost.to_string();
+    let wanted = [
+        (SPLIT_ID, id.to_owned()),
+        (POD_DELETION_COST, choice.deletion_cost.to_string()),
+        (ON_DEMAND_BASE, split.on_demand_base.to_string()),
+        (SPOT_PERCENT, split.spot_percent.to_string()),
+    ];
     match &pod.metadata.annotations {
         Some(annotations) => {
-            ops.push(add(&["metadata", "annotations", SPLIT_ID], json!(id)));
-            if !annotations.contains_key(POD_DELETION_COST) {
-                ops.push(add(
-                    &["metadata", "annotations", POD_DELETION_COST],
-                    json!(cost),
-                ));
+            for (i, (key, value)) in wanted.into_iter().enumerate() {
+                // The id is always this choice's; the others are kept when the pod has them.
+                if i == 0 || !annotations.contains_key(key) {
+                    ops.push(add(&["metadata", "annotations", key], json!(value)));
+                }
             }
         }
-        None => ops.push(add(
-            &["metadata", "annotations"],
-            json!({ SPLIT_ID: id, POD_DELETION_COST: cost }),
-        )),
+        None => {
+            let map: serde_json::Map<String, serde_json::Value> = wanted
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), json!(v)))
+                .collect();
+            ops.push(add(
+                &["metadata", "annotations"],
+                serde_json::Value::Object(map),
+            ));
+        }
     }
     ops
+}
+
+/// How far a workload is from its split: on-demand pods it has minus those it should have for
+/// its size (positive: too many on-demand, negative: too few). Within one pod is kept.
+pub fn drift(split: Split, counts: Counts) -> i64 {
+    i64::from(counts.on_demand) - i64::from(split.desired_on_demand(counts.total()))
 }
 
 /// A workload's split and where it stands, for reports (`nodewright plan`).
