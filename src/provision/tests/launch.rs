@@ -300,3 +300,40 @@ async fn promises_carry_the_pods_anti_affinity_to_the_extender() {
     assert!(!lets_group_on(&h, "b", &node), "b-0's group is kept off");
     assert!(lets_group_on(&h, "c", &node));
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_planner_keeps_a_promised_pods_anti_affinity_group_off_its_node() {
+    let h = start(never_consolidate());
+    h.pod_seen(anti_affine_pod("a-0", "a"));
+    let claims = h
+        .until("one launched claim", |cs| {
+            cs.len() == 1 && cs[0].phase() == Phase::Launched
+        })
+        .await;
+    let node = h.node_registers(&claims[0]);
+    h.until("the claim registered", |cs| {
+        cs[0].phase() == Phase::Registered
+    })
+    .await;
+    // a-1 would fit in the room left beside a-0's promise, but kube-scheduler would then keep
+    // a-0 off the node: a node of its own.
+    h.pod_seen(anti_affine_pod("a-1", "a"));
+    let claims = h
+        .until("a second claim", |cs| {
+            cs.len() == 2 && cs.iter().all(|c| c.phase() != Phase::Pending)
+        })
+        .await;
+    assert_eq!(placed(&h), 0);
+    assert!(
+        claims.iter().any(|c| c.spec.pods == ["app/a-1"]),
+        "{claims:#?}"
+    );
+    // A pod of another group takes the room.
+    h.pod_seen(anti_affine_pod("b-0", "b"));
+    h.run_for(Duration::from_secs(5)).await;
+    assert_eq!(placed(&h), 1);
+    assert_eq!(
+        h.state.view().read().unwrap().reserved_for("app/b-0"),
+        Some(node.as_str())
+    );
+}
