@@ -45,7 +45,8 @@ fi
 echo "==> scripts/k8s-binaries.sh"
 scripts/k8s-binaries.sh >/dev/null
 
-if [[ ! -x $cache/karpenter-kwok ]]; then
+# Karpenter's side only: SIDES=nodewright needs no Go build beyond the control plane.
+if [[ ,${SIDES:-karpenter,nodewright}, == *,karpenter,* && ! -x $cache/karpenter-kwok ]]; then
   echo "==> building Karpenter $KARPENTER_VERSION's kwok provider into $cache"
   mkdir -p "$cache"
   module_dir=$(cd "$(mktemp -d)" && go mod download -json "sigs.k8s.io/karpenter@$KARPENTER_VERSION" |

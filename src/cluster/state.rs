@@ -312,6 +312,16 @@ impl ClusterState {
                     anti_affinity: b.anti_affinity.clone(),
                 });
         }
+        // Pods promised a node count as on it: the planner must not put a pod beside them that
+        // their anti-affinity or hostname spread would then keep them off.
+        for (node, promise) in &view.promises {
+            let on = pods_by_node.entry(&**node).or_default();
+            on.extend(promise.pods.values().map(|p| BoundPod {
+                namespace: p.namespace.clone(),
+                labels: p.labels.clone(),
+                anti_affinity: p.anti_affinity.clone(),
+            }));
+        }
         let mut nodes: Vec<ExistingNode> = view
             .nodes
             .iter()

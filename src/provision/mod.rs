@@ -56,6 +56,7 @@ use crate::model::resources::{NAMES, Resources, format_slot};
 use crate::model::taints::Taint;
 use crate::scheduling::batcher::Batcher;
 use crate::scheduling::solver::{ExistingNode, Input, PlannedNode, Pool, Usage};
+use crate::scheduling::view::PromisedPod;
 use crate::scheduling::{PendingPod, solve, volumes};
 
 /// Nodes register with this taint (NoExecute, as Karpenter's `karpenter.sh/unregistered`), so
@@ -435,11 +436,10 @@ impl Run {
                 .write()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             for placement in &plan.placements {
-                let requests = pending[placement.pod_index].requests;
                 view.promise(
                     &placement.node,
                     &placement.pod,
-                    requests,
+                    PromisedPod::from(&pending[placement.pod_index]),
                     None,
                     Some(Instant::now() + PROMISE_TTL),
                 );
@@ -780,12 +780,12 @@ impl Run {
                         {
                             continue;
                         }
-                        let requests = self
+                        let promised = self
                             .waiting
                             .get(pod)
-                            .map(|w| PendingPod::from_pod(&w.pod).requests)
+                            .map(|w| PromisedPod::from(&PendingPod::from_pod(&w.pod)))
                             .unwrap_or_default();
-                        view.promise(node, pod, requests, Some(name.clone()), Some(now + left));
+                        view.promise(node, pod, promised, Some(name.clone()), Some(now + left));
                     }
                 }
                 Phase::Failed | Phase::Terminating => {}

@@ -54,7 +54,7 @@ impl Run {
                 .filter_map(|pod| {
                     let w = self.waiting.get(pod)?;
                     (!self.p.state.is_bound(pod))
-                        .then(|| (pod, PendingPod::from_pod(&w.pod).requests))
+                        .then(|| (pod, PromisedPod::from(&PendingPod::from_pod(&w.pod))))
                 })
                 .collect();
             let mut view = self
@@ -64,11 +64,11 @@ impl Run {
                 .write()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             let claim_name: Arc<str> = Arc::from(claim.name());
-            for (pod, requests) in waiting {
+            for (pod, promised) in waiting {
                 view.promise(
                     &node_name,
                     pod,
-                    requests,
+                    promised,
                     Some(claim_name.clone()),
                     Some(now + PROMISE_TTL),
                 );

@@ -2,10 +2,11 @@
 //! Pure: no I/O, no locks, no wire format. The HTTP adapter (`crate::http::extender`) decodes the
 //! call, takes the view's read lock around [`filter`] / [`prioritize`] only, and encodes the answer.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Instant;
 
 use crate::model::resources::{self, CPU, MEMORY, Resources};
+use crate::scheduling::pod::PodTerm;
 use crate::scheduling::view::{ClusterView, NodeFacts, NodeState, Promise};
 
 /// `MaxExtenderPriority`: kube-scheduler multiplies extender scores by weight × 10 without
@@ -15,12 +16,22 @@ pub const MAX_SCORE: i64 = 10;
 pub const MIN_SCORE: i64 = 0;
 
 /// The pod being scheduled, as far as the extender needs it.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct PodRequest {
     /// `namespace/name`, the key promises are held under.
     pub key: String,
     /// Effective requests the Kubernetes way (init containers, sidecars, overhead; `pods` = 1).
     pub requests: Resources,
+    /// Its labels, for promised pods' anti-affinity and spread.
+    pub labels: BTreeMap<String, String>,
+    /// Its required pod anti-affinity on known topologies, for the promised pods it may select.
+    pub anti_affinity: Vec<PodTerm>,
+}
+
+impl PodRequest {
+    pub fn namespace(&self) -> &str {
+        self.key.split_once('/').map_or("default", |(ns, _)| ns)
+    }
 }
 
 /// A node the scheduler asks about: a bare name, or a full Node object.
@@ -119,8 +130,10 @@ fn capacity(
 /// The filter verdict on one node for `pod`:
 /// 1. a node nodewright drains or terminates is refused as [`Refusal::Closing`];
 /// 2. a node holding a live promise for other pods passes only if its free capacity minus the
-///    promise still holds the pod, else [`Refusal::Reserved`]; a node launched for a NodeClaim's
-///    pods is refused outright to a pod that waits for a node of its own;
+///    promise still holds the pod and the pod breaks no promised pod's anti-affinity or hostname
+///    spread (nor selects one by its own anti-affinity), else [`Refusal::Reserved`]; a node
+///    launched for a NodeClaim's pods is refused outright to a pod that waits for a node of its
+///    own;
 /// 3. the node promised to the pod itself passes (other nodes are judged as usual).
 ///
 /// Nodes nodewright knows nothing about (not in the view and sent by name only) pass: the
@@ -177,6 +190,9 @@ fn judge_with(
             promise.pods.len()
         )));
     }
+    if let Some(conflict) = breaks_promise(promise, pod) {
+        return Err(Refusal::Reserved(conflict));
+    }
     let Some((allocatable, requested, _)) = capacity(facts, node) else {
         return Ok(());
     };
@@ -192,6 +208,67 @@ fn judge_with(
             &pod.requests,
         ))),
     }
+}
+
+/// Whether `pod`, placed first on a node promised to other pods, would keep one of them off it
+/// (kube-scheduler checks required anti-affinity both ways, and a pod's own spreads):
+/// - a promised pod's required anti-affinity selects `pod` (a zone term too: the node is in the
+///   zone);
+/// - `pod`'s own required anti-affinity selects a promised pod;
+/// - `pod` counts towards a promised pod's `DoNotSchedule` hostname spread, and the promised pods
+///   it selects plus `pod` would exceed its maxSkew. The global minimum is taken as 0 (some node
+///   the promised pod may use has no matching pod), which holds whenever the group is smaller
+///   than the cluster; otherwise this refuses a node the pod could in fact have shared.
+///
+/// Pods promised by their requests alone have no labels and no rules, and never conflict.
+fn breaks_promise(promise: &Promise, pod: &PodRequest) -> Option<String> {
+    let namespace = pod.namespace();
+    for (key, promised) in &promise.pods {
+        if !promised.has_rules() && pod.anti_affinity.is_empty() {
+            continue;
+        }
+        if let Some(term) = promised
+            .anti_affinity
+            .iter()
+            .find(|t| t.selector.matches(namespace, &pod.labels))
+        {
+            return Some(format!(
+                "node promised by nodewright to pending pod {key}, whose required anti-affinity ({}) selects this pod ({})",
+                term.topology.key(),
+                term.selector.describe()
+            ));
+        }
+        if let Some(term) = pod
+            .anti_affinity
+            .iter()
+            .find(|t| t.selector.matches(&promised.namespace, &promised.labels))
+        {
+            return Some(format!(
+                "node promised by nodewright to pending pod {key}, which this pod's required anti-affinity ({}) selects ({})",
+                term.topology.key(),
+                term.selector.describe()
+            ));
+        }
+        for spread in &promised.hostname_spreads {
+            if !spread.selector.matches(namespace, &pod.labels) {
+                continue;
+            }
+            let promised_matching = promise
+                .pods
+                .values()
+                .filter(|p| spread.selector.matches(&p.namespace, &p.labels))
+                .count() as i64;
+            if promised_matching + 1 > spread.max_skew {
+                return Some(format!(
+                    "node promised by nodewright to pending pod {key}, whose topology spread ({}, maxSkew {}, DoNotSchedule) this pod would fill ({})",
+                    spread.topology.key(),
+                    spread.max_skew,
+                    spread.selector.describe()
+                ));
+            }
+        }
+    }
+    None
 }
 
 fn reserved_message(
@@ -316,6 +393,8 @@ pub fn prioritize<C: Candidate>(
 mod tests {
     use super::*;
     use crate::model::resources::PODS;
+    use crate::scheduling::PendingPod;
+    use crate::scheduling::view::PromisedPod;
     use std::sync::Arc;
     use std::time::Duration;
 
@@ -342,11 +421,58 @@ mod tests {
         PodRequest {
             key: key.into(),
             requests: res(cpu, mem_gi, 1),
+            ..PodRequest::default()
         }
     }
 
     fn names(list: &[&'static str]) -> Vec<&'static str> {
         list.to_vec()
+    }
+
+    /// A pod of `group` in namespace `ns` (1 cpu, 1 GiB) with the spec fields in `rules`, read
+    /// as the planner reads it.
+    fn grouped(ns: &str, name: &str, group: &str, rules: serde_json::Value) -> PendingPod {
+        let mut spec = serde_json::json!({"containers": [{"name": "c", "image": "x",
+            "resources": {"requests": {"cpu": "1", "memory": "1Gi"}}}]});
+        spec.as_object_mut()
+            .unwrap()
+            .extend(rules.as_object().unwrap().clone());
+        PendingPod::from_pod(
+            &serde_json::from_value(serde_json::json!({
+                "metadata": {"name": name, "namespace": ns, "labels": {"group": group}},
+                "spec": spec,
+            }))
+            .unwrap(),
+        )
+    }
+
+    /// Required anti-affinity to the pod's own group on `key`.
+    fn anti_affinity(group: &str, key: &str) -> serde_json::Value {
+        serde_json::json!({"affinity": {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
+            {"topologyKey": key, "labelSelector": {"matchLabels": {"group": group}}}]}}})
+    }
+
+    /// The extender's view of a pending pod.
+    fn request(p: &PendingPod) -> PodRequest {
+        PodRequest {
+            key: p.key.clone(),
+            requests: p.requests,
+            labels: p.constraints.labels.clone(),
+            anti_affinity: p.constraints.anti_affinity.clone(),
+        }
+    }
+
+    /// One roomy node "n1" (8 cpu, 32 GiB) with `promised` promised on it, expiring at `expires`.
+    fn promised_view(promised: &[&PendingPod], expires: Option<Instant>) -> ClusterView {
+        let mut view = ClusterView::default();
+        view.nodes.insert(
+            Arc::from("n1"),
+            node(res(8000, 32, 110), Resources::ZERO, None),
+        );
+        for p in promised {
+            view.promise("n1", &p.key, PromisedPod::from(*p), None, expires);
+        }
+        view
     }
 
     #[test]
@@ -588,5 +714,145 @@ mod tests {
             filter(&view, &pod("ns/c", 1000, 1), &nodes, now).passing,
             vec![0, 1]
         );
+    }
+
+    #[test]
+    fn a_pod_of_a_promised_pods_anti_affinity_group_stays_off_its_node() {
+        let hostname = "kubernetes.io/hostname";
+        let promised = grouped("ns", "a-0", "a", anti_affinity("a", hostname));
+        let view = promised_view(&[&promised], None);
+        let nodes = names(&["n1"]);
+        let now = Instant::now();
+        // Same group: kube-scheduler would then keep a-0 off n1, whatever room is left.
+        let sibling = grouped("ns", "a-1", "a", anti_affinity("a", hostname));
+        let d = filter(&view, &request(&sibling), &nodes, now);
+        let [(0, Refusal::Reserved(m))] = d.refused.as_slice() else {
+            panic!("{d:?}")
+        };
+        assert!(m.contains("pending pod ns/a-0"), "{m}");
+        assert!(m.contains("anti-affinity (kubernetes.io/hostname)"), "{m}");
+        assert!(m.contains("group=a"), "{m}");
+        // A plain pod of the group, without rules of its own, is selected all the same.
+        let plain = grouped("ns", "a-2", "a", serde_json::json!({}));
+        assert!(
+            filter(&view, &request(&plain), &nodes, now)
+                .passing
+                .is_empty()
+        );
+        // The same labels in another namespace are not selected (the term's own namespace).
+        let elsewhere = grouped("other", "a-3", "a", serde_json::json!({}));
+        assert_eq!(
+            filter(&view, &request(&elsewhere), &nodes, now).passing,
+            vec![0]
+        );
+        // An unrelated pod passes while the room allows, and is refused for room alone.
+        let unrelated = grouped("ns", "b-0", "b", anti_affinity("b", hostname));
+        assert_eq!(
+            filter(&view, &request(&unrelated), &nodes, now).passing,
+            vec![0]
+        );
+        let big = PodRequest {
+            requests: res(7500, 1, 1),
+            ..request(&unrelated)
+        };
+        let d = filter(&view, &big, &nodes, now);
+        assert!(
+            matches!(d.refused.as_slice(), [(0, Refusal::Reserved(m))] if m.contains("cpu left")),
+            "{d:?}"
+        );
+        // The promised pod itself passes.
+        assert_eq!(
+            filter(&view, &request(&promised), &nodes, now).passing,
+            vec![0]
+        );
+        // A zone term is broken on the node too: the node is in the zone.
+        let zonal = grouped(
+            "ns",
+            "z-0",
+            "z",
+            anti_affinity("z", "topology.kubernetes.io/zone"),
+        );
+        let view = promised_view(&[&zonal], None);
+        let d = filter(
+            &view,
+            &request(&grouped("ns", "z-1", "z", serde_json::json!({}))),
+            &nodes,
+            now,
+        );
+        assert!(d.passing.is_empty(), "{d:?}");
+    }
+
+    #[test]
+    fn a_pod_whose_anti_affinity_selects_a_promised_pod_stays_off_its_node() {
+        // The promised pod has no rules; the newcomer's own anti-affinity selects it, and
+        // kube-scheduler checks anti-affinity of pods already on a node against a newcomer.
+        let promised = grouped("ns", "web-0", "web", serde_json::json!({}));
+        let view = promised_view(&[&promised], None);
+        let nodes = names(&["n1"]);
+        let now = Instant::now();
+        let shy = grouped(
+            "ns",
+            "shy-0",
+            "shy",
+            anti_affinity("web", "kubernetes.io/hostname"),
+        );
+        let d = filter(&view, &request(&shy), &nodes, now);
+        let [(0, Refusal::Reserved(m))] = d.refused.as_slice() else {
+            panic!("{d:?}")
+        };
+        assert!(
+            m.contains("pending pod ns/web-0, which this pod's required anti-affinity"),
+            "{m}"
+        );
+        // Pods promised by their requests alone (no labels known) are never selected.
+        let mut view = promised_view(&[], None);
+        view.promise("n1", "ns/web-1", res(1000, 1, 1), None, None);
+        assert_eq!(filter(&view, &request(&shy), &nodes, now).passing, vec![0]);
+    }
+
+    #[test]
+    fn an_expired_promise_keeps_no_anti_affinity_group_off_the_node() {
+        let hostname = "kubernetes.io/hostname";
+        let promised = grouped("ns", "a-0", "a", anti_affinity("a", hostname));
+        let now = Instant::now();
+        let sibling = request(&grouped("ns", "a-1", "a", anti_affinity("a", hostname)));
+        let nodes = names(&["n1"]);
+        let expired = promised_view(&[&promised], Some(now));
+        assert_eq!(filter(&expired, &sibling, &nodes, now).passing, vec![0]);
+        let live = promised_view(&[&promised], Some(now + Duration::from_secs(60)));
+        assert!(filter(&live, &sibling, &nodes, now).passing.is_empty());
+    }
+
+    #[test]
+    fn a_pod_that_would_fill_a_promised_pods_hostname_spread_stays_off_its_node() {
+        let spread = |max_skew: i64, unsatisfiable: &str| {
+            serde_json::json!({"topologySpreadConstraints": [{
+                "maxSkew": max_skew, "topologyKey": "kubernetes.io/hostname",
+                "whenUnsatisfiable": unsatisfiable,
+                "labelSelector": {"matchLabels": {"group": "s"}}}]})
+        };
+        let now = Instant::now();
+        let nodes = names(&["n1"]);
+        let newcomer = request(&grouped("ns", "s-9", "s", spread(1, "DoNotSchedule")));
+        let strict = grouped("ns", "s-0", "s", spread(1, "DoNotSchedule"));
+        let d = filter(&promised_view(&[&strict], None), &newcomer, &nodes, now);
+        let [(0, Refusal::Reserved(m))] = d.refused.as_slice() else {
+            panic!("{d:?}")
+        };
+        assert!(
+            m.contains("topology spread (kubernetes.io/hostname, maxSkew 1"),
+            "{m}"
+        );
+        // maxSkew 2 leaves room for one more pod of the group beside the promised one, not two.
+        let loose = grouped("ns", "s-1", "s", spread(2, "DoNotSchedule"));
+        let view = promised_view(&[&loose], None);
+        assert_eq!(filter(&view, &newcomer, &nodes, now).passing, vec![0]);
+        let other = grouped("ns", "s-2", "s", spread(2, "DoNotSchedule"));
+        let view = promised_view(&[&loose, &other], None);
+        assert!(filter(&view, &newcomer, &nodes, now).passing.is_empty());
+        // ScheduleAnyway is a preference: the newcomer passes.
+        let soft = grouped("ns", "s-3", "s", spread(1, "ScheduleAnyway"));
+        let view = promised_view(&[&soft], None);
+        assert_eq!(filter(&view, &newcomer, &nodes, now).passing, vec![0]);
     }
 }

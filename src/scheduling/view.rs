@@ -18,6 +18,7 @@ use k8s_openapi::api::core::v1::Node;
 use crate::model::catalog::{CapacityType, Catalog, labels};
 use crate::model::resources::Resources;
 use crate::model::taints::{Taint, TaintEffect};
+use crate::scheduling::pod::{PendingPod, PodTerm, Spread, Topology};
 
 /// Where nodewright stands with a node.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -63,12 +64,62 @@ impl NodeFacts {
     }
 }
 
+/// A pod a promise is held for: what it needs of the node, and what another pod placed on the node
+/// first must not break for it (kube-scheduler would then keep it off the node it was promised).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PromisedPod {
+    pub requests: Resources,
+    pub namespace: String,
+    /// Its labels, for other pods' anti-affinity.
+    pub labels: BTreeMap<String, String>,
+    /// Its required pod anti-affinity (hostname or zone; the node lies in both domains).
+    pub anti_affinity: Vec<PodTerm>,
+    /// Its `DoNotSchedule` spreads on `kubernetes.io/hostname`. Zone spreads are left out: whether
+    /// one more pod in the zone breaks them depends on every other zone's count.
+    pub hostname_spreads: Vec<Spread>,
+}
+
+impl PromisedPod {
+    /// Whether it has rules a pod sharing its node could break.
+    pub fn has_rules(&self) -> bool {
+        !self.anti_affinity.is_empty() || !self.hostname_spreads.is_empty()
+    }
+}
+
+/// A pod known by its requests alone: no labels, no rules.
+impl From<Resources> for PromisedPod {
+    fn from(requests: Resources) -> Self {
+        Self {
+            requests,
+            ..Self::default()
+        }
+    }
+}
+
+impl From<&PendingPod> for PromisedPod {
+    fn from(pod: &PendingPod) -> Self {
+        let c = &pod.constraints;
+        Self {
+            requests: pod.requests,
+            namespace: c.namespace.clone(),
+            labels: c.labels.clone(),
+            anti_affinity: c.anti_affinity.clone(),
+            hostname_spreads: c
+                .spreads
+                .iter()
+                .filter(|s| s.required && s.topology == Topology::Hostname)
+                .cloned()
+                .collect(),
+        }
+    }
+}
+
 /// Capacity on one node held for pods that are not bound yet (planned onto an existing node, or
 /// the pods a new node was launched for).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Promise {
-    /// `namespace/name` → requests, for the pods still unbound.
-    pub pods: HashMap<String, Resources>,
+    /// `namespace/name` → the pod, for the pods still unbound.
+    pub pods: HashMap<String, Arc<PromisedPod>>,
     /// The NodeClaim the promise comes from, for messages.
     pub claim: Option<Arc<str>>,
     /// After this instant the promise no longer holds (pods that never came lose their place).
@@ -77,7 +128,9 @@ pub struct Promise {
 
 impl Promise {
     pub fn total(&self) -> Resources {
-        self.pods.values().fold(Resources::default(), |a, r| a + *r)
+        self.pods
+            .values()
+            .fold(Resources::default(), |a, p| a + p.requests)
     }
 }
 
@@ -94,12 +147,13 @@ pub struct ClusterView {
 }
 
 impl ClusterView {
-    /// Promise `requests` on `node` to pod `pod_key`, replacing an earlier promise for that pod.
+    /// Promise room on `node` to pod `pod_key` (its requests, and its labels and rules when known),
+    /// replacing an earlier promise for that pod.
     pub fn promise(
         &mut self,
         node: &str,
         pod_key: &str,
-        requests: Resources,
+        pod: impl Into<PromisedPod>,
         claim: Option<Arc<str>>,
         expires: Option<Instant>,
     ) {
@@ -110,7 +164,7 @@ impl ClusterView {
             .map(|(k, _)| k.clone())
             .unwrap_or_else(|| Arc::from(node));
         let entry = self.promises.entry(node.clone()).or_default();
-        entry.pods.insert(pod_key.to_owned(), requests);
+        entry.pods.insert(pod_key.to_owned(), Arc::new(pod.into()));
         if claim.is_some() {
             entry.claim = claim;
         }

@@ -18,7 +18,7 @@ use std::marker::PhantomData;
 use std::ops::Deref;
 use std::time::Instant;
 
-use k8s_openapi::api::core::v1::{Container, Pod, ResourceRequirements};
+use k8s_openapi::api::core::v1::{Container, Pod, PodAffinityTerm, ResourceRequirements};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use serde::de::{self, IgnoredAny, MapAccess, Visitor};
 use serde::ser::SerializeMap;
@@ -27,7 +27,7 @@ use serde_json::value::RawValue;
 
 use crate::model::resources::{self, Resources};
 use crate::scheduling::extender::{Candidate, FilterDecision, PodRequest, filter, prioritize};
-use crate::scheduling::pod::effective_requests;
+use crate::scheduling::pod::{effective_requests, pod_term};
 use crate::scheduling::view::ClusterView;
 
 /// A JSON string, borrowed from the request body unless it contains escapes.
@@ -217,6 +217,7 @@ struct LeanPodMeta<'a> {
     generate_name: Option<Str<'a>>,
     #[serde(borrow)]
     namespace: Option<Str<'a>>,
+    labels: Option<BTreeMap<String, String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -225,6 +226,21 @@ struct LeanPodSpec {
     containers: Option<Vec<LeanContainer>>,
     init_containers: Option<Vec<LeanContainer>>,
     overhead: Option<BTreeMap<String, Quantity>>,
+    affinity: Option<LeanAffinity>,
+}
+
+/// Only the required pod anti-affinity: it decides whether the pod may share a node with pods
+/// promised the node (node affinity and pod affinity are the scheduler's own business).
+#[derive(Deserialize, Default)]
+#[serde(default, rename_all = "camelCase")]
+struct LeanAffinity {
+    pod_anti_affinity: Option<LeanAntiAffinity>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default, rename_all = "camelCase")]
+struct LeanAntiAffinity {
+    required_during_scheduling_ignored_during_execution: Option<Vec<PodAffinityTerm>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -265,7 +281,8 @@ impl LeanContainer {
     }
 }
 
-/// Reads a pod's name, namespace and requests from its JSON, skipping everything else.
+/// Reads a pod's name, namespace, labels, requests and required pod anti-affinity from its JSON,
+/// skipping everything else.
 pub fn pod_request(json: &str) -> Result<PodRequest, String> {
     let pod: LeanPod<'_> =
         serde_json::from_str(json).map_err(|e| format!("Pod cannot be read: {e}"))?;
@@ -293,7 +310,22 @@ pub fn pod_request(json: &str) -> Result<PodRequest, String> {
     let overhead = tracked(spec.overhead);
     let requests = effective_requests(&containers, &init, overhead.as_ref())
         .map_err(|e| format!("requests of pod {key}: {e}"))?;
-    Ok(PodRequest { key, requests })
+    let anti_affinity = spec
+        .affinity
+        .and_then(|a| a.pod_anti_affinity)
+        .and_then(|a| a.required_during_scheduling_ignored_during_execution)
+        .unwrap_or_default()
+        .iter()
+        // A term without a labelSelector selects no pod.
+        .filter(|t| t.label_selector.is_some())
+        .filter_map(|t| pod_term(t, namespace))
+        .collect();
+    Ok(PodRequest {
+        key,
+        requests,
+        labels: meta.labels.unwrap_or_default(),
+        anti_affinity,
+    })
 }
 
 #[derive(Deserialize, Default)]
@@ -453,6 +485,7 @@ impl<'a> ExtenderCall<'a> {
 mod tests {
     use super::*;
     use crate::model::resources::{CPU, MEMORY, PODS};
+    use crate::scheduling::pod::Topology;
 
     fn res(cpu_millis: i64, mem_gi: i64, pods: i64) -> Resources {
         let mut r = Resources::ZERO;
@@ -478,6 +511,48 @@ mod tests {
         let bare = pod_request(r#"{"metadata":{"name":"p"},"spec":{"containers":null}}"#).unwrap();
         assert_eq!(bare.key, "default/p");
         assert_eq!(bare.requests, res(0, 0, 1));
+    }
+
+    #[test]
+    fn pod_labels_and_required_anti_affinity_are_read() {
+        let json = r#"{"metadata":{"name":"a-1","namespace":"shop","labels":{"group":"a"}},
+            "spec":{"containers":[],"affinity":{
+              "nodeAffinity":{"requiredDuringSchedulingIgnoredDuringExecution":{"nodeSelectorTerms":[]}},
+              "podAntiAffinity":{
+                "requiredDuringSchedulingIgnoredDuringExecution":[
+                  {"topologyKey":"kubernetes.io/hostname","labelSelector":{"matchLabels":{"group":"a"}}},
+                  {"topologyKey":"topology.kubernetes.io/zone","labelSelector":{"matchLabels":{"group":"z"}},
+                   "namespaces":["other"]},
+                  {"topologyKey":"example.com/rack","labelSelector":{"matchLabels":{"group":"r"}}},
+                  {"topologyKey":"kubernetes.io/hostname"}],
+                "preferredDuringSchedulingIgnoredDuringExecution":[{"weight":1,"podAffinityTerm":
+                  {"topologyKey":"kubernetes.io/hostname","labelSelector":{"matchLabels":{"group":"p"}}}}]}}}}"#;
+        let p = pod_request(json).unwrap();
+        assert_eq!(p.labels.get("group").map(String::as_str), Some("a"));
+        assert_eq!(p.namespace(), "shop");
+        // Known topologies only, terms with a selector only, required terms only.
+        let terms: Vec<(Topology, String)> = p
+            .anti_affinity
+            .iter()
+            .map(|t| (t.topology, t.selector.describe()))
+            .collect();
+        assert_eq!(
+            terms,
+            [
+                (Topology::Hostname, "group=a".to_owned()),
+                (Topology::Zone, "group=z".to_owned())
+            ]
+        );
+        assert!(p.anti_affinity[0].selector.matches("shop", &p.labels));
+        assert!(!p.anti_affinity[0].selector.matches("elsewhere", &p.labels));
+        assert!(
+            p.anti_affinity[1]
+                .selector
+                .namespaces
+                .as_ref()
+                .unwrap()
+                .contains("other")
+        );
     }
 
     #[test]

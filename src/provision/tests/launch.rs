@@ -234,3 +234,106 @@ async fn a_pod_whose_promise_ran_out_unbound_is_planned_again_once() {
     assert_eq!(replanned(&h, "promise_expired"), 1);
     assert_eq!(h.creates().len(), 1);
 }
+
+/// `app/<name>` as [`pending_pod`], labelled `group: <group>`, with required hostname
+/// anti-affinity to its own group.
+fn anti_affine_pod(name: &str, group: &str) -> Pod {
+    let mut pod = pending_pod(name);
+    pod.metadata.labels = Some(BTreeMap::from([("group".to_owned(), group.to_owned())]));
+    pod.spec.as_mut().expect("spec").affinity = Some(
+        serde_json::from_value(json!({"podAntiAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": [{
+                "topologyKey": "kubernetes.io/hostname",
+                "labelSelector": {"matchLabels": {"group": group}}}]}}))
+        .expect("an Affinity"),
+    );
+    pod
+}
+
+/// Would the extender's filter let a pod of `group` (no node of its own coming) onto `node`?
+fn lets_group_on(h: &Harness, group: &str, node: &str) -> bool {
+    use crate::scheduling::extender::{PodRequest, judge};
+    let newcomer = PodRequest {
+        key: format!("app/{group}-newcomer"),
+        requests: PendingPod::from_pod(&pending_pod("x")).requests,
+        labels: BTreeMap::from([("group".to_owned(), group.to_owned())]),
+        ..PodRequest::default()
+    };
+    judge(
+        &h.state.view().read().unwrap(),
+        &newcomer,
+        &node,
+        Instant::now(),
+    )
+    .is_ok()
+}
+
+#[tokio::test(start_paused = true)]
+async fn promises_carry_the_pods_anti_affinity_to_the_extender() {
+    let h = start(never_consolidate());
+    // A new node launched for `a-0`: promised to it on registration.
+    h.pod_seen(anti_affine_pod("a-0", "a"));
+    let claims = h
+        .until("one launched claim", |cs| {
+            cs.len() == 1 && cs[0].phase() == Phase::Launched
+        })
+        .await;
+    let node = h.node_registers(&claims[0]);
+    h.until("the claim registered", |cs| {
+        cs[0].phase() == Phase::Registered
+    })
+    .await;
+    {
+        let view = h.state.view().read().unwrap();
+        let promised = &view.promises[node.as_str()].pods["app/a-0"];
+        assert_eq!(promised.namespace, "app");
+        assert_eq!(promised.labels["group"], "a");
+        assert_eq!(promised.anti_affinity.len(), 1);
+    }
+    assert!(!lets_group_on(&h, "a", &node), "a-0's group is kept off");
+    assert!(lets_group_on(&h, "b", &node), "room is left for others");
+    // `b-0` is planned onto the room left on that node: its promise carries its rules too.
+    h.pod_seen(anti_affine_pod("b-0", "b"));
+    h.run_for(Duration::from_secs(5)).await;
+    assert_eq!(placed(&h), 1);
+    assert_eq!(h.creates().len(), 1);
+    assert!(!lets_group_on(&h, "b", &node), "b-0's group is kept off");
+    assert!(lets_group_on(&h, "c", &node));
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_planner_keeps_a_promised_pods_anti_affinity_group_off_its_node() {
+    let h = start(never_consolidate());
+    h.pod_seen(anti_affine_pod("a-0", "a"));
+    let claims = h
+        .until("one launched claim", |cs| {
+            cs.len() == 1 && cs[0].phase() == Phase::Launched
+        })
+        .await;
+    let node = h.node_registers(&claims[0]);
+    h.until("the claim registered", |cs| {
+        cs[0].phase() == Phase::Registered
+    })
+    .await;
+    // a-1 would fit in the room left beside a-0's promise, but kube-scheduler would then keep
+    // a-0 off the node: a node of its own.
+    h.pod_seen(anti_affine_pod("a-1", "a"));
+    let claims = h
+        .until("a second claim", |cs| {
+            cs.len() == 2 && cs.iter().all(|c| c.phase() != Phase::Pending)
+        })
+        .await;
+    assert_eq!(placed(&h), 0);
+    assert!(
+        claims.iter().any(|c| c.spec.pods == ["app/a-1"]),
+        "{claims:#?}"
+    );
+    // A pod of another group takes the room.
+    h.pod_seen(anti_affine_pod("b-0", "b"));
+    h.run_for(Duration::from_secs(5)).await;
+    assert_eq!(placed(&h), 1);
+    assert_eq!(
+        h.state.view().read().unwrap().reserved_for("app/b-0"),
+        Some(node.as_str())
+    );
+}
