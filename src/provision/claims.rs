@@ -5,13 +5,35 @@
 
 use super::*;
 
+/// Whether every pod planned onto `node` (`pods`: what its `pod_indices` index) may also run on a
+/// node of capacity type `ct`. A pod whose nodeSelector or required node affinity pins the other
+/// type (as a spot/on-demand split does) would be stranded on a fallback node of this type.
+pub(super) fn pods_allow(node: &PlannedNode, pods: &[PendingPod], ct: CapacityType) -> bool {
+    let value = Some(ct.as_str());
+    let allows = |reqs: &[Requirement]| {
+        reqs.iter()
+            .filter(|r| r.key == labels::CAPACITY_TYPE)
+            .all(|r| r.allows(value))
+    };
+    node.pod_indices
+        .iter()
+        .filter_map(|&i| pods.get(i))
+        .all(|p| {
+            let c = &p.constraints;
+            allows(&c.node_selector)
+                && (c.node_affinity.is_empty() || c.node_affinity.iter().any(|t| allows(t)))
+        })
+}
+
 /// The claim for one planned node: the chosen offering and its alternatives in the same zone,
-/// then (for spot) the same types on-demand if the pool allows it.
+/// then (for spot) the same types on-demand if the pool allows it and its pods (`pods`: what
+/// `node.pod_indices` index; empty when unknown) may run there.
 pub(super) fn claim_for(
     node: &PlannedNode,
     pool_cfg: &crate::config::NodePool,
     pools: &[Pool],
     catalog: &Catalog,
+    pods: &[PendingPod],
 ) -> NodeClaim {
     let pool = pools.iter().find(|p| p.name == node.node_pool);
     let mut offerings = Vec::new();
@@ -23,6 +45,7 @@ pub(super) fn claim_for(
                 CapacityType::OnDemand,
             )
         })
+        && pods_allow(node, pods, CapacityType::OnDemand)
     {
         capacity_types.push(CapacityType::OnDemand);
     }
@@ -151,4 +174,58 @@ pub(super) fn launch_request(
             .and_then(|k| k.max_pods)
             .map(i64::from),
     })
+}
+
+#[cfg(test)]
+mod fallback_tests {
+    use super::*;
+
+    fn pod(spec_extra: serde_json::Value) -> PendingPod {
+        let mut spec = serde_json::json!({"containers": [{"name": "c", "image": "x"}]});
+        spec.as_object_mut()
+            .unwrap()
+            .extend(spec_extra.as_object().unwrap().clone());
+        PendingPod::from_pod(
+            &serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "p", "namespace": "ns"}, "spec": spec
+            }))
+            .unwrap(),
+        )
+    }
+
+    fn node(pod_indices: Vec<usize>) -> PlannedNode {
+        PlannedNode {
+            node_pool: "default".into(),
+            instance_type: "m5.large".into(),
+            zone: "us-east-1a".into(),
+            capacity_type: CapacityType::Spot,
+            price_per_hour: 0.03,
+            price_estimated: false,
+            pods: Vec::new(),
+            alternatives: Vec::new(),
+            requests: Resources::ZERO,
+            allocatable: Resources::ZERO,
+            pod_indices,
+        }
+    }
+
+    #[test]
+    fn pods_pinned_to_spot_get_no_on_demand_fallback() {
+        let free = pod(serde_json::json!({}));
+        let pinned =
+            pod(serde_json::json!({"nodeSelector": {"karpenter.sh/capacity-type": "spot"}}));
+        let either = pod(
+            serde_json::json!({"affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+            "nodeSelectorTerms": [
+                {"matchExpressions": [{"key": "karpenter.sh/capacity-type", "operator": "In", "values": ["spot"]}]},
+                {"matchExpressions": [{"key": "karpenter.sh/capacity-type", "operator": "In", "values": ["on-demand"]}]}]}}}}),
+        );
+        let pods = [free, pinned, either];
+        let od = CapacityType::OnDemand;
+        assert!(pods_allow(&node(vec![0, 2]), &pods, od));
+        assert!(!pods_allow(&node(vec![0, 1]), &pods, od));
+        assert!(pods_allow(&node(vec![1]), &pods, CapacityType::Spot));
+        // Pods not at hand: nothing to check.
+        assert!(pods_allow(&node(vec![0, 1]), &[], od));
+    }
 }

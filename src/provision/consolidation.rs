@@ -316,7 +316,8 @@ impl Run {
                         .state
                         .set_node_state(&n.node, crate::scheduling::view::NodeState::Draining);
                 }
-                let mut replacement = claim_for(node, pool, pools, catalog);
+                // The moved pods are not at hand here: their capacity types are not checked.
+                let mut replacement = claim_for(node, pool, pools, catalog, &[]);
                 replacement
                     .metadata
                     .annotations

@@ -451,7 +451,7 @@ impl Run {
             let Some(pool) = config.node_pools.get(&node.node_pool) else {
                 continue;
             };
-            let claim = claim_for(node, pool, &pools, &catalog);
+            let claim = claim_for(node, pool, &pools, &catalog, &pending);
             match self.create_claim(claim).await {
                 Ok(claim) => {
                     tracing::info!(

@@ -130,7 +130,7 @@ impl Run {
             catalog,
             pools,
             plan,
-            ..
+            pending,
         } = self.plan_pods(&pods, config);
         replaced.placed = plan.placements.len();
         replaced.unschedulable = plan.unschedulable.len();
@@ -138,7 +138,7 @@ impl Run {
             let Some(pool) = config.node_pools.get(&node.node_pool) else {
                 continue;
             };
-            let mut replacement = claim_for(node, pool, &pools, &catalog);
+            let mut replacement = claim_for(node, pool, &pools, &catalog, &pending);
             replacement
                 .metadata
                 .annotations
