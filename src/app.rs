@@ -158,7 +158,7 @@ pub async fn serve(settings: ServeSettings, shutdown: CancellationToken) -> Resu
     }
 
     let quota_settings = QuotaSettings::default();
-    let (mut extender, leader, events) = start_provisioning(
+    let (mut extender, leader, events, cluster_ops) = start_provisioning(
         &config,
         &decisions,
         kube_client.clone(),
@@ -182,10 +182,14 @@ pub async fn serve(settings: ServeSettings, shutdown: CancellationToken) -> Resu
             );
             let split_metrics = SplitMetrics::new(&metrics);
             crate::cluster::split_monitor::spawn(
-                pods.clone(),
-                split_metrics.clone(),
-                leader,
-                events,
+                crate::cluster::split_monitor::Deps {
+                    pods: pods.clone(),
+                    metrics: split_metrics.clone(),
+                    leader,
+                    events,
+                    config: decisions.config.clone(),
+                    cluster: cluster_ops,
+                },
                 shutdown.clone(),
             );
             (
@@ -296,6 +300,7 @@ async fn start_provisioning(
     http::extender::ExtenderState,
     tokio::sync::watch::Receiver<bool>,
     crate::cluster::events::EventSink,
+    Arc<dyn crate::cluster::nodes::ClusterOps>,
 ) {
     use crate::cloud::ec2::CatalogCache;
     use crate::cloud::launch::{Launcher, Unavailable};
@@ -442,7 +447,11 @@ async fn start_provisioning(
             shutdown.clone(),
         );
     }
-    let (leader, events) = (provisioner.leader.clone(), provisioner.events.clone());
+    let (leader, events, cluster_ops) = (
+        provisioner.leader.clone(),
+        provisioner.events.clone(),
+        provisioner.nodes.clone(),
+    );
     tokio::spawn(async move {
         // Keep a sender alive so the event stream only ends with the process.
         let _events = events_tx;
@@ -453,7 +462,7 @@ async fn start_provisioning(
         unplaced: Some(unplaced_tx),
         client_certificate_required: false,
     };
-    (extender, leader, events)
+    (extender, leader, events, cluster_ops)
 }
 
 /// nodewright's namespace when `--namespace` / `POD_NAMESPACE` is not given.

@@ -78,6 +78,7 @@ const CASES: &[Expected] = {
         case("policy-scheduler-name.yaml", Invalid, 3, POLICY, DEFAULT, Some("spec.rules[0].schedulerName"), 40, 22, "\"Nodewright_Scheduler\" is not a valid scheduler name"),
         case("policy-capacity-split-pool.yaml", Invalid, 3, POLICY, DEFAULT, Some("spec.rules[0].capacitySplit"), 39, 7, "NodePool \"default\" does not launch spot nodes, so it cannot hold a split between spot and on-demand"),
         case("policy-capacity-split-percent.yaml", Invalid, 3, POLICY, DEFAULT, Some("spec.rules[0].capacitySplit.spotPercent"), 40, 22, "150 is out of range: 0 to 100"),
+        case("policy-split-restore-interval.yaml", Invalid, 3, POLICY, DEFAULT, Some("spec.capacitySplitRestore.interval"), 38, 15, "invalid duration \"1minute\": unknown unit \"minute\""),
         case("policy-selector-operator.yaml", Invalid, 3, POLICY, DEFAULT, Some("spec.rules[0].namespaceSelector.matchExpressions[0].values"), 43, 13, "operator Exists takes no values, got 1"),
         case("policy-max-skew.yaml", Invalid, 3, POLICY, DEFAULT, Some("spec.spread.maxSkew"), 38, 14, "maxSkew must be at least 1, not 0"),
         case("policy-topology-key.yaml", Invalid, 3, POLICY, DEFAULT, Some("spec.rules[0].spread.topologyKey"), 40, 22, "topologyKey must not be empty"),

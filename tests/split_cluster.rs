@@ -36,6 +36,11 @@ struct Cluster {
 
 impl Cluster {
     async fn start(replicas: usize) -> Cluster {
+        Self::start_with(replicas, "").await
+    }
+
+    /// `policy`: more Policy `spec` fields, as YAML lines indented by two spaces.
+    async fn start_with(replicas: usize, policy: &str) -> Cluster {
         let plane = controlplane::shared();
         let dir = tempfile::tempdir().unwrap();
         let client = plane.client().await;
@@ -59,7 +64,8 @@ impl Cluster {
             Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/steering.yaml"),
         )
         .unwrap()
-        .replace("team-riker", &namespace);
+        .replace("team-riker", &namespace)
+        .replace("spec:\n  spread:", &format!("spec:\n{policy}  spread:"));
         std::fs::write(&config, text).unwrap();
         let args = [
             "--config",
@@ -557,4 +563,107 @@ async fn latency_added_by_the_split() {
         "/mutate latency, 100 sequential reviews each (client included):\n{}",
         report.join("\n")
     );
+}
+
+/// A workload left off its split (pods its ReplicaSet adopted pushed out its own on-demand pods)
+/// is brought back by evicting its surplus pods one at a time when the Policy opts in; their
+/// replacements are steered right.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drifted_split_is_restored_by_evicting_its_surplus() {
+    let cluster =
+        Cluster::start_with(1, "  capacitySplitRestore: {enabled: true, interval: 2s}\n").await;
+    cluster.create_deployment("web", 5).await;
+    assert_eq!(
+        cluster.settled("web", 5).await,
+        (4, 1),
+        "base 3, then 80 % spot"
+    );
+    let hash = cluster
+        .pods()
+        .list(&ListParams::default().labels("app=web"))
+        .await
+        .unwrap()
+        .items[0]
+        .metadata
+        .labels
+        .as_ref()
+        .unwrap()["pod-template-hash"]
+        .clone();
+    // Four pods of the ReplicaSet's own labels that chose spot: it adopts them, has 9 pods, and
+    // removes the 4 of lowest deletion cost, the last places of its split (3 of them on-demand).
+    for i in 0..4 {
+        let pod = json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": format!("adopted-{i}"), "labels": {"app": "web", "pod-template-hash": hash}},
+            "spec": {"nodeSelector": {"karpenter.sh/capacity-type": "spot"},
+                     "containers": [{"name": "c", "image": "registry.k8s.io/pause:3.10"}]}
+        });
+        cluster
+            .pods()
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(pod).unwrap(),
+            )
+            .await
+            .unwrap();
+    }
+    // Then the leader evicts spot pods until the split is within one pod again.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut seen = Vec::new();
+    loop {
+        let pods = cluster
+            .pods()
+            .list(&ListParams::default().labels("app=web"))
+            .await
+            .unwrap()
+            .items;
+        let live: Vec<&Pod> = pods
+            .iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_none())
+            .collect();
+        let on_demand = live
+            .iter()
+            .filter(|p| {
+                p.spec
+                    .as_ref()
+                    .and_then(|s| s.node_selector.as_ref())
+                    .and_then(|m| m.get("karpenter.sh/capacity-type"))
+                    .map(String::as_str)
+                    == Some("on-demand")
+            })
+            .count();
+        let state = (live.len(), on_demand);
+        if seen.last() != Some(&state) {
+            seen.push(state);
+        }
+        let evicted = metric_sum(
+            &cluster,
+            "nodewright_capacity_split_evictions_total{outcome=\"evicted\"}",
+        )
+        .await;
+        if live.len() == 5 && on_demand >= 3 && evicted >= 1.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not restored: (pods, on-demand) seen {seen:?}, evicted {evicted}; logs:\n{}",
+            cluster.replicas[0].logs()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    eprintln!("restore: (pods, on-demand) over time {seen:?}");
+    assert!(
+        seen.iter().any(|&(n, od)| n == 5 && od <= 1),
+        "the drift was never there to restore: {seen:?}"
+    );
+}
+
+async fn metric_sum(cluster: &Cluster, series: &str) -> f64 {
+    let mut sum = 0.0;
+    for r in &cluster.replicas {
+        if let Ok(response) = reqwest::get(format!("{}/metrics", r.ops)).await {
+            sum += common::metric_value(&response.text().await.unwrap_or_default(), series);
+        }
+    }
+    sum
 }

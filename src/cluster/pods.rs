@@ -57,6 +57,10 @@ struct Facts {
 struct SplitFacts {
     /// `Kind/name` (see [`split::workload_of`]).
     workload: Box<str>,
+    /// The pod's name, to evict it.
+    name: Box<str>,
+    /// Its `controller.kubernetes.io/pod-deletion-cost` (0 when it has none).
+    deletion_cost: i32,
     /// The pod's [`split::SPLIT_ID`], when nodewright chose its capacity type.
     id: Option<Box<str>>,
     /// The capacity type its nodeSelector asks for.
@@ -68,8 +72,14 @@ struct SplitFacts {
 impl SplitFacts {
     fn of(pod: &WatchedPod) -> Option<Self> {
         let workload = split::workload_of(&pod.metadata)?;
+        let annotations = pod.metadata.annotations.as_ref();
         Some(Self {
             workload: workload.into(),
+            name: pod.metadata.name.as_deref().unwrap_or_default().into(),
+            deletion_cost: annotations
+                .and_then(|a| a.get(split::POD_DELETION_COST))
+                .and_then(|c| c.parse().ok())
+                .unwrap_or(0),
             id: pod
                 .metadata
                 .annotations
@@ -416,6 +426,30 @@ impl PodIndex {
                 })
             })
             .collect()
+    }
+}
+
+impl PodIndex {
+    /// The pod of `workload` in `namespace` that restoring its split evicts first: one of
+    /// capacity type `ct` that counts, with the lowest pod-deletion-cost (the highest place in the
+    /// split's order); `(name, uid)`.
+    pub fn eviction_candidate(
+        &self,
+        namespace: &str,
+        workload: &str,
+        ct: CapacityType,
+        now: i64,
+    ) -> Option<(String, String)> {
+        let index = self.index.read().unwrap_or_else(|e| e.into_inner());
+        index
+            .pods
+            .get(namespace)?
+            .iter()
+            .filter(|(_, f)| f.counts(now))
+            .filter_map(|(uid, f)| Some((uid, f.split.as_ref()?)))
+            .filter(|(_, s)| &*s.workload == workload && s.capacity_type == Some(ct))
+            .min_by_key(|(uid, s)| (s.deletion_cost, std::cmp::Reverse(uid.as_str())))
+            .map(|(uid, s)| (s.name.to_string(), uid.clone()))
     }
 }
 

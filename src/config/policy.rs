@@ -54,6 +54,42 @@ pub struct PolicySpec {
     /// `Balanced`): a move is taken only if it saves enough for the pods it restarts.
     #[serde(default)]
     pub consolidation: ConsolidationSpec,
+    /// What is done when a workload drifts more than one pod from its spot/on-demand split.
+    #[serde(default)]
+    pub capacity_split_restore: SplitRestoreSpec,
+}
+
+/// Restoring drifted capacity splits: off by default (drift is then only reported).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SplitRestoreSpec {
+    /// Evict the surplus pods of a drifted workload, one at a time and within its
+    /// PodDisruptionBudgets, so that their replacements are steered right.
+    #[serde(default)]
+    pub enabled: bool,
+    /// At most one eviction per workload per this long (Go duration).
+    #[serde(default = "default_restore_interval")]
+    pub interval: String,
+}
+
+impl SplitRestoreSpec {
+    /// The interval; the default if it does not parse (validation reports it).
+    pub fn interval(&self) -> std::time::Duration {
+        super::parse_go_duration(&self.interval).unwrap_or(std::time::Duration::from_secs(60))
+    }
+}
+
+impl Default for SplitRestoreSpec {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            interval: default_restore_interval(),
+        }
+    }
+}
+
+fn default_restore_interval() -> String {
+    "1m".to_owned()
 }
 
 /// What a consolidation move must save.
@@ -139,6 +175,7 @@ impl Default for PolicySpec {
             scheduler_name: None,
             interruption: None,
             consolidation: ConsolidationSpec::default(),
+            capacity_split_restore: SplitRestoreSpec::default(),
         }
     }
 }

@@ -15,6 +15,8 @@ pub struct SplitMetrics {
     pub pods: IntGaugeVec,
     /// `namespace`, `workload`: on-demand pods minus those the split wants.
     pub drift: IntGaugeVec,
+    /// `outcome`: evicted, pdb_blocked, not_found, error.
+    pub evictions: IntCounterVec,
 }
 
 impl SplitMetrics {
@@ -52,6 +54,14 @@ impl SplitMetrics {
                 &["namespace", "workload"],
             )
             .expect("static metric"),
+            evictions: IntCounterVec::new(
+                Opts::new(
+                    "capacity_split_evictions_total",
+                    "Pods the leader evicted to restore a drifted split (capacitySplitRestore), by outcome: evicted, pdb_blocked (429, retried after the interval), not_found, error.",
+                ),
+                &["outcome"],
+            )
+            .expect("static metric"),
         };
         let registry = metrics.registry();
         for c in [
@@ -59,6 +69,7 @@ impl SplitMetrics {
             Box::new(m.ledger.clone()),
             Box::new(m.pods.clone()),
             Box::new(m.drift.clone()),
+            Box::new(m.evictions.clone()),
         ] {
             // Registering twice (two services on one registry in tests) keeps the first.
             let _ = registry.register(c);

@@ -105,6 +105,12 @@ pub(super) fn policy(spec: &PolicySpec, parsed: &Parsed, issues: &mut Issues<'_>
     if let Err(e) = parse_go_duration(&c.stabilization_window) {
         issues.add(at.key("stabilizationWindow"), e.to_string());
     }
+    if let Err(e) = parse_go_duration(&spec.capacity_split_restore.interval) {
+        issues.add(
+            path.key("capacitySplitRestore").key("interval"),
+            e.to_string(),
+        );
+    }
     if let Some(interruption) = &spec.interruption {
         let at = path.key("interruption");
         if interruption.queue.trim().is_empty() {
