@@ -25,7 +25,7 @@ use serde_json::json;
 
 use crate::config::CapacitySplitSpec;
 use crate::model::catalog::CapacityType;
-use crate::policy::mutate::add;
+use crate::policy::patch::add_entries;
 use crate::policy::pod::PodView;
 
 /// Pod (template) annotation: pods of the workload always on on-demand, before any goes to spot.
@@ -252,38 +252,30 @@ pub fn choice_patch(
     choice: Choice,
     id: &str,
 ) -> Vec<PatchOperation> {
-    let ct = choice.capacity_type.as_str();
-    let mut ops = vec![if node_selector_exists {
-        add(&["spec", "nodeSelector", CAPACITY_TYPE_KEY], json!(ct))
-    } else {
-        add(&["spec", "nodeSelector"], json!({ CAPACITY_TYPE_KEY: ct }))
-    }];
-    let wanted = [
+    let mut ops = add_entries(
+        &["spec", "nodeSelector"],
+        node_selector_exists,
+        vec![(CAPACITY_TYPE_KEY, json!(choice.capacity_type.as_str()))],
+    );
+    let annotations = pod.metadata.annotations.as_ref();
+    let has = |key: &str| annotations.is_some_and(|a| a.contains_key(key));
+    // The id is always this choice's; the others are kept when the pod has them.
+    let entries = [
         (SPLIT_ID, id.to_owned()),
         (POD_DELETION_COST, choice.deletion_cost.to_string()),
         (ON_DEMAND_BASE, split.on_demand_base.to_string()),
         (SPOT_PERCENT, split.spot_percent.to_string()),
-    ];
-    match &pod.metadata.annotations {
-        Some(annotations) => {
-            for (i, (key, value)) in wanted.into_iter().enumerate() {
-                // The id is always this choice's; the others are kept when the pod has them.
-                if i == 0 || !annotations.contains_key(key) {
-                    ops.push(add(&["metadata", "annotations", key], json!(value)));
-                }
-            }
-        }
-        None => {
-            let map: serde_json::Map<String, serde_json::Value> = wanted
-                .into_iter()
-                .map(|(k, v)| (k.to_owned(), json!(v)))
-                .collect();
-            ops.push(add(
-                &["metadata", "annotations"],
-                serde_json::Value::Object(map),
-            ));
-        }
-    }
+    ]
+    .into_iter()
+    .enumerate()
+    .filter(|(i, (key, _))| *i == 0 || !has(key))
+    .map(|(_, (key, value))| (key, json!(value)))
+    .collect();
+    ops.extend(add_entries(
+        &["metadata", "annotations"],
+        annotations.is_some(),
+        entries,
+    ));
     ops
 }
 
