@@ -27,7 +27,7 @@ pub enum LedgerEvent {
     ApiError,
 }
 
-/// Why a batch was not decided.
+/// Why a request was not decided (quota and capacity split alike).
 #[derive(Debug, thiserror::Error, Clone)]
 pub enum BatchError {
     #[error("cannot reach the Kubernetes API: {0}")]
@@ -36,6 +36,10 @@ pub enum BatchError {
     TooManyConflicts,
     #[error("the ledger worker stopped")]
     Stopped,
+    #[error("the pod watch has not finished its first list yet")]
+    NotSynced,
+    #[error("no answer within the apiserver's timeout")]
+    Timeout,
 }
 
 /// One kind of batched decision.

@@ -26,15 +26,8 @@ impl Default for QuotaSettings {
     }
 }
 
-#[derive(Debug, thiserror::Error, Clone)]
-pub enum QuotaError {
-    #[error(transparent)]
-    Ledger(#[from] BatchError),
-    #[error("the pod watch has not finished its first list yet")]
-    NotSynced,
-    #[error("no answer within the apiserver's timeout")]
-    Timeout,
-}
+/// Why a request was not decided.
+pub type QuotaError = BatchError;
 
 /// Shared by all request handlers. Cheap to clone.
 #[derive(Clone)]
@@ -101,9 +94,9 @@ impl QuotaService {
         request: SlotRequest,
     ) -> Result<Verdict, QuotaError> {
         if !self.is_ready() {
-            return Err(QuotaError::NotSynced);
+            return Err(BatchError::NotSynced);
         }
-        Ok(self.batched.submit(namespace, (limit, request)).await?)
+        self.batched.submit(namespace, (limit, request)).await
     }
 }
 

@@ -16,15 +16,8 @@ use crate::policy::split::{Choice, Counts, SplitLedger, SplitRequest, WorkloadWa
 /// watch lag.
 pub const CHOICE_EXPIRY: Duration = Duration::from_secs(90);
 
-#[derive(Debug, thiserror::Error, Clone)]
-pub enum SplitError {
-    #[error(transparent)]
-    Ledger(#[from] BatchError),
-    #[error("the pod watch has not finished its first list yet")]
-    NotSynced,
-    #[error("no answer within the apiserver's timeout")]
-    Timeout,
-}
+/// Why a request was not decided.
+pub type SplitError = BatchError;
 
 /// Shared by all request handlers. Cheap to clone.
 #[derive(Clone)]
@@ -90,9 +83,9 @@ impl SplitService {
         request: SplitRequest,
     ) -> Result<Choice, SplitError> {
         if !self.is_ready() {
-            return Err(SplitError::NotSynced);
+            return Err(BatchError::NotSynced);
         }
-        Ok(self.batched.submit(namespace, request).await?)
+        self.batched.submit(namespace, request).await
     }
 }
 
