@@ -58,12 +58,6 @@ pub trait Decide: Send + Sync + 'static {
         now: i64,
     ) -> Vec<Self::Verdict>;
 
-    /// Verdicts that must not stand on a cached copy of the ledger (another replica may have
-    /// written since): the batch is decided again on a fresh read.
-    fn needs_fresh_read(&self, _verdicts: &[Self::Verdict]) -> bool {
-        false
-    }
-
     /// A batch of `size` requests is being decided.
     fn batch(&self, _size: usize) {}
 
@@ -193,10 +187,13 @@ impl<D: Decide> Inner<D> {
             let verdicts = self
                 .decider
                 .decide(namespace, &mut ledger, batch, unix_now());
-            if from_cache && self.decider.needs_fresh_read(&verdicts) {
-                continue;
-            }
+            // Nothing to write means nothing the compare-and-swap would check: an answer from a
+            // cached copy (a denial, a dry run, a retry) may miss another replica's writes, so it
+            // is decided again on a fresh read.
             if ledger == current.ledger {
+                if from_cache {
+                    continue;
+                }
                 *cached = Some(current);
                 return Ok(verdicts);
             }

@@ -126,11 +126,6 @@ impl Decide for QuotaDecider {
         }
     }
 
-    /// Never deny on a cached copy: another replica may have freed slots since.
-    fn needs_fresh_read(&self, verdicts: &[Verdict]) -> bool {
-        verdicts.iter().any(|v| matches!(v, Verdict::Deny { .. }))
-    }
-
     fn batch(&self, size: usize) {
         self.metrics.quota_batch(size);
     }
