@@ -7,7 +7,6 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use base64::Engine;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use kube::api::{DeleteParams, ListParams, PostParams};
 use kube::{Api, Client};
@@ -17,7 +16,7 @@ use serde_json::{Value, json};
 mod common;
 use common::controlplane::{self, Install};
 use common::tcpproxy::{ProxyHandle, RoundRobin};
-use common::{Server, metric_value};
+use common::{ServeFiles, Server, metric_value};
 
 const LIMIT: usize = 10;
 
@@ -37,6 +36,7 @@ struct Cluster {
     api_addr: std::net::SocketAddr,
     ca: String,
     _dir: tempfile::TempDir,
+    _files: ServeFiles,
 }
 
 fn config_text(failure_policy: &str, namespace: &str) -> String {
@@ -70,29 +70,8 @@ impl Cluster {
         )
         .unwrap();
 
-        let bundle = nodewright::tls::certs::generate(
-            &nodewright::tls::certs::local_names(),
-            time::Duration::days(1),
-        )
-        .unwrap();
-        let (cert, key, config) = (
-            dir.path().join("tls.crt"),
-            dir.path().join("tls.key"),
-            dir.path().join("config.yaml"),
-        );
-        std::fs::write(&cert, &bundle.cert_pem).unwrap();
-        std::fs::write(&key, &bundle.key_pem).unwrap();
-        std::fs::write(&config, config_text(failure_policy, &namespace)).unwrap();
-        let args = [
-            "--config",
-            config.to_str().unwrap(),
-            "--tls-cert",
-            cert.to_str().unwrap(),
-            "--tls-key",
-            key.to_str().unwrap(),
-            "--namespace",
-            &install.namespace,
-        ];
+        let files = ServeFiles::write(&config_text(failure_policy, &namespace));
+        let args = files.args(&install.namespace);
         let replicas: Vec<Server> = (0..replicas)
             .map(|_| Server::start_with(&args, Some(&kubeconfig)))
             .collect();
@@ -111,8 +90,9 @@ impl Cluster {
             api_listen: api_proxy.addr(),
             api_proxy: Some(api_proxy),
             api_addr,
-            ca: bundle.ca_pem,
+            ca: files.ca_pem.clone(),
             _dir: dir,
+            _files: files,
         };
         cluster.register_webhook().await;
         cluster.wait_until_quota_ready().await;
@@ -138,25 +118,13 @@ impl Cluster {
     }
 
     async fn register_webhook(&self) {
-        // One configuration per test, for its own namespace only (the control plane is shared).
-        let hook = json!({
-            "apiVersion": "admissionregistration.k8s.io/v1",
-            "kind": "ValidatingWebhookConfiguration",
-            "metadata": {"name": format!("{}-quota", self.install.release)},
-            "webhooks": [{
-                "name": "validate.nodewright.io",
-                "admissionReviewVersions": ["v1"],
-                "clientConfig": {
-                    "url": format!("https://127.0.0.1:{}/validate", self.proxy.addr().port()),
-                    "caBundle": base64::engine::general_purpose::STANDARD.encode(&self.ca),
-                },
-                "rules": [{"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods"]}],
-                "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": self.namespace}},
-                "sideEffects": "NoneOnDryRun",
-                "failurePolicy": "Fail",
-                "timeoutSeconds": 10,
-            }]
-        });
+        let hook = common::pod_webhook(
+            "ValidatingWebhookConfiguration",
+            &format!("{}-quota", self.install.release),
+            &format!("https://127.0.0.1:{}/validate", self.proxy.addr().port()),
+            &self.ca,
+            &self.namespace,
+        );
         controlplane::apply(&self.client, &hook).await;
     }
 
@@ -232,13 +200,7 @@ impl Cluster {
     }
 
     async fn metric_sum(&self, series: &str) -> f64 {
-        let mut sum = 0.0;
-        for r in &self.replicas {
-            if let Ok(response) = reqwest::get(format!("{}/metrics", r.ops)).await {
-                sum += metric_value(&response.text().await.unwrap_or_default(), series);
-            }
-        }
-        sum
+        common::metric_sum(&self.replicas, series).await
     }
 }
 

@@ -16,9 +16,9 @@ use serde_json::{Value, json};
 
 #[macro_use]
 mod common;
-use common::Server;
 use common::controlplane::{self, Install};
 use common::tcpproxy::{ProxyHandle, RoundRobin};
+use common::{ServeFiles, Server};
 
 /// The Deployment's split: `nodewright.io/on-demand-base: "3"`, `nodewright.io/spot-percent: "80"`.
 const BASE: u32 = 3;
@@ -31,7 +31,7 @@ struct Cluster {
     replicas: Vec<Server>,
     proxy: ProxyHandle,
     ca: String,
-    _dir: tempfile::TempDir,
+    _files: ServeFiles,
 }
 
 impl Cluster {
@@ -42,22 +42,9 @@ impl Cluster {
     /// `policy`: more Policy `spec` fields, as YAML lines indented by two spaces.
     async fn start_with(replicas: usize, policy: &str) -> Cluster {
         let plane = controlplane::shared();
-        let dir = tempfile::tempdir().unwrap();
         let client = plane.client().await;
         let install = plane.install_nodewright().await;
         let namespace = plane.namespace("shop").await;
-        let bundle = nodewright::tls::certs::generate(
-            &nodewright::tls::certs::local_names(),
-            time::Duration::days(1),
-        )
-        .unwrap();
-        let (cert, key, config) = (
-            dir.path().join("tls.crt"),
-            dir.path().join("tls.key"),
-            dir.path().join("config.yaml"),
-        );
-        std::fs::write(&cert, &bundle.cert_pem).unwrap();
-        std::fs::write(&key, &bundle.key_pem).unwrap();
         // The steering test config; its `teams` rule (pool `default`, spot and on-demand) selects
         // this test's namespace. The split comes from the pod template's annotations.
         let text = std::fs::read_to_string(
@@ -66,17 +53,8 @@ impl Cluster {
         .unwrap()
         .replace("team-riker", &namespace)
         .replace("spec:\n  spread:", &format!("spec:\n{policy}  spread:"));
-        std::fs::write(&config, text).unwrap();
-        let args = [
-            "--config",
-            config.to_str().unwrap(),
-            "--tls-cert",
-            cert.to_str().unwrap(),
-            "--tls-key",
-            key.to_str().unwrap(),
-            "--namespace",
-            &install.namespace,
-        ];
+        let files = ServeFiles::write(&text);
+        let args = files.args(&install.namespace);
         let replicas: Vec<Server> = (0..replicas)
             .map(|_| Server::start_with(&args, Some(&install.kubeconfig)))
             .collect();
@@ -91,8 +69,8 @@ impl Cluster {
             namespace,
             replicas,
             proxy,
-            ca: bundle.ca_pem,
-            _dir: dir,
+            ca: files.ca_pem.clone(),
+            _files: files,
         };
         cluster.wait_until_split_ready().await;
         cluster.register_webhook().await;
@@ -100,25 +78,13 @@ impl Cluster {
     }
 
     async fn register_webhook(&self) {
-        let hook = json!({
-            "apiVersion": "admissionregistration.k8s.io/v1",
-            "kind": "MutatingWebhookConfiguration",
-            "metadata": {"name": format!("{}-split", self.install.release)},
-            "webhooks": [{
-                "name": "mutate.nodewright.io",
-                "admissionReviewVersions": ["v1"],
-                "clientConfig": {
-                    "url": format!("https://127.0.0.1:{}/mutate", self.proxy.addr().port()),
-                    "caBundle": base64::engine::general_purpose::STANDARD.encode(&self.ca),
-                },
-                "rules": [{"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods"]}],
-                "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": self.namespace}},
-                "sideEffects": "NoneOnDryRun",
-                "reinvocationPolicy": "IfNeeded",
-                "failurePolicy": "Fail",
-                "timeoutSeconds": 10,
-            }]
-        });
+        let hook = common::pod_webhook(
+            "MutatingWebhookConfiguration",
+            &format!("{}-split", self.install.release),
+            &format!("https://127.0.0.1:{}/mutate", self.proxy.addr().port()),
+            &self.ca,
+            &self.namespace,
+        );
         controlplane::apply(&self.client, &hook).await;
     }
 
@@ -636,8 +602,8 @@ async fn a_drifted_split_is_restored_by_evicting_its_surplus() {
         if seen.last() != Some(&state) {
             seen.push(state);
         }
-        let evicted = metric_sum(
-            &cluster,
+        let evicted = common::metric_sum(
+            &cluster.replicas,
             "nodewright_capacity_split_evictions_total{outcome=\"evicted\"}",
         )
         .await;
@@ -656,14 +622,4 @@ async fn a_drifted_split_is_restored_by_evicting_its_surplus() {
         seen.iter().any(|&(n, od)| n == 5 && od <= 1),
         "the drift was never there to restore: {seen:?}"
     );
-}
-
-async fn metric_sum(cluster: &Cluster, series: &str) -> f64 {
-    let mut sum = 0.0;
-    for r in &cluster.replicas {
-        if let Ok(response) = reqwest::get(format!("{}/metrics", r.ops)).await {
-            sum += common::metric_value(&response.text().await.unwrap_or_default(), series);
-        }
-    }
-    sum
 }

@@ -236,3 +236,94 @@ pub mod probe {
         buf.split_whitespace().nth(1)?.parse().ok()
     }
 }
+
+/// What `nodewright serve` reads from disk in the cluster tests: a serving certificate for
+/// localhost (and its CA, for clients and caBundles) and the config, in a temporary directory.
+pub struct ServeFiles {
+    pub dir: tempfile::TempDir,
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
+    pub config: std::path::PathBuf,
+    pub ca_pem: String,
+}
+
+impl ServeFiles {
+    pub fn write(config_text: &str) -> ServeFiles {
+        let dir = tempfile::tempdir().unwrap();
+        let bundle = nodewright::tls::certs::generate(
+            &nodewright::tls::certs::local_names(),
+            time::Duration::days(1),
+        )
+        .unwrap();
+        let (cert, key, config) = (
+            dir.path().join("tls.crt"),
+            dir.path().join("tls.key"),
+            dir.path().join("config.yaml"),
+        );
+        std::fs::write(&cert, &bundle.cert_pem).unwrap();
+        std::fs::write(&key, &bundle.key_pem).unwrap();
+        std::fs::write(&config, config_text).unwrap();
+        ServeFiles {
+            dir,
+            cert,
+            key,
+            config,
+            ca_pem: bundle.ca_pem,
+        }
+    }
+
+    /// `--config`, `--tls-cert`, `--tls-key` and `--namespace <namespace>`.
+    pub fn args<'a>(&'a self, namespace: &'a str) -> [&'a str; 8] {
+        [
+            "--config",
+            self.config.to_str().unwrap(),
+            "--tls-cert",
+            self.cert.to_str().unwrap(),
+            "--tls-key",
+            self.key.to_str().unwrap(),
+            "--namespace",
+            namespace,
+        ]
+    }
+}
+
+/// A webhook configuration calling `url` for pod CREATEs in `namespace` only (the control plane
+/// is shared by the tests of a binary): `kind` is `MutatingWebhookConfiguration` (with
+/// `reinvocationPolicy: IfNeeded`) or `ValidatingWebhookConfiguration`.
+pub fn pod_webhook(kind: &str, name: &str, url: &str, ca_pem: &str, namespace: &str) -> Value {
+    use base64::Engine;
+    let mutating = kind == "MutatingWebhookConfiguration";
+    let mut hook = serde_json::json!({
+        "name": if mutating { "mutate.nodewright.io" } else { "validate.nodewright.io" },
+        "admissionReviewVersions": ["v1"],
+        "clientConfig": {
+            "url": url,
+            "caBundle": base64::engine::general_purpose::STANDARD.encode(ca_pem),
+        },
+        "rules": [{"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods"]}],
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}},
+        "sideEffects": "NoneOnDryRun",
+        "failurePolicy": "Fail",
+        "timeoutSeconds": 10,
+    });
+    if mutating {
+        hook["reinvocationPolicy"] = "IfNeeded".into();
+    }
+    serde_json::json!({
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": kind,
+        "metadata": {"name": name},
+        "webhooks": [hook],
+    })
+}
+
+/// The sum of `series` over the servers' `/metrics` (0 for a server that does not answer).
+pub async fn metric_sum(servers: &[Server], series: &str) -> f64 {
+    let mut sum = 0.0;
+    for s in servers {
+        if let Ok(response) = reqwest::get(format!("{}/metrics", s.ops)).await {
+            sum += metric_value(&response.text().await.unwrap_or_default(), series);
+        }
+    }
+    sum
+}
