@@ -189,6 +189,7 @@ pub async fn serve(settings: ServeSettings, shutdown: CancellationToken) -> Resu
                     events,
                     config: decisions.config.clone(),
                     cluster: cluster_ops,
+                    nodes: extender.view.clone(),
                 },
                 shutdown.clone(),
             );

@@ -315,6 +315,37 @@ fn a_workload_split_is_planned_onto_both_capacity_types_and_reported() {
     );
 }
 
+/// The same with spot falling back to on-demand: its spot pods prefer spot, so the plan still
+/// packs them onto spot nodes (a preference is planned as required first), and says so.
+#[test]
+fn a_split_whose_spot_may_fall_back_still_plans_spot() {
+    let args = [
+        "--config",
+        "tests/data/steering.yaml",
+        "--output",
+        "json",
+        "tests/data/manifests/split-2048-fallback.yaml",
+    ];
+    let plan = json(&plan(&args));
+    assert_eq!(
+        plan["capacitySplits"],
+        serde_json::json!([{"workload": "team-riker/Deployment/deployment-2048",
+            "onDemandBase": 1, "spotPercent": 100, "spotFallback": true, "onDemand": 1, "spot": 4}])
+    );
+    let mut by_type = std::collections::BTreeMap::<String, usize>::new();
+    for n in plan["nodes"].as_array().unwrap() {
+        *by_type
+            .entry(n["capacityType"].as_str().unwrap().to_owned())
+            .or_default() += n["pods"].as_array().unwrap().len();
+    }
+    assert_eq!((by_type["on-demand"], by_type["spot"]), (1, 4), "{plan:#}");
+    let table = plan_table(&[args[0], args[1], args[4]]);
+    assert!(
+        table.contains("(base 1, then 100% spot, falling back to on-demand)"),
+        "{table}"
+    );
+}
+
 fn plan_table(args: &[&str]) -> String {
     let out = plan(args);
     assert!(

@@ -711,6 +711,63 @@ async fn split_fills_the_base_then_the_spot_share_and_a_second_pass_keeps_the_ch
     );
 }
 
+/// A split whose spot may fall back: spot pods get a preferred node affinity, not a nodeSelector,
+/// and the choice in an annotation; a reinvocation over the patched pod adds nothing.
+#[tokio::test]
+async fn a_split_that_may_fall_back_prefers_spot_and_counts_it() {
+    let state = state();
+    let review = |uid: &str| {
+        with(&split_review(uid, "1", "100").to_string(), |v| {
+            v["request"]["object"]["metadata"]["annotations"]["nodewright.io/spot-fallback"] =
+                json!("true");
+        })
+    };
+    let mut objects = Vec::new();
+    for i in 0..3 {
+        let request = review(&format!("soft-{i}"));
+        let (status, body) = post(&state, &request).await;
+        assert_eq!(status, StatusCode::OK);
+        objects.push((patched_object(&request, &body), body));
+    }
+    let chosen: Vec<&str> = objects
+        .iter()
+        .map(|(o, _)| {
+            o["metadata"]["annotations"]["nodewright.io/capacity-type"]
+                .as_str()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(chosen, ["on-demand", "spot", "spot"], "the spot pods count");
+    let (od, _) = &objects[0];
+    assert_eq!(capacity_type(od), "on-demand");
+    let (spot, body) = &objects[2];
+    assert_eq!(capacity_type(spot), "none", "spot is not required");
+    assert_eq!(
+        spot["spec"]["affinity"]["nodeAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"],
+        json!([{"weight": 100, "preference": {"matchExpressions": [
+            {"key": "karpenter.sh/capacity-type", "operator": "In", "values": ["spot"]}]}}])
+    );
+    let r = &body["response"];
+    assert_eq!(r["auditAnnotations"]["capacity-type"], "spot");
+    assert!(
+        r["auditAnnotations"]["added"]
+            .as_str()
+            .unwrap()
+            .contains("affinity"),
+        "{r}"
+    );
+    assert!(
+        r["warnings"][0]
+            .as_str()
+            .unwrap()
+            .contains("capacity-type spot preferred"),
+        "{r}"
+    );
+    let again = with(REPLICASET_POD, |v| v["request"]["object"] = spot.clone());
+    let (_, body) = post(&state, &again).await;
+    assert!(body["response"].get("patch").is_none(), "{body}");
+}
+
 #[tokio::test]
 async fn split_asks_that_cannot_hold_are_refused_or_noted() {
     let state = state();

@@ -20,6 +20,10 @@ use common::controlplane::{self, Install};
 use common::tcpproxy::{ProxyHandle, RoundRobin};
 use common::{ServeFiles, Server};
 
+/// Held by the tests whose nodewright evicts (`capacitySplitRestore`): each watches every
+/// namespace, as one install per cluster does, so two at once would act on each other's workloads.
+static RESTORING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// The Deployment's split: `nodewright.io/on-demand-base: "3"`, `nodewright.io/spot-percent: "80"`.
 const BASE: u32 = 3;
 const SPOT_PERCENT: u32 = 80;
@@ -125,6 +129,22 @@ impl Cluster {
     }
 
     async fn create_deployment(&self, name: &str, replicas: i32) {
+        let annotations = json!({
+            "nodewright.io/on-demand-base": BASE.to_string(),
+            "nodewright.io/spot-percent": SPOT_PERCENT.to_string(),
+        });
+        let spec = json!({"containers": [{"name": "c", "image": "registry.k8s.io/pause:3.10"}]});
+        self.create_deployment_with(name, replicas, annotations, spec)
+            .await;
+    }
+
+    async fn create_deployment_with(
+        &self,
+        name: &str,
+        replicas: i32,
+        annotations: Value,
+        pod_spec: Value,
+    ) {
         let deployment = json!({
             "apiVersion": "apps/v1", "kind": "Deployment",
             "metadata": {"name": name, "namespace": self.namespace},
@@ -132,14 +152,8 @@ impl Cluster {
                 "replicas": replicas,
                 "selector": {"matchLabels": {"app": name}},
                 "template": {
-                    "metadata": {
-                        "labels": {"app": name},
-                        "annotations": {
-                            "nodewright.io/on-demand-base": BASE.to_string(),
-                            "nodewright.io/spot-percent": SPOT_PERCENT.to_string(),
-                        }
-                    },
-                    "spec": {"containers": [{"name": "c", "image": "registry.k8s.io/pause:3.10"}]}
+                    "metadata": {"labels": {"app": name}, "annotations": annotations},
+                    "spec": pod_spec
                 }
             }
         });
@@ -536,6 +550,7 @@ async fn latency_added_by_the_split() {
 /// replacements are steered right.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_drifted_split_is_restored_by_evicting_its_surplus() {
+    let _alone = RESTORING.lock().await;
     let cluster =
         Cluster::start_with(1, "  capacitySplitRestore: {enabled: true, interval: 2s}\n").await;
     cluster.create_deployment("web", 5).await;
@@ -622,4 +637,224 @@ async fn a_drifted_split_is_restored_by_evicting_its_surplus() {
         seen.iter().any(|&(n, od)| n == 5 && od <= 1),
         "the drift was never there to restore: {seen:?}"
     );
+}
+
+/// A split whose spot pods may fall back: with only an on-demand node, kube-scheduler puts its
+/// spot pods there (they prefer spot, they do not require it); the monitor reports them, and
+/// once a spot node with room appears, the leader evicts them one at a time and their
+/// replacements, chosen for spot again, land on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spot_pods_fall_back_to_on_demand_and_move_back_when_spot_has_room() {
+    let _alone = RESTORING.lock().await;
+    let cluster =
+        Cluster::start_with(1, "  capacitySplitRestore: {enabled: true, interval: 2s}\n").await;
+    let plane = controlplane::shared();
+    let (_scheduler, _) = plane
+        .start_scheduler(
+            &format!("scheduler-{}", cluster.namespace),
+            "apiVersion: kubescheduler.config.k8s.io/v1\nkind: KubeSchedulerConfiguration\n",
+        )
+        .await;
+    let _kwok = plane.start_kwok(&format!("kwok-{}", cluster.namespace));
+    // This test's nodes carry a taint only its pods tolerate: other tests' pods stay off them.
+    let node = |ct: &str| {
+        let name = format!("{}-{ct}", cluster.namespace);
+        json!({
+            "apiVersion": "v1", "kind": "Node",
+            "metadata": {
+                "name": name,
+                "labels": {"kubernetes.io/hostname": name, "karpenter.sh/nodepool": "default",
+                           "karpenter.sh/capacity-type": ct, "kubernetes.io/arch": "amd64",
+                           "topology.kubernetes.io/zone": "us-east-1a"},
+                "annotations": {"kwok.x-k8s.io/node": "fake"},
+            },
+            "spec": {"taints": [
+                {"key": "nodewright.io/pool", "value": "default", "effect": "NoSchedule"},
+                {"key": "nodewright-test", "value": cluster.namespace, "effect": "NoSchedule"}]},
+            "status": {
+                "allocatable": {"cpu": "4", "memory": "16Gi", "pods": "110"},
+                "capacity": {"cpu": "4", "memory": "16Gi", "pods": "110"},
+            },
+        })
+    };
+    let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(cluster.client.clone());
+    let on_demand_node = format!("{}-on-demand", cluster.namespace);
+    let spot_node = format!("{}-spot", cluster.namespace);
+    nodes
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(node("on-demand")).unwrap(),
+        )
+        .await
+        .unwrap();
+    // One pod on on-demand, the rest spot, falling back.
+    cluster
+        .create_deployment_with(
+            "web",
+            4,
+            json!({"nodewright.io/on-demand-base": "1", "nodewright.io/spot-percent": "100",
+                   "nodewright.io/spot-fallback": "true"}),
+            json!({
+                "tolerations": [{"key": "nodewright-test", "operator": "Equal",
+                                 "value": cluster.namespace, "effect": "NoSchedule"}],
+                "containers": [{"name": "c", "image": "registry.k8s.io/pause:3.10",
+                                "resources": {"requests": {"cpu": "500m", "memory": "256Mi"}}}]
+            }),
+        )
+        .await;
+    let fallback_series = format!(
+        "nodewright_capacity_split_fallback_pods{{namespace=\"{}\",workload=\"Deployment/web\"}}",
+        cluster.namespace
+    );
+    // (chosen type, node) of the live pods.
+    let placements = || async {
+        let pods = cluster
+            .pods()
+            .list(&ListParams::default().labels("app=web"))
+            .await
+            .unwrap()
+            .items;
+        let mut out: Vec<(String, String)> = pods
+            .iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_none())
+            .map(|p| {
+                let chosen = p
+                    .metadata
+                    .annotations
+                    .as_ref()
+                    .and_then(|a| a.get("nodewright.io/capacity-type"))
+                    .cloned()
+                    .unwrap_or_default();
+                let node = p
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.node_name.clone())
+                    .unwrap_or_default();
+                (chosen, node)
+            })
+            .collect();
+        out.sort();
+        out
+    };
+    type Done = Box<dyn Fn(&[(String, String)], f64) -> bool>;
+    let wait = |what: &'static str, done: Done| {
+        let placements = &placements;
+        let cluster = &cluster;
+        let fallback_series = &fallback_series;
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(120);
+            loop {
+                let now = placements().await;
+                let fallback = common::metric_sum(&cluster.replicas, fallback_series).await;
+                if done(&now, fallback) {
+                    return now;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "{what}: placements {now:?}, fallback gauge {fallback}; logs:\n{}",
+                    cluster.replicas[0].logs()
+                );
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    };
+    let od = on_demand_node.clone();
+    let fell_back = wait(
+        "spot pods on the on-demand node",
+        Box::new(move |p, fallback| {
+            p.len() == 4 && p.iter().all(|(_, n)| *n == od) && fallback == 3.0
+        }),
+    )
+    .await;
+    let chosen: Vec<&str> = fell_back.iter().map(|(c, _)| c.as_str()).collect();
+    assert_eq!(chosen, ["on-demand", "spot", "spot", "spot"]);
+    // The spot pods say so in their spec: spot preferred, not required.
+    let pod = cluster
+        .pods()
+        .list(&ListParams::default().labels("app=web"))
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .find(|p| p.metadata.annotations.as_ref().unwrap()["nodewright.io/capacity-type"] == "spot")
+        .unwrap();
+    let spec = serde_json::to_value(pod.spec.unwrap()).unwrap();
+    assert!(
+        spec["nodeSelector"]
+            .get("karpenter.sh/capacity-type")
+            .is_none(),
+        "{spec}"
+    );
+    assert_eq!(
+        spec["affinity"]["nodeAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"][0]["preference"]
+            ["matchExpressions"][0]["values"],
+        json!(["spot"])
+    );
+    let evicted_series = "nodewright_capacity_split_evictions_total{outcome=\"evicted\"}";
+    let before = common::metric_sum(&cluster.replicas, evicted_series).await;
+    // Spot comes back: the fallen-back pods move, the on-demand pod stays.
+    nodes
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(node("spot")).unwrap(),
+        )
+        .await
+        .unwrap();
+    let (od, spot) = (on_demand_node.clone(), spot_node.clone());
+    let started = Instant::now();
+    let back = wait(
+        "spot pods back on the spot node",
+        Box::new(move |p, fallback| {
+            p.len() == 4
+                && p.iter()
+                    .all(|(c, n)| (c == "on-demand" && *n == od) || (c == "spot" && *n == spot))
+                && fallback == 0.0
+        }),
+    )
+    .await;
+    let evicted = common::metric_sum(&cluster.replicas, evicted_series).await - before;
+    let mut outcomes = Vec::new();
+    for outcome in ["pdb_blocked", "not_found", "error"] {
+        let series = format!("nodewright_capacity_split_evictions_total{{outcome=\"{outcome}\"}}");
+        outcomes.push((
+            outcome,
+            common::metric_sum(&cluster.replicas, &series).await,
+        ));
+    }
+    eprintln!(
+        "fallback: {fell_back:?}; back on spot after {:.1} s by {evicted} evictions (others {outcomes:?}): {back:?}",
+        started.elapsed().as_secs_f64()
+    );
+    assert_eq!(
+        evicted,
+        3.0,
+        "one eviction per pod that fell back; others {outcomes:?}; logs:\n{}",
+        cluster.replicas[0].logs()
+    );
+    // The leader said so on the Deployment.
+    let events: Api<k8s_openapi::api::events::v1::Event> =
+        Api::namespaced(cluster.client.clone(), &cluster.namespace);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let reasons: Vec<String> = events
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("web"))
+            .filter_map(|e| e.reason)
+            .collect();
+        if ["CapacitySplitSpotFallback", "CapacitySplitBackOnSpot"]
+            .iter()
+            .all(|r| reasons.iter().any(|x| x == r))
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "events: {reasons:?}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    for name in [on_demand_node, spot_node] {
+        let _ = nodes.delete(&name, &Default::default()).await;
+    }
 }

@@ -14,12 +14,13 @@ use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::model::catalog::CapacityType;
+use crate::model::resources::Resources;
 use crate::policy::pod::lean_meta;
 use crate::policy::quota::{PodCountFacts, PodWatchView, pod_counts};
 use crate::policy::split;
 
 mod workloads;
-pub use workloads::{WorkloadState, WorkloadsView};
+pub use workloads::{SpotNodes, WorkloadState, WorkloadsView};
 
 /// A pod as the quota and the capacity split see it.
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -37,6 +38,24 @@ pub struct WatchedPod {
 pub struct WatchedPodSpec {
     #[serde(default)]
     pub node_selector: Option<BTreeMap<String, String>>,
+    /// Where it runs: a spot choice that may fall back is watched for landing on on-demand.
+    #[serde(default)]
+    pub node_name: Option<String>,
+    /// Only their requests are read: what a spot node needs free to take such a pod back.
+    #[serde(default)]
+    pub containers: Vec<WatchedContainer>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct WatchedContainer {
+    #[serde(default)]
+    pub resources: Option<WatchedResources>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct WatchedResources {
+    #[serde(default)]
+    pub requests: Option<BTreeMap<String, String>>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -66,16 +85,58 @@ struct SplitFacts {
     deletion_cost: i32,
     /// The pod's [`split::SPLIT_ID`], when nodewright chose its capacity type.
     id: Option<Box<str>>,
-    /// The capacity type its nodeSelector asks for.
+    /// The capacity type it counts as (see [`split::chosen_capacity_type`]).
     capacity_type: Option<CapacityType>,
     /// The split its annotations ask for (nodewright writes the rule's on every pod it steers).
     split: Option<split::Split>,
+    /// For a pod chosen for spot that does not require it: where it runs and what it needs.
+    fallback: Option<Box<FallbackFacts>>,
+}
+
+/// A pod that chose spot but may run on on-demand.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct FallbackFacts {
+    /// The node it is bound to.
+    pub node: Option<Box<str>>,
+    /// Its nodeSelector: a spot node that takes it back must hold these labels.
+    pub node_selector: BTreeMap<String, String>,
+    /// Its containers' requests.
+    pub requests: Resources,
+}
+
+impl FallbackFacts {
+    fn of(spec: Option<&WatchedPodSpec>) -> Box<Self> {
+        let mut requests = Resources::default();
+        for (name, quantity) in spec
+            .iter()
+            .flat_map(|s| &s.containers)
+            .filter_map(|c| c.resources.as_ref()?.requests.as_ref())
+            .flatten()
+        {
+            // A quantity nodewright cannot read is left out (the node check is a hint).
+            let _ = requests.add_named(name, quantity);
+        }
+        Box::new(Self {
+            node: spec
+                .and_then(|s| s.node_name.as_deref())
+                .filter(|n| !n.is_empty())
+                .map(Into::into),
+            node_selector: spec
+                .and_then(|s| s.node_selector.clone())
+                .unwrap_or_default(),
+            requests,
+        })
+    }
 }
 
 impl SplitFacts {
     fn of(pod: &WatchedPod) -> Option<Self> {
         let workload = split::workload_of(&pod.metadata)?;
         let annotations = pod.metadata.annotations.as_ref();
+        let node_selector = pod.spec.as_ref().and_then(|s| s.node_selector.as_ref());
+        let capacity_type = split::chosen_capacity_type(node_selector, annotations);
+        let may_fall_back = capacity_type == Some(CapacityType::Spot)
+            && split::selected_capacity_type(node_selector).is_none();
         Some(Self {
             workload: workload.into(),
             name: pod.metadata.name.as_deref().unwrap_or_default().into(),
@@ -89,13 +150,11 @@ impl SplitFacts {
                 .as_ref()
                 .and_then(|a| a.get(split::SPLIT_ID))
                 .map(|id| id.as_str().into()),
-            capacity_type: split::selected_capacity_type(
-                pod.spec.as_ref().and_then(|s| s.node_selector.as_ref()),
-            )
-            .and_then(CapacityType::parse),
+            capacity_type,
             split: split::Split::for_pod(None, pod.metadata.annotations.as_ref())
                 .ok()
                 .flatten(),
+            fallback: may_fall_back.then(|| FallbackFacts::of(pod.spec.as_ref())),
         })
     }
 }

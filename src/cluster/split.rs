@@ -137,6 +137,7 @@ mod tests {
             split: Split {
                 on_demand_base: 2,
                 spot_percent: 50,
+                spot_fallback: false,
             },
             dry_run,
         }

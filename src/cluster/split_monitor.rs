@@ -2,13 +2,20 @@
 //! capacity type on every replica, and, from the leader, an Event on the workload when it drifts
 //! more than one pod from its split (and when it is back). When the Policy opts in
 //! (`capacitySplitRestore`), the leader also evicts one surplus pod of a drifted workload at a
-//! time (Eviction API: PodDisruptionBudgets hold), so that its replacement is steered right. A split drifts when pods go without
-//! their controller replacing them other than by scale-down (deleted by hand, a StatefulSet's
-//! scale-down of pods chosen out of order); pods that are replaced are chosen afresh by the
-//! counts, and scale-down follows the pod-deletion-cost, so both keep the split.
+//! time (Eviction API: PodDisruptionBudgets hold), so that its replacement is steered right. A
+//! split drifts when pods go without their controller replacing them other than by scale-down
+//! (deleted by hand, a StatefulSet's scale-down of pods chosen out of order); pods that are
+//! replaced are chosen afresh by the counts, and scale-down follows the pod-deletion-cost, so both
+//! keep the split.
+//!
+//! A split with `spotFallback` lets its spot pods run on on-demand when spot has no room for them
+//! (they prefer spot rather than require it). They still count as spot; the monitor exports how
+//! many run on on-demand, puts an Event on the workload when some do and when none do any more,
+//! and, with `capacitySplitRestore`, evicts one at a time once a ready spot node has room for it,
+//! so that its replacement (chosen for spot again) lands there: spot has come back.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -19,11 +26,14 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cluster::events::{EventSink, Kind};
 use crate::cluster::nodes::{ClusterOps, Eviction};
-use crate::cluster::pods::{PodIndex, WorkloadState, unix_now};
+use crate::cluster::pods::{PodIndex, SpotNodes, WorkloadState, unix_now};
 use crate::config::Config;
 use crate::metrics::split::SplitMetrics;
 use crate::model::catalog::CapacityType;
+use crate::model::labels;
+use crate::model::resources::Resources;
 use crate::policy::split::drift;
+use crate::scheduling::view::{ClusterView, NodeState};
 
 /// Passes in a row a workload must be drifted at the same size before one of its pods is
 /// evicted: a workload being scaled or rolled out settles first.
@@ -47,6 +57,18 @@ pub enum DriftChange {
         workload: String,
         note: String,
     },
+    /// Pods chosen for spot run on on-demand.
+    FellBack {
+        namespace: String,
+        workload: String,
+        note: String,
+    },
+    /// None does any more.
+    BackOnSpot {
+        namespace: String,
+        workload: String,
+        note: String,
+    },
 }
 
 /// One surplus pod to evict to restore a workload's split.
@@ -54,8 +76,10 @@ pub enum DriftChange {
 pub struct Restore {
     pub namespace: String,
     pub workload: String,
-    /// The capacity type it has too many pods of.
+    /// The capacity type it has too many pods of (on-demand for a fallback).
     pub surplus: CapacityType,
+    /// A pod chosen for spot that runs on on-demand, for which spot has room now.
+    pub fallback: bool,
     pub note: String,
 }
 
@@ -67,6 +91,7 @@ struct Tracking {
     passes: u32,
     total: u32,
     last_eviction: Option<Instant>,
+    fallen_back: u32,
 }
 
 /// What the monitor remembers between passes.
@@ -128,6 +153,7 @@ impl Monitor {
                 },
                 total,
                 last_eviction: before.last_eviction,
+                fallen_back: s.fallen_back,
             };
             let note = format!(
                 "{} on-demand + {} spot; its split ({}) wants {} + {}",
@@ -146,26 +172,66 @@ impl Monitor {
                     note,
                 });
             }
+            metrics
+                .fallback
+                .with_label_values(&[&s.namespace, &s.workload])
+                .set(i64::from(s.fallen_back));
+            let fallback_note = format!(
+                "{} of its {} spot pods run on on-demand nodes (spot fallback)",
+                s.fallen_back, s.counts.spot
+            );
+            if s.fallen_back > 0 && before.fallen_back == 0 {
+                changes.push(DriftChange::FellBack {
+                    namespace: s.namespace.clone(),
+                    workload: s.workload.clone(),
+                    note: format!("{fallback_note}: spot had no room for them"),
+                });
+            } else if s.fallen_back == 0 && before.fallen_back > 0 {
+                changes.push(DriftChange::BackOnSpot {
+                    namespace: s.namespace.clone(),
+                    workload: s.workload.clone(),
+                    note: format!("its {} spot pods run on spot again", s.counts.spot),
+                });
+            }
             if let Some(interval) = restore
-                && tracking.passes >= SETTLED_PASSES
                 && tracking
                     .last_eviction
                     .is_none_or(|t| now.duration_since(t) >= interval)
             {
-                tracking.last_eviction = Some(now);
-                restores.push(Restore {
-                    namespace: s.namespace.clone(),
-                    workload: s.workload.clone(),
-                    surplus: if off > 0 {
-                        CapacityType::OnDemand
-                    } else {
-                        CapacityType::Spot
-                    },
-                    note: format!(
-                        "{} on-demand + {} spot; its split ({}) wants {} + {}",
-                        s.counts.on_demand, s.counts.spot, s.split, desired.on_demand, desired.spot
-                    ),
-                });
+                let due = if tracking.passes >= SETTLED_PASSES {
+                    Some(Restore {
+                        namespace: s.namespace.clone(),
+                        workload: s.workload.clone(),
+                        surplus: if off > 0 {
+                            CapacityType::OnDemand
+                        } else {
+                            CapacityType::Spot
+                        },
+                        fallback: false,
+                        note: format!(
+                            "{} on-demand + {} spot; its split ({}) wants {} + {}",
+                            s.counts.on_demand,
+                            s.counts.spot,
+                            s.split,
+                            desired.on_demand,
+                            desired.spot
+                        ),
+                    })
+                } else if s.movable > 0 {
+                    Some(Restore {
+                        namespace: s.namespace.clone(),
+                        workload: s.workload.clone(),
+                        surplus: CapacityType::OnDemand,
+                        fallback: true,
+                        note: format!("{fallback_note}, and a spot node has room"),
+                    })
+                } else {
+                    None
+                };
+                if let Some(due) = due {
+                    tracking.last_eviction = Some(now);
+                    restores.push(due);
+                }
             }
             seen.insert(key, tracking);
         }
@@ -178,6 +244,7 @@ impl Monitor {
                 }
             }
             let _ = metrics.drift.remove_label_values(&[namespace, workload]);
+            let _ = metrics.fallback.remove_label_values(&[namespace, workload]);
         }
         self.seen = seen;
         (changes, restores)
@@ -194,6 +261,37 @@ pub struct Deps {
     pub config: Arc<ArcSwap<Config>>,
     /// Evictions.
     pub cluster: Arc<dyn ClusterOps>,
+    /// The node watch's view: where pods that may fall back from spot run, and spot's room.
+    pub nodes: Arc<RwLock<ClusterView>>,
+}
+
+/// Nodes as the node watch sees them; promised room counts as taken.
+impl SpotNodes for ClusterView {
+    fn capacity_type(&self, node: &str) -> Option<CapacityType> {
+        self.nodes
+            .get(node)?
+            .labels
+            .get(labels::CAPACITY_TYPE)
+            .and_then(|ct| CapacityType::parse(ct))
+    }
+
+    fn spot_room(&self, selector: &BTreeMap<String, String>, requests: &Resources) -> bool {
+        self.nodes.iter().any(|(name, node)| {
+            node.state == NodeState::Ready
+                && node.labels.get(labels::CAPACITY_TYPE).map(String::as_str)
+                    == Some(CapacityType::Spot.as_str())
+                && selector.iter().all(|(k, v)| node.labels.get(k) == Some(v))
+                && requests.fits_in(
+                    &node.free().saturating_sub(
+                        &self
+                            .promises
+                            .get(name)
+                            .map(|p| p.total())
+                            .unwrap_or_default(),
+                    ),
+                )
+        })
+    }
 }
 
 /// Run the monitor until `shutdown`: gauges on every replica; Events and evictions from the
@@ -216,7 +314,10 @@ pub fn spawn(deps: Deps, shutdown: CancellationToken) {
                 let r = &config.policy.capacity_split_restore;
                 (leading && r.enabled).then(|| r.interval())
             };
-            let states = deps.pods.workload_splits(unix_now());
+            let states = {
+                let nodes = deps.nodes.read().unwrap_or_else(PoisonError::into_inner);
+                deps.pods.workload_splits(unix_now(), &*nodes)
+            };
             let (changes, restores) =
                 monitor.pass_at(&states, &deps.metrics, Instant::now(), restore);
             if !leading {
@@ -253,6 +354,40 @@ pub fn spawn(deps: Deps, shutdown: CancellationToken) {
                             note,
                         );
                     }
+                    DriftChange::FellBack {
+                        namespace,
+                        workload,
+                        note,
+                    } => {
+                        tracing::info!(
+                            namespace,
+                            workload,
+                            note,
+                            "capacity split: spot pods fell back to on-demand"
+                        );
+                        deps.events.workload(
+                            &namespace,
+                            &workload,
+                            Kind::Warning,
+                            "CapacitySplitSpotFallback",
+                            "Steer",
+                            note,
+                        );
+                    }
+                    DriftChange::BackOnSpot {
+                        namespace,
+                        workload,
+                        note,
+                    } => {
+                        deps.events.workload(
+                            &namespace,
+                            &workload,
+                            Kind::Normal,
+                            "CapacitySplitBackOnSpot",
+                            "Steer",
+                            note,
+                        );
+                    }
                 }
             }
             for r in restores {
@@ -262,12 +397,18 @@ pub fn spawn(deps: Deps, shutdown: CancellationToken) {
     });
 }
 
-/// Evict the surplus pod that goes first (the lowest pod-deletion-cost of the surplus type).
+/// Evict the surplus pod that goes first (the lowest pod-deletion-cost of the surplus type), or
+/// for a fallback the first pod that fell back and has spot room.
 async fn evict_one(deps: &Deps, r: &Restore) {
-    let Some((name, uid)) =
+    let candidate = if r.fallback {
+        let nodes = deps.nodes.read().unwrap_or_else(PoisonError::into_inner);
+        deps.pods
+            .fallback_candidate(&r.namespace, &r.workload, unix_now(), &*nodes)
+    } else {
         deps.pods
             .eviction_candidate(&r.namespace, &r.workload, r.surplus, unix_now())
-    else {
+    };
+    let Some((name, uid)) = candidate else {
         return;
     };
     let pod = Pod {
@@ -302,10 +443,17 @@ async fn evict_one(deps: &Deps, r: &Restore) {
                 Kind::Normal,
                 "CapacitySplitRestoring",
                 "Evict",
-                format!(
-                    "evicted {} pod {name} so that its replacement restores the split: {}",
-                    r.surplus, r.note
-                ),
+                if r.fallback {
+                    format!(
+                        "evicted pod {name}, chosen for spot and running on on-demand, so that its replacement runs on spot: {}",
+                        r.note
+                    )
+                } else {
+                    format!(
+                        "evicted {} pod {name} so that its replacement restores the split: {}",
+                        r.surplus, r.note
+                    )
+                },
             );
         }
         Eviction::Blocked(message) => {
@@ -343,8 +491,10 @@ mod tests {
             split: Split {
                 on_demand_base: 1,
                 spot_percent: 100,
+                spot_fallback: false,
             },
             counts: Counts { on_demand, spot },
+            ..WorkloadState::default()
         }
     }
 
@@ -465,5 +615,75 @@ mod tests {
                     .is_empty()
             );
         }
+    }
+
+    #[test]
+    fn pods_that_fell_back_are_reported_and_moved_one_per_interval_when_spot_has_room() {
+        let registry = Metrics::new();
+        let metrics = SplitMetrics::new(&registry);
+        let mut monitor = Monitor::default();
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let interval = Some(Duration::from_secs(60));
+        // Within its split (1 + 3), two of its spot pods on on-demand, no spot room.
+        let mut s = state("Deployment/web", 1, 3);
+        s.split.spot_fallback = true;
+        s.fallen_back = 2;
+        let (changes, restores) = monitor.pass_at(&[s.clone()], &metrics, at(0), interval);
+        assert!(
+            matches!(&changes[..], [DriftChange::FellBack { note, .. }] if note == "2 of its 3 spot pods run on on-demand nodes (spot fallback): spot had no room for them"),
+            "{changes:?}"
+        );
+        assert!(restores.is_empty(), "nowhere to go");
+        assert_eq!(
+            metrics
+                .fallback
+                .with_label_values(&["shop", "Deployment/web"])
+                .get(),
+            2
+        );
+        // Spot has room: one eviction, then one per interval; no drift needed.
+        s.movable = 2;
+        let (changes, restores) = monitor.pass_at(&[s.clone()], &metrics, at(5), interval);
+        assert!(changes.is_empty(), "{changes:?}");
+        assert!(
+            matches!(
+                &restores[..],
+                [Restore {
+                    fallback: true,
+                    surplus: CapacityType::OnDemand,
+                    ..
+                }]
+            ),
+            "{restores:?}"
+        );
+        assert!(
+            monitor
+                .pass_at(&[s.clone()], &metrics, at(10), interval)
+                .1
+                .is_empty()
+        );
+        assert_eq!(
+            monitor
+                .pass_at(&[s.clone()], &metrics, at(65), interval)
+                .1
+                .len(),
+            1
+        );
+        // Without restore, reported only.
+        assert!(
+            Monitor::default()
+                .pass_at(&[s.clone()], &metrics, at(0), None)
+                .1
+                .is_empty()
+        );
+        // All back on spot.
+        s.fallen_back = 0;
+        s.movable = 0;
+        let (changes, _) = monitor.pass_at(&[s], &metrics, at(130), interval);
+        assert!(
+            matches!(&changes[..], [DriftChange::BackOnSpot { .. }]),
+            "{changes:?}"
+        );
     }
 }

@@ -209,7 +209,8 @@ pub struct SteeringRule {
     pub scheduler_name: Option<String>,
     /// Spot and on-demand per workload: each selected pod's capacity type is chosen at admission
     /// so that its workload keeps this split. The pod template's annotations
-    /// `nodewright.io/on-demand-base` and `nodewright.io/spot-percent` override it per workload.
+    /// `nodewright.io/on-demand-base`, `nodewright.io/spot-percent` and
+    /// `nodewright.io/spot-fallback` override it per workload.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub capacity_split: Option<CapacitySplitSpec>,
 }
@@ -226,6 +227,11 @@ pub struct CapacitySplitSpec {
     /// Percent (0 to 100) of the pods above the base that go to spot.
     #[serde(default = "default_spot_percent")]
     pub spot_percent: u32,
+    /// Pods chosen for spot prefer spot instead of requiring it: when no spot capacity is there
+    /// for them they run on on-demand (and are moved back once spot has room, with
+    /// `capacitySplitRestore`). Off: they wait for spot.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub spot_fallback: bool,
 }
 
 fn default_spot_percent() -> u32 {

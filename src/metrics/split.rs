@@ -17,6 +17,8 @@ pub struct SplitMetrics {
     pub drift: IntGaugeVec,
     /// `outcome`: evicted, pdb_blocked, not_found, error.
     pub evictions: IntCounterVec,
+    /// `namespace`, `workload`: pods chosen for spot that run on on-demand (spot fallback).
+    pub fallback: IntGaugeVec,
 }
 
 impl SplitMetrics {
@@ -57,9 +59,17 @@ impl SplitMetrics {
             evictions: IntCounterVec::new(
                 Opts::new(
                     "capacity_split_evictions_total",
-                    "Pods the leader evicted to restore a drifted split (capacitySplitRestore), by outcome: evicted, pdb_blocked (429, retried after the interval), not_found, error.",
+                    "Pods the leader evicted to restore a drifted split or to move a pod that fell back to on-demand back to spot (capacitySplitRestore), by outcome: evicted, pdb_blocked (429, retried after the interval), not_found, error.",
                 ),
                 &["outcome"],
+            )
+            .expect("static metric"),
+            fallback: IntGaugeVec::new(
+                Opts::new(
+                    "capacity_split_fallback_pods",
+                    "Pods of a workload with spotFallback that chose spot but run on on-demand nodes, as this replica's pod and node watches see them; they count as spot in the split.",
+                ),
+                &["namespace", "workload"],
             )
             .expect("static metric"),
         };
@@ -70,6 +80,7 @@ impl SplitMetrics {
             Box::new(m.pods.clone()),
             Box::new(m.drift.clone()),
             Box::new(m.evictions.clone()),
+            Box::new(m.fallback.clone()),
         ] {
             // Registering twice (two services on one registry in tests) keeps the first.
             let _ = registry.register(c);

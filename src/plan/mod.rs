@@ -83,8 +83,17 @@ pub fn to_table(plan: &Plan) -> String {
         for w in &plan.capacity_splits {
             let _ = writeln!(
                 out,
-                "  {}: {} on-demand + {} spot (base {}, then {}% spot)",
-                w.workload, w.on_demand, w.spot, w.on_demand_base, w.spot_percent
+                "  {}: {} on-demand + {} spot (base {}, then {}% spot{})",
+                w.workload,
+                w.on_demand,
+                w.spot,
+                w.on_demand_base,
+                w.spot_percent,
+                if w.spot_fallback {
+                    ", falling back to on-demand"
+                } else {
+                    ""
+                }
             );
         }
     }

@@ -135,8 +135,13 @@ impl Additions {
             parts.push(format!("nodeSelector {k}"));
         }
         if let Some((ct, split)) = &self.capacity_type {
+            let preferred = if self.prefers_spot() {
+                " preferred"
+            } else {
+                ""
+            };
             parts.push(format!(
-                "capacity-type {ct} ({}+{}% spot)",
+                "capacity-type {ct}{preferred} ({}+{}% spot)",
                 split.on_demand_base, split.spot_percent
             ));
         }
@@ -165,11 +170,19 @@ impl Additions {
         line
     }
 
+    /// The capacity type chosen is spot, preferred by node affinity (the split may fall back).
+    fn prefers_spot(&self) -> bool {
+        matches!(self.capacity_type, Some((CapacityType::Spot, split)) if split.spot_fallback)
+    }
+
     /// Comma-separated field names, for the `added` audit annotation.
     pub fn fields(&self) -> String {
         let mut fields = Vec::new();
-        if self.node_selector.is_some() || self.capacity_type.is_some() {
+        if self.node_selector.is_some() || (self.capacity_type.is_some() && !self.prefers_spot()) {
             fields.push("nodeSelector");
+        }
+        if self.prefers_spot() {
+            fields.push("affinity");
         }
         if self.tolerations > 0 {
             fields.push("tolerations");
@@ -435,8 +448,8 @@ impl Steering {
     }
 
     /// The split a pod steered by `rule` (the rule [`Steering::decide`] named) asks for: the
-    /// rule's, overridden by the pod's [`split::ON_DEMAND_BASE`] / [`split::SPOT_PERCENT`]
-    /// annotations. A pod that already selects a capacity type (nodeSelector or required node
+    /// rule's, overridden by the pod's [`split::ON_DEMAND_BASE`] / [`split::SPOT_PERCENT`] /
+    /// [`split::SPOT_FALLBACK`] annotations. A pod that already selects a capacity type (nodeSelector or required node
     /// affinity) is left alone.
     pub fn split_for(&self, rule: &str, pod: &PodView) -> SplitAsk {
         let Some(rule) = self.rules.iter().find(|r| r.name == rule) else {
@@ -453,8 +466,15 @@ impl Steering {
             }
         };
         let spec = pod.spec.as_ref();
+        // A pod chose already when it names a capacity type, or nodewright chose one for it (a
+        // reinvocation, or a spot choice that may fall back, which names none).
         let selects = split::selected_capacity_type(spec.and_then(|s| s.node_selector.as_ref()))
             .is_some()
+            || pod
+                .metadata
+                .annotations
+                .as_ref()
+                .is_some_and(|a| a.contains_key(split::CHOSEN_CAPACITY_TYPE))
             || spec
                 .and_then(|s| s.affinity.as_ref())
                 .and_then(|a| a.node_affinity.as_ref())
@@ -479,12 +499,13 @@ impl Steering {
         {
             return SplitAsk::Invalid(format!(
                 "the pod asks for a split between spot and on-demand ({split}) but NodePool {} (rule {}) \
-                 does not launch {missing} nodes; remove the annotations {} and {}, or ask the platform \
+                 does not launch {missing} nodes; remove the annotations {}, {} and {}, or ask the platform \
                  team to allow both capacity types in that NodePool",
                 rule.pool.name,
                 rule.name,
                 split::ON_DEMAND_BASE,
-                split::SPOT_PERCENT
+                split::SPOT_PERCENT,
+                split::SPOT_FALLBACK
             ));
         }
         match split::workload_of(&pod.metadata) {

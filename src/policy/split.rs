@@ -25,13 +25,19 @@ use serde_json::json;
 
 use crate::config::CapacitySplitSpec;
 use crate::model::catalog::CapacityType;
-use crate::policy::patch::add_entries;
+use crate::policy::patch::{add, add_entries};
 use crate::policy::pod::PodView;
 
 /// Pod (template) annotation: pods of the workload always on on-demand, before any goes to spot.
 pub const ON_DEMAND_BASE: &str = "nodewright.io/on-demand-base";
 /// Pod (template) annotation: percent of the workload's pods above the base that go to spot.
 pub const SPOT_PERCENT: &str = "nodewright.io/spot-percent";
+/// Pod (template) annotation, `"true"` or `"false"`: a pod chosen for spot may run on on-demand
+/// when no spot capacity is there for it (spot preferred rather than required).
+pub const SPOT_FALLBACK: &str = "nodewright.io/spot-fallback";
+/// Annotation nodewright writes on a pod whose capacity type it chose: that type. The count reads
+/// it where the nodeSelector does not say (a spot choice that may fall back).
+pub const CHOSEN_CAPACITY_TYPE: &str = "nodewright.io/capacity-type";
 /// Annotation nodewright writes on a pod whose capacity type it chose: the id of that choice in
 /// the ledger (the admission request's uid; the pod has no name or uid yet when it is mutated).
 pub const SPLIT_ID: &str = "nodewright.io/split-id";
@@ -45,11 +51,15 @@ const POD_TEMPLATE_HASH: &str = "pod-template-hash";
 
 /// A workload's split: the first `on_demand_base` pods on on-demand, then `spot_percent` of the
 /// rest on spot.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Split {
     pub on_demand_base: u32,
     /// 0 to 100.
     pub spot_percent: u32,
+    /// Pods chosen for spot prefer spot (preferred node affinity) instead of requiring it
+    /// (nodeSelector), so they run on on-demand when no spot capacity is there for them; they
+    /// still count as spot, and the monitor reports them and moves them back when spot has room.
+    pub spot_fallback: bool,
 }
 
 impl From<CapacitySplitSpec> for Split {
@@ -57,6 +67,7 @@ impl From<CapacitySplitSpec> for Split {
         Self {
             on_demand_base: spec.on_demand_base,
             spot_percent: spec.spot_percent.min(100),
+            spot_fallback: spec.spot_fallback,
         }
     }
 }
@@ -184,16 +195,30 @@ impl Split {
         };
         let base = read(ON_DEMAND_BASE, 100_000)?;
         let percent = read(SPOT_PERCENT, 100)?;
-        if base.is_none() && percent.is_none() {
+        let fallback = match annotations.and_then(|a| a.get(SPOT_FALLBACK)) {
+            None => None,
+            Some(text) => match text.trim() {
+                "true" => Some(true),
+                "false" => Some(false),
+                _ => {
+                    return Err(format!(
+                        "annotation {SPOT_FALLBACK}={text:?} is neither \"true\" nor \"false\""
+                    ));
+                }
+            },
+        };
+        if base.is_none() && percent.is_none() && fallback.is_none() {
             return Ok(rule);
         }
         let default = rule.unwrap_or(Split {
             on_demand_base: 0,
             spot_percent: 100,
+            spot_fallback: false,
         });
         Ok(Some(Split {
             on_demand_base: base.unwrap_or(default.on_demand_base),
             spot_percent: percent.unwrap_or(default.spot_percent),
+            spot_fallback: fallback.unwrap_or(default.spot_fallback),
         }))
     }
 }
@@ -204,7 +229,11 @@ impl std::fmt::Display for Split {
             f,
             "{} on-demand, then {}% spot",
             self.on_demand_base, self.spot_percent
-        )
+        )?;
+        if self.spot_fallback {
+            f.write_str(", falling back to on-demand")?;
+        }
+        Ok(())
     }
 }
 
@@ -239,10 +268,67 @@ pub fn selected_capacity_type(node_selector: Option<&BTreeMap<String, String>>) 
         .map(String::as_str)
 }
 
+/// The capacity type a pod counts as: the one its nodeSelector asks for, else the one nodewright
+/// chose for it ([`CHOSEN_CAPACITY_TYPE`], a spot choice that may fall back).
+pub fn chosen_capacity_type(
+    node_selector: Option<&BTreeMap<String, String>>,
+    annotations: Option<&BTreeMap<String, String>>,
+) -> Option<CapacityType> {
+    selected_capacity_type(node_selector)
+        .or_else(|| {
+            annotations
+                .and_then(|a| a.get(CHOSEN_CAPACITY_TYPE))
+                .map(String::as_str)
+        })
+        .and_then(CapacityType::parse)
+}
+
+/// The node affinity term by which a spot choice that may fall back prefers spot: the heaviest
+/// weight, so the scheduler's node affinity score puts it on a spot node whenever one fits it.
+fn prefer_spot() -> serde_json::Value {
+    json!({
+        "weight": 100,
+        "preference": {"matchExpressions": [
+            {"key": CAPACITY_TYPE_KEY, "operator": "In", "values": [CapacityType::Spot.as_str()]}
+        ]}
+    })
+}
+
+/// Operations that add [`prefer_spot`] to the pod's preferred node affinity, creating what the
+/// pod lacks of `affinity.nodeAffinity.preferredDuringScheduling...`.
+fn prefer_spot_patch(pod: &PodView) -> PatchOperation {
+    const PREFERRED: &str = "preferredDuringSchedulingIgnoredDuringExecution";
+    let affinity = pod.spec.as_ref().and_then(|s| s.affinity.as_ref());
+    let node_affinity = affinity.and_then(|a| a.node_affinity.as_ref());
+    let term = prefer_spot();
+    match (affinity, node_affinity) {
+        (None, _) => add(
+            &["spec", "affinity"],
+            json!({"nodeAffinity": {PREFERRED: [term]}}),
+        ),
+        (Some(_), None) => add(
+            &["spec", "affinity", "nodeAffinity"],
+            json!({PREFERRED: [term]}),
+        ),
+        (Some(_), Some(n))
+            if n.preferred_during_scheduling_ignored_during_execution
+                .is_some() =>
+        {
+            add(&["spec", "affinity", "nodeAffinity", PREFERRED, "-"], term)
+        }
+        (Some(_), Some(_)) => add(
+            &["spec", "affinity", "nodeAffinity", PREFERRED],
+            json!([term]),
+        ),
+    }
+}
+
 /// The patch operations that record a choice on a pod: `karpenter.sh/capacity-type` in its
-/// nodeSelector; in its annotations the choice's id ([`SPLIT_ID`]), its [`POD_DELETION_COST`]
-/// (unless the pod sets its own) and the split it was chosen for ([`ON_DEMAND_BASE`],
-/// [`SPOT_PERCENT`], where a rule set it), so that every steered pod says what its workload asks.
+/// nodeSelector (a spot choice that may fall back: a preferred node affinity term for spot
+/// instead); in its annotations the choice ([`CHOSEN_CAPACITY_TYPE`]) and its id ([`SPLIT_ID`]),
+/// its [`POD_DELETION_COST`] (unless the pod sets its own) and the split it was chosen for
+/// ([`ON_DEMAND_BASE`], [`SPOT_PERCENT`], [`SPOT_FALLBACK`], where a rule set it), so that every
+/// steered pod says what its workload asks.
 /// `node_selector_exists`: the pod has a nodeSelector map, or an earlier operation of the same
 /// patch adds one.
 pub fn choice_patch(
@@ -252,23 +338,32 @@ pub fn choice_patch(
     choice: Choice,
     id: &str,
 ) -> Vec<PatchOperation> {
-    let mut ops = add_entries(
-        &["spec", "nodeSelector"],
-        node_selector_exists,
-        vec![(CAPACITY_TYPE_KEY, json!(choice.capacity_type.as_str()))],
-    );
+    let mut ops = if choice.capacity_type == CapacityType::Spot && split.spot_fallback {
+        vec![prefer_spot_patch(pod)]
+    } else {
+        add_entries(
+            &["spec", "nodeSelector"],
+            node_selector_exists,
+            vec![(CAPACITY_TYPE_KEY, json!(choice.capacity_type.as_str()))],
+        )
+    };
     let annotations = pod.metadata.annotations.as_ref();
     let has = |key: &str| annotations.is_some_and(|a| a.contains_key(key));
-    // The id is always this choice's; the others are kept when the pod has them.
+    // The choice and its id are always this choice's; the others are kept when the pod has them.
     let entries = [
+        (
+            CHOSEN_CAPACITY_TYPE,
+            choice.capacity_type.as_str().to_owned(),
+        ),
         (SPLIT_ID, id.to_owned()),
         (POD_DELETION_COST, choice.deletion_cost.to_string()),
         (ON_DEMAND_BASE, split.on_demand_base.to_string()),
         (SPOT_PERCENT, split.spot_percent.to_string()),
+        (SPOT_FALLBACK, split.spot_fallback.to_string()),
     ]
     .into_iter()
     .enumerate()
-    .filter(|(i, (key, _))| *i == 0 || !has(key))
+    .filter(|(i, (key, _))| *i < 2 || !has(key))
     .map(|(_, (key, value))| (key, json!(value)))
     .collect();
     ops.extend(add_entries(
@@ -293,6 +388,9 @@ pub struct WorkloadSplit {
     pub workload: String,
     pub on_demand_base: u32,
     pub spot_percent: u32,
+    /// Spot pods may run on on-demand when spot has no capacity for them.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub spot_fallback: bool,
     /// Pods by capacity type.
     pub on_demand: u32,
     pub spot: u32,
@@ -304,6 +402,7 @@ impl WorkloadSplit {
             workload,
             on_demand_base: split.on_demand_base,
             spot_percent: split.spot_percent,
+            spot_fallback: split.spot_fallback,
             on_demand: counts.on_demand,
             spot: counts.spot,
         }

@@ -220,9 +220,15 @@ mod fallback_tests {
                 {"matchExpressions": [{"key": "karpenter.sh/capacity-type", "operator": "In", "values": ["spot"]}]},
                 {"matchExpressions": [{"key": "karpenter.sh/capacity-type", "operator": "In", "values": ["on-demand"]}]}]}}}}),
         );
-        let pods = [free, pinned, either];
+        // A capacity split's spot choice that may fall back: spot preferred, not required.
+        let prefers = pod(
+            serde_json::json!({"affinity": {"nodeAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [
+            {"weight": 100, "preference": {"matchExpressions": [{"key": "karpenter.sh/capacity-type", "operator": "In", "values": ["spot"]}]}}]}}}),
+        );
+        let pods = [free, pinned, either, prefers];
         let od = CapacityType::OnDemand;
         assert!(pods_allow(&node(vec![0, 2]), &pods, od));
+        assert!(pods_allow(&node(vec![3]), &pods, od));
         assert!(!pods_allow(&node(vec![0, 1]), &pods, od));
         assert!(pods_allow(&node(vec![1]), &pods, CapacityType::Spot));
         // Pods not at hand: nothing to check.

@@ -9,6 +9,7 @@ fn split(base: u32, percent: u32) -> Split {
     Split {
         on_demand_base: base,
         spot_percent: percent,
+        spot_fallback: false,
     }
 }
 
@@ -348,4 +349,125 @@ fn ledger_reads_as_json_with_kebab_case_capacity_types() {
         r#"{"entries":{"a":{"workload":"Deployment/web","capacityType":"on-demand","deletionCost":0,"steeredAt":7}}}"#
     );
     assert_eq!(serde_json::from_str::<SplitLedger>(&text).unwrap(), ledger);
+}
+
+#[test]
+fn spot_fallback_comes_from_the_rule_or_the_annotation() {
+    let mut rule = split(1, 80);
+    rule.spot_fallback = true;
+    let off = annotations(&[(SPOT_FALLBACK, "false")]);
+    assert_eq!(
+        Split::for_pod(Some(rule), Some(&off)),
+        Ok(Some(split(1, 80)))
+    );
+    // Alone it asks for a split: base 0, all spot, falling back.
+    let on = annotations(&[(SPOT_FALLBACK, "true")]);
+    let mut all_spot = split(0, 100);
+    all_spot.spot_fallback = true;
+    assert_eq!(Split::for_pod(None, Some(&on)), Ok(Some(all_spot)));
+    assert_eq!(
+        all_spot.to_string(),
+        "0 on-demand, then 100% spot, falling back to on-demand"
+    );
+    let bad = annotations(&[(SPOT_FALLBACK, "yes")]);
+    assert_eq!(
+        Split::for_pod(None, Some(&bad)),
+        Err(
+            "annotation nodewright.io/spot-fallback=\"yes\" is neither \"true\" nor \"false\""
+                .to_owned()
+        )
+    );
+}
+
+#[test]
+fn a_pod_counts_by_its_nodeselector_else_by_the_choice_nodewright_wrote() {
+    let selector = annotations(&[(CAPACITY_TYPE_KEY, "on-demand")]);
+    let chosen = annotations(&[(CHOSEN_CAPACITY_TYPE, "spot")]);
+    assert_eq!(
+        chosen_capacity_type(Some(&selector), Some(&chosen)),
+        Some(CapacityType::OnDemand)
+    );
+    assert_eq!(
+        chosen_capacity_type(None, Some(&chosen)),
+        Some(CapacityType::Spot)
+    );
+    assert_eq!(chosen_capacity_type(None, None), None);
+}
+
+/// The patch applied to `pod` as the apiserver would.
+fn patched(pod: serde_json::Value, split: Split, ct: CapacityType) -> serde_json::Value {
+    let view: PodView = serde_json::from_value(pod.clone()).unwrap();
+    let exists = view
+        .spec
+        .as_ref()
+        .is_some_and(|s| s.node_selector.is_some());
+    let ops = choice_patch(
+        &view,
+        exists,
+        split,
+        Choice {
+            capacity_type: ct,
+            deletion_cost: -1,
+        },
+        "uid-1",
+    );
+    let mut doc = pod;
+    json_patch::patch(&mut doc, &ops).unwrap();
+    doc
+}
+
+#[test]
+fn a_spot_choice_that_may_fall_back_prefers_spot_instead_of_requiring_it() {
+    let mut soft = split(0, 100);
+    soft.spot_fallback = true;
+    let term = json!({"weight": 100, "preference": {"matchExpressions": [
+        {"key": "karpenter.sh/capacity-type", "operator": "In", "values": ["spot"]}]}});
+    let own = json!({"weight": 5, "preference": {"matchExpressions": [
+        {"key": "zone", "operator": "In", "values": ["a"]}]}});
+    // Every shape of the pod's affinity: absent, without nodeAffinity, without the preferred
+    // list, with a list of its own (kept, ours appended).
+    for (affinity, expected) in [
+        (None, json!([term])),
+        (Some(json!({"podAntiAffinity": {}})), json!([term])),
+        (Some(json!({"nodeAffinity": {}})), json!([term])),
+        (
+            Some(
+                json!({"nodeAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [own]}}),
+            ),
+            json!([own, term]),
+        ),
+    ] {
+        let mut pod = json!({"metadata": {"name": "p"}, "spec": {"nodeSelector": {"pool": "a"}}});
+        if let Some(a) = &affinity {
+            pod["spec"]["affinity"] = a.clone();
+        }
+        let doc = patched(pod, soft, CapacityType::Spot);
+        assert_eq!(
+            doc["spec"]["affinity"]["nodeAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"],
+            expected,
+            "{affinity:?}"
+        );
+        assert_eq!(
+            doc["spec"]["nodeSelector"],
+            json!({"pool": "a"}),
+            "no capacity type required"
+        );
+        let a = &doc["metadata"]["annotations"];
+        assert_eq!(a[CHOSEN_CAPACITY_TYPE], "spot");
+        assert_eq!(a[SPOT_FALLBACK], "true");
+        assert_eq!(a[SPLIT_ID], "uid-1");
+    }
+    // On-demand choices, and spot without fallback, are required by the nodeSelector.
+    for (s, ct) in [
+        (soft, CapacityType::OnDemand),
+        (split(0, 100), CapacityType::Spot),
+    ] {
+        let doc = patched(json!({"metadata": {"name": "p"}, "spec": {}}), s, ct);
+        assert_eq!(doc["spec"]["nodeSelector"][CAPACITY_TYPE_KEY], ct.as_str());
+        assert!(doc["spec"].get("affinity").is_none());
+        assert_eq!(
+            doc["metadata"]["annotations"][CHOSEN_CAPACITY_TYPE],
+            ct.as_str()
+        );
+    }
 }
