@@ -495,6 +495,70 @@ async fn sigterm_drains_in_flight_requests_then_exits() {
     );
 }
 
+/// A request still in flight when `--shutdown-timeout` runs out does not hold the process: its
+/// connection is closed and the process exits, with the drain's timeout logged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_closes_what_is_still_in_flight_after_the_shutdown_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca_out = dir.path().join("ca.crt");
+    let mut server = Server::start(&[
+        "--ca-out",
+        ca_out.to_str().unwrap(),
+        "--config",
+        &config_path(),
+        "--shutdown-timeout",
+        "1s",
+        // Longer than the test: only the drain's timeout can end this request.
+        "--body-read-timeout",
+        "120s",
+    ]);
+    let client = client(&std::fs::read_to_string(&ca_out).unwrap());
+    let (first, _) = REPLICASET_POD.split_at(100);
+    let first = first.to_owned();
+    // The rest of the body never comes.
+    let body = futures::stream::once(async move { Ok::<_, std::io::Error>(first) })
+        .chain(futures::stream::pending());
+    use futures::StreamExt;
+    let in_flight = {
+        let url = server.https_url("/mutate");
+        tokio::spawn(async move {
+            client
+                .post(url)
+                .header("content-type", "application/json")
+                .body(reqwest::Body::wrap_stream(body))
+                .send()
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let sent = std::time::Instant::now();
+    server.sigterm();
+    let status = server.wait_exit(Duration::from_secs(10));
+    let took = sent.elapsed();
+    assert!(
+        took >= Duration::from_millis(900),
+        "exited after {took:?}, before the drain's timeout"
+    );
+    assert!(
+        status.success(),
+        "exit status {status:?}: {}",
+        server.logs()
+    );
+    let answer = tokio::time::timeout(Duration::from_secs(5), in_flight)
+        .await
+        .expect("the client is not left hanging")
+        .unwrap();
+    assert!(answer.is_err(), "the connection was closed: {answer:?}");
+    assert!(
+        server
+            .logs()
+            .contains("drain timed out; closing remaining connections"),
+        "{}",
+        server.logs()
+    );
+    eprintln!("forced close: exited {took:?} after SIGTERM with --shutdown-timeout 1s");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn certs_subcommand_makes_a_bundle_the_apiserver_can_use() {
     let dir = tempfile::tempdir().unwrap();
