@@ -184,13 +184,18 @@ impl Monitor {
                 changes.push(DriftChange::FellBack {
                     namespace: s.namespace.clone(),
                     workload: s.workload.clone(),
-                    note: format!("{fallback_note}: spot had no room for them"),
+                    note: format!(
+                        "{fallback_note}: no spot node had room for them when they were scheduled"
+                    ),
                 });
             } else if s.fallen_back == 0 && before.fallen_back > 0 {
                 changes.push(DriftChange::BackOnSpot {
                     namespace: s.namespace.clone(),
                     workload: s.workload.clone(),
-                    note: format!("its {} spot pods run on spot again", s.counts.spot),
+                    note: format!(
+                        "none of its {} spot pods runs on an on-demand node any more",
+                        s.counts.spot
+                    ),
                 });
             }
             if let Some(interval) = restore
@@ -631,7 +636,7 @@ mod tests {
         s.fallen_back = 2;
         let (changes, restores) = monitor.pass_at(&[s.clone()], &metrics, at(0), interval);
         assert!(
-            matches!(&changes[..], [DriftChange::FellBack { note, .. }] if note == "2 of its 3 spot pods run on on-demand nodes (spot fallback): spot had no room for them"),
+            matches!(&changes[..], [DriftChange::FellBack { note, .. }] if note == "2 of its 3 spot pods run on on-demand nodes (spot fallback): no spot node had room for them when they were scheduled"),
             "{changes:?}"
         );
         assert!(restores.is_empty(), "nowhere to go");

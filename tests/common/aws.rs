@@ -48,7 +48,10 @@ pub async fn workshop_network(client: &Client, cluster: &str) -> Network {
         let subnet = client
             .create_subnet()
             .vpc_id(&vpc)
-            .cidr_block(format!("10.0.{i}.0/24"))
+            // /20: 4,091 addresses a zone, as EKS subnets are sized. moto answers a CreateFleet
+            // into a full subnet with a 500 instead of EC2's InsufficientFreeAddressesInSubnet
+            // (the race filled a /24 zone with 251 nodes).
+            .cidr_block(format!("10.0.{}.0/20", i * 16))
             .availability_zone(*zone)
             .tag_specifications(discovery(ResourceType::Subnet, cluster))
             .send()
