@@ -23,9 +23,10 @@ use k8s_openapi::api::core::v1::Pod;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
+use crate::model::catalog::CapacityType;
 use crate::policy::mutate::{Decision, Operation, PodAdmission, SplitAsk, Steering};
 use crate::policy::pod::PodView;
-use crate::policy::split::{CAPACITY_TYPE_KEY, Counts, Split, WorkloadSplit};
+use crate::policy::split::{CAPACITY_TYPE_KEY, Counts, Split, WorkloadSplit, prefer_spot_term};
 use crate::scheduling::pools::{DAEMON_HOST_NETWORK_TOLERATION, DAEMON_TOLERATIONS};
 
 mod admit;
@@ -205,11 +206,21 @@ pub fn expand<M: Into<Manifest>>(
             for pod in &mut pods {
                 let ct = split.choose(*counts);
                 counts.add(ct);
-                pod.spec
-                    .get_or_insert_default()
-                    .node_selector
-                    .get_or_insert_default()
-                    .insert(CAPACITY_TYPE_KEY.to_owned(), ct.as_str().to_owned());
+                let spec = pod.spec.get_or_insert_default();
+                // As the webhook steers: a spot choice that may fall back prefers spot.
+                if ct == CapacityType::Spot && split.spot_fallback {
+                    spec.affinity
+                        .get_or_insert_default()
+                        .node_affinity
+                        .get_or_insert_default()
+                        .preferred_during_scheduling_ignored_during_execution
+                        .get_or_insert_default()
+                        .push(prefer_spot_term());
+                } else {
+                    spec.node_selector
+                        .get_or_insert_default()
+                        .insert(CAPACITY_TYPE_KEY.to_owned(), ct.as_str().to_owned());
+                }
             }
         }
         if daemon {

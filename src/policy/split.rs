@@ -19,6 +19,9 @@
 use std::collections::{BTreeMap, HashMap};
 
 use json_patch::PatchOperation;
+use k8s_openapi::api::core::v1::{
+    NodeSelectorRequirement, NodeSelectorTerm, PreferredSchedulingTerm,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -285,13 +288,22 @@ pub fn chosen_capacity_type(
 
 /// The node affinity term by which a spot choice that may fall back prefers spot: the heaviest
 /// weight, so the scheduler's node affinity score puts it on a spot node whenever one fits it.
+pub fn prefer_spot_term() -> PreferredSchedulingTerm {
+    PreferredSchedulingTerm {
+        weight: 100,
+        preference: NodeSelectorTerm {
+            match_expressions: Some(vec![NodeSelectorRequirement {
+                key: CAPACITY_TYPE_KEY.to_owned(),
+                operator: "In".to_owned(),
+                values: Some(vec![CapacityType::Spot.as_str().to_owned()]),
+            }]),
+            match_fields: None,
+        },
+    }
+}
+
 fn prefer_spot() -> serde_json::Value {
-    json!({
-        "weight": 100,
-        "preference": {"matchExpressions": [
-            {"key": CAPACITY_TYPE_KEY, "operator": "In", "values": [CapacityType::Spot.as_str()]}
-        ]}
-    })
+    serde_json::to_value(prefer_spot_term()).unwrap_or_default()
 }
 
 /// Operations that add [`prefer_spot`] to the pod's preferred node affinity, creating what the
