@@ -23,17 +23,6 @@ const REPLICASET_POD: &str = include_str!(
     "data/fixtures/admissionreview_v1_pod_create_replicaset__salesforce_generic-sidecar-injector.json"
 );
 
-/// A self-signed server with `args`, and its CA.
-fn start(args: &[&str]) -> (Server, String, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let ca_out = dir.path().join("ca.crt");
-    let mut all = vec!["--ca-out", ca_out.to_str().unwrap()];
-    all.extend_from_slice(args);
-    let server = Server::start(&all);
-    let ca = std::fs::read_to_string(&ca_out).unwrap();
-    (server, ca, dir)
-}
-
 /// A TLS connection to `server` offering only `alpn`.
 async fn connect(
     server: &Server,
@@ -126,7 +115,7 @@ async fn metric(server: &Server, series: &str) -> f64 {
 /// must not reset the stream under it (curl: "Stream error in HTTP/2 framing layer", no status).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_http2_client_uploading_too_much_reads_the_413() {
-    let (server, ca, _dir) = start(&["--max-body-bytes", "1048576"]);
+    let (server, ca, _dir) = Server::self_signed(&["--max-body-bytes", "1048576"]);
     let (mut h2, _connection) = h2_connect(&server, &ca).await;
     // Refused from Content-Length before a byte of the body is read.
     let (status, body) = h2_post(&mut h2, "/mutate", &vec![b' '; 3 * 1024 * 1024]).await;
@@ -148,7 +137,7 @@ async fn an_http2_client_uploading_too_much_reads_the_413() {
 /// Without Content-Length the limit is found while reading; the rest is drained just the same.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_http2_upload_without_length_that_passes_the_limit_reads_the_413() {
-    let (server, ca, _dir) = start(&["--max-body-bytes", "1048576"]);
+    let (server, ca, _dir) = Server::self_signed(&["--max-body-bytes", "1048576"]);
     let (h2, _connection) = h2_connect(&server, &ca).await;
     let request = http::Request::post("https://localhost/validate")
         .header("content-type", "application/json")
@@ -178,7 +167,7 @@ async fn an_http2_upload_without_length_that_passes_the_limit_reads_the_413() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_http2_connection_is_closed() {
     let idle = Duration::from_millis(1000);
-    let (server, ca, _dir) = start(&["--idle-timeout", "1s"]);
+    let (server, ca, _dir) = Server::self_signed(&["--idle-timeout", "1s"]);
     let (mut h2, connection) = h2_connect(&server, &ca).await;
 
     // A body that takes twice the idle timeout to arrive: the request is in flight all along.
@@ -224,7 +213,8 @@ async fn an_idle_http2_connection_is_closed() {
 /// the idle timeout can close it).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_http1_connection_is_closed() {
-    let (server, ca, _dir) = start(&["--idle-timeout", "200ms", "--header-read-timeout", "60s"]);
+    let (server, ca, _dir) =
+        Server::self_signed(&["--idle-timeout", "200ms", "--header-read-timeout", "60s"]);
     let mut tls = connect(&server, &ca, b"http/1.1").await.unwrap();
     tls.write_all(b"GET /nothing HTTP/1.1\r\nHost: localhost\r\n\r\n")
         .await
@@ -246,7 +236,7 @@ async fn an_idle_http1_connection_is_closed() {
 /// once the first has gone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_beyond_the_limit_are_closed() {
-    let (server, ca, _dir) = start(&["--max-connections", "1"]);
+    let (server, ca, _dir) = Server::self_signed(&["--max-connections", "1"]);
     let (mut h2, connection) = h2_connect(&server, &ca).await;
     let (status, _) = h2_post(&mut h2, "/mutate", REPLICASET_POD.as_bytes()).await;
     assert_eq!(status, 200);
@@ -302,7 +292,7 @@ async fn connections_beyond_the_limit_are_closed() {
 /// exits well before `--shutdown-timeout`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_closes_open_connections_gracefully() {
-    let (mut server, ca, _dir) = start(&["--shutdown-timeout", "60s"]);
+    let (mut server, ca, _dir) = Server::self_signed(&["--shutdown-timeout", "60s"]);
     let (mut h2, connection) = h2_connect(&server, &ca).await;
     let (status, _) = h2_post(&mut h2, "/mutate", REPLICASET_POD.as_bytes()).await;
     assert_eq!(status, 200);

@@ -252,10 +252,7 @@ async fn http2_over_tls_and_certificate_rotation_by_symlink_swap() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn self_signed_mode_writes_its_ca_and_serves_http1_too() {
-    let dir = tempfile::tempdir().unwrap();
-    let ca_out = dir.path().join("ca.crt");
-    let server = Server::start(&["--ca-out", ca_out.to_str().unwrap()]);
-    let ca = std::fs::read_to_string(&ca_out).expect("CA written");
+    let (server, ca, _dir) = Server::self_signed(&[]);
     let (status, _, body, _) = mutate(&client(&ca), &server.https_url("/mutate")).await;
     assert_eq!(status, 200);
     assert_eq!(body["response"]["allowed"], true);
@@ -277,10 +274,7 @@ async fn self_signed_mode_writes_its_ca_and_serves_http1_too() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn huge_body_is_refused_early_and_service_continues() {
-    let dir = tempfile::tempdir().unwrap();
-    let ca_out = dir.path().join("ca.crt");
-    let server = Server::start(&["--ca-out", ca_out.to_str().unwrap()]);
-    let ca = std::fs::read_to_string(&ca_out).unwrap();
+    let (server, ca, _dir) = Server::self_signed(&[]);
     let client = client(&ca);
     let started = Instant::now();
     let response = client
@@ -300,10 +294,7 @@ async fn huge_body_is_refused_early_and_service_continues() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_pass_promtool() {
-    let dir = tempfile::tempdir().unwrap();
-    let ca_out = dir.path().join("ca.crt");
-    let server = Server::start(&["--ca-out", ca_out.to_str().unwrap()]);
-    let ca = std::fs::read_to_string(&ca_out).unwrap();
+    let (server, ca, _dir) = Server::self_signed(&[]);
     mutate(&client(&ca), &server.https_url("/mutate")).await;
     let text = server.metrics().await;
     assert!(text.contains("nodewright_admission_requests_total"));
@@ -435,15 +426,8 @@ fn bad_config_stops_startup_with_its_location() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_in_flight_requests_then_exits() {
-    let dir = tempfile::tempdir().unwrap();
-    let ca_out = dir.path().join("ca.crt");
-    let mut server = Server::start(&[
-        "--ca-out",
-        ca_out.to_str().unwrap(),
-        "--config",
-        &config_path(),
-    ]);
-    let client = client(&std::fs::read_to_string(&ca_out).unwrap());
+    let (mut server, ca, _dir) = Server::self_signed(&["--config", &config_path()]);
+    let client = client(&ca);
     // A request whose body is still arriving when SIGTERM comes.
     let (release_tx, release_rx) = tokio::sync::oneshot::channel::<()>();
     let (first, rest) = REPLICASET_POD.split_at(100);
@@ -499,11 +483,7 @@ async fn sigterm_drains_in_flight_requests_then_exits() {
 /// connection is closed and the process exits, with the drain's timeout logged.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_closes_what_is_still_in_flight_after_the_shutdown_timeout() {
-    let dir = tempfile::tempdir().unwrap();
-    let ca_out = dir.path().join("ca.crt");
-    let mut server = Server::start(&[
-        "--ca-out",
-        ca_out.to_str().unwrap(),
+    let (mut server, ca, _dir) = Server::self_signed(&[
         "--config",
         &config_path(),
         "--shutdown-timeout",
@@ -512,7 +492,7 @@ async fn sigterm_closes_what_is_still_in_flight_after_the_shutdown_timeout() {
         "--body-read-timeout",
         "120s",
     ]);
-    let client = client(&std::fs::read_to_string(&ca_out).unwrap());
+    let client = client(&ca);
     let (first, _) = REPLICASET_POD.split_at(100);
     let first = first.to_owned();
     // The rest of the body never comes.

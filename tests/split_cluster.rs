@@ -173,31 +173,28 @@ impl Cluster {
             .unwrap();
     }
 
+    /// The pods labelled `app=<app>` that are not being deleted.
+    async fn live_pods(&self, app: &str) -> Vec<Pod> {
+        let mut pods = self
+            .pods()
+            .list(&ListParams::default().labels(&format!("app={app}")))
+            .await
+            .unwrap()
+            .items;
+        pods.retain(|p| p.metadata.deletion_timestamp.is_none());
+        pods
+    }
+
     /// The live pods of Deployment `name` by the capacity type their nodeSelector asks for, once
     /// there are `expected` of them; panics after 60 s. Every one must have been given one.
     async fn settled(&self, name: &str, expected: usize) -> (u32, u32) {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            let pods = self
-                .pods()
-                .list(&ListParams::default().labels(&format!("app={name}")))
-                .await
-                .unwrap()
-                .items;
-            let live: Vec<&Pod> = pods
-                .iter()
-                .filter(|p| p.metadata.deletion_timestamp.is_none())
-                .collect();
+            let live = self.live_pods(name).await;
             if live.len() == expected {
                 let mut counts = (0, 0);
                 for pod in &live {
-                    let ct = pod
-                        .spec
-                        .as_ref()
-                        .and_then(|s| s.node_selector.as_ref())
-                        .and_then(|m| m.get("karpenter.sh/capacity-type"))
-                        .map(String::as_str);
-                    match ct {
+                    match selected_type(pod) {
                         Some("on-demand") => counts.0 += 1,
                         Some("spot") => counts.1 += 1,
                         other => panic!(
@@ -235,6 +232,16 @@ impl Cluster {
         let ledger: Value = serde_json::from_str(&cm.data.unwrap()["ledger.json"]).unwrap();
         ledger["entries"].as_object().map_or(0, |e| e.len())
     }
+}
+
+/// The capacity type a pod's nodeSelector asks for.
+fn selected_type(pod: &Pod) -> Option<&str> {
+    pod.spec
+        .as_ref()?
+        .node_selector
+        .as_ref()?
+        .get("karpenter.sh/capacity-type")
+        .map(String::as_str)
 }
 
 /// Desired on-demand pods of a workload of `total` (the product's rule, written out again).
@@ -393,13 +400,9 @@ async fn deployment_scaled_1_10_4_20_keeps_its_base_and_share() {
     let mut unchanged = 0;
     let total = loop {
         let mut names: Vec<(String, bool)> = cluster
-            .pods()
-            .list(&ListParams::default().labels("app=web"))
+            .live_pods("web")
             .await
-            .unwrap()
-            .items
             .iter()
-            .filter(|p| p.metadata.deletion_timestamp.is_none())
             .map(|p| {
                 let new = p
                     .metadata
@@ -592,26 +595,10 @@ async fn a_drifted_split_is_restored_by_evicting_its_surplus() {
     let deadline = Instant::now() + Duration::from_secs(120);
     let mut seen = Vec::new();
     loop {
-        let pods = cluster
-            .pods()
-            .list(&ListParams::default().labels("app=web"))
-            .await
-            .unwrap()
-            .items;
-        let live: Vec<&Pod> = pods
-            .iter()
-            .filter(|p| p.metadata.deletion_timestamp.is_none())
-            .collect();
+        let live = cluster.live_pods("web").await;
         let on_demand = live
             .iter()
-            .filter(|p| {
-                p.spec
-                    .as_ref()
-                    .and_then(|s| s.node_selector.as_ref())
-                    .and_then(|m| m.get("karpenter.sh/capacity-type"))
-                    .map(String::as_str)
-                    == Some("on-demand")
-            })
+            .filter(|p| selected_type(p) == Some("on-demand"))
             .count();
         let state = (live.len(), on_demand);
         if seen.last() != Some(&state) {
@@ -708,15 +695,10 @@ async fn spot_pods_fall_back_to_on_demand_and_move_back_when_spot_has_room() {
     );
     // (chosen type, node) of the live pods.
     let placements = || async {
-        let pods = cluster
-            .pods()
-            .list(&ListParams::default().labels("app=web"))
+        let mut out: Vec<(String, String)> = cluster
+            .live_pods("web")
             .await
-            .unwrap()
-            .items;
-        let mut out: Vec<(String, String)> = pods
             .iter()
-            .filter(|p| p.metadata.deletion_timestamp.is_none())
             .map(|p| {
                 let chosen = p
                     .metadata

@@ -353,6 +353,19 @@ impl PodIndex {
         index.gone_split_ids.retain(|_, at| now - *at <= ttl);
     }
 
+    /// An index whose watch has listed `pods` at `now`.
+    #[cfg(test)]
+    pub(crate) fn listed(pods: impl IntoIterator<Item = WatchedPod>, now: i64) -> Self {
+        let index = Self::default();
+        let mut relist = None;
+        index.handle(watcher::Event::Init, &mut relist, now);
+        for pod in pods {
+            index.handle(watcher::Event::InitApply(pod), &mut relist, now);
+        }
+        index.handle(watcher::Event::InitDone, &mut relist, now);
+        index
+    }
+
     /// True once the first full list has been read.
     pub fn is_synced(&self) -> bool {
         self.synced.load(Ordering::SeqCst)

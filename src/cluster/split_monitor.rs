@@ -42,33 +42,38 @@ const SETTLED_PASSES: u32 = 3;
 /// How often the pod index is read.
 pub const PERIOD: Duration = Duration::from_secs(5);
 
-/// A change of a workload's drift worth an Event.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum DriftChange {
+/// What changed for a workload, worth an Event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
     /// More than one pod off its split.
-    Drifted {
-        namespace: String,
-        workload: String,
-        note: String,
-    },
+    Drifted,
     /// Back within one pod.
-    Restored {
-        namespace: String,
-        workload: String,
-        note: String,
-    },
+    Restored,
     /// Pods chosen for spot run on on-demand.
-    FellBack {
-        namespace: String,
-        workload: String,
-        note: String,
-    },
+    FellBack,
     /// None does any more.
-    BackOnSpot {
-        namespace: String,
-        workload: String,
-        note: String,
-    },
+    BackOnSpot,
+}
+
+impl Change {
+    /// The Event's type and reason.
+    fn event(self) -> (Kind, &'static str) {
+        match self {
+            Self::Drifted => (Kind::Warning, "CapacitySplitDrift"),
+            Self::Restored => (Kind::Normal, "CapacitySplitRestored"),
+            Self::FellBack => (Kind::Warning, "CapacitySplitSpotFallback"),
+            Self::BackOnSpot => (Kind::Normal, "CapacitySplitBackOnSpot"),
+        }
+    }
+}
+
+/// A change of a workload's split worth an Event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DriftChange {
+    pub change: Change,
+    pub namespace: String,
+    pub workload: String,
+    pub note: String,
 }
 
 /// One surplus pod to evict to restore a workload's split.
@@ -160,13 +165,15 @@ impl Monitor {
                 s.counts.on_demand, s.counts.spot, s.split, desired.on_demand, desired.spot
             );
             if drifting && !was {
-                changes.push(DriftChange::Drifted {
+                changes.push(DriftChange {
+                    change: Change::Drifted,
                     namespace: s.namespace.clone(),
                     workload: s.workload.clone(),
                     note,
                 });
             } else if !drifting && was {
-                changes.push(DriftChange::Restored {
+                changes.push(DriftChange {
+                    change: Change::Restored,
                     namespace: s.namespace.clone(),
                     workload: s.workload.clone(),
                     note,
@@ -181,7 +188,8 @@ impl Monitor {
                 s.fallen_back, s.counts.spot
             );
             if s.fallen_back > 0 && before.fallen_back == 0 {
-                changes.push(DriftChange::FellBack {
+                changes.push(DriftChange {
+                    change: Change::FellBack,
                     namespace: s.namespace.clone(),
                     workload: s.workload.clone(),
                     note: format!(
@@ -189,7 +197,8 @@ impl Monitor {
                     ),
                 });
             } else if s.fallen_back == 0 && before.fallen_back > 0 {
-                changes.push(DriftChange::BackOnSpot {
+                changes.push(DriftChange {
+                    change: Change::BackOnSpot,
                     namespace: s.namespace.clone(),
                     workload: s.workload.clone(),
                     note: format!(
@@ -328,72 +337,24 @@ pub fn spawn(deps: Deps, shutdown: CancellationToken) {
             if !leading {
                 continue;
             }
-            for change in changes {
-                match change {
-                    DriftChange::Drifted {
-                        namespace,
-                        workload,
-                        note,
-                    } => {
-                        tracing::warn!(namespace, workload, note, "capacity split drifted");
-                        deps.events.workload(
-                            &namespace,
-                            &workload,
-                            Kind::Warning,
-                            "CapacitySplitDrift",
-                            "Steer",
-                            note,
-                        );
+            for DriftChange {
+                change,
+                namespace,
+                workload,
+                note,
+            } in changes
+            {
+                let (kind, reason) = change.event();
+                match kind {
+                    Kind::Warning => {
+                        tracing::warn!(namespace, workload, note, reason, "capacity split")
                     }
-                    DriftChange::Restored {
-                        namespace,
-                        workload,
-                        note,
-                    } => {
-                        deps.events.workload(
-                            &namespace,
-                            &workload,
-                            Kind::Normal,
-                            "CapacitySplitRestored",
-                            "Steer",
-                            note,
-                        );
-                    }
-                    DriftChange::FellBack {
-                        namespace,
-                        workload,
-                        note,
-                    } => {
-                        tracing::info!(
-                            namespace,
-                            workload,
-                            note,
-                            "capacity split: spot pods fell back to on-demand"
-                        );
-                        deps.events.workload(
-                            &namespace,
-                            &workload,
-                            Kind::Warning,
-                            "CapacitySplitSpotFallback",
-                            "Steer",
-                            note,
-                        );
-                    }
-                    DriftChange::BackOnSpot {
-                        namespace,
-                        workload,
-                        note,
-                    } => {
-                        deps.events.workload(
-                            &namespace,
-                            &workload,
-                            Kind::Normal,
-                            "CapacitySplitBackOnSpot",
-                            "Steer",
-                            note,
-                        );
+                    Kind::Normal => {
+                        tracing::info!(namespace, workload, note, reason, "capacity split")
                     }
                 }
+                deps.events
+                    .workload(&namespace, &workload, kind, reason, "Steer", note);
             }
             for r in restores {
                 evict_one(&deps, &r).await;

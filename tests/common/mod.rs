@@ -91,6 +91,18 @@ pub struct Server {
 }
 
 impl Server {
+    /// A self-signed server (`--ca-out`) with `args`, its CA (PEM), and the directory that holds
+    /// the CA file (kept for as long as the server runs).
+    pub fn self_signed(args: &[&str]) -> (Server, String, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let ca_out = dir.path().join("ca.crt");
+        let mut all = vec!["--ca-out", ca_out.to_str().unwrap()];
+        all.extend_from_slice(args);
+        let server = Server::start(&all);
+        let ca = std::fs::read_to_string(&ca_out).expect("CA written");
+        (server, ca, dir)
+    }
+
     /// Start with `args` after `serve`, on ephemeral ports, and wait until /readyz answers 200.
     pub fn start(args: &[&str]) -> Server {
         Self::start_with(args, None)

@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use super::{FallbackFacts, PodIndex};
+use super::{FallbackFacts, PodIndex, SplitFacts};
 use crate::model::catalog::CapacityType;
 use crate::model::resources::Resources;
 use crate::policy::split::{self, Counts, WorkloadWatchView};
@@ -157,25 +157,13 @@ impl PodIndex {
         now: i64,
         nodes: &impl SpotNodes,
     ) -> Option<(String, String)> {
-        let index = self.index.read().unwrap_or_else(|e| e.into_inner());
-        index
-            .pods
-            .get(namespace)?
-            .iter()
-            .filter(|(_, f)| f.counts(now))
-            .filter_map(|(uid, f)| Some((uid, f.split.as_ref()?)))
-            .filter(|(_, s)| &*s.workload == workload)
-            .filter(|(_, s)| {
-                s.fallback.as_deref().is_some_and(|f| {
-                    f.fell_back(nodes) && nodes.spot_room(&f.node_selector, &f.requests)
-                })
+        self.first_to_evict(namespace, workload, now, |s| {
+            s.fallback.as_deref().is_some_and(|f| {
+                f.fell_back(nodes) && nodes.spot_room(&f.node_selector, &f.requests)
             })
-            .min_by_key(|(uid, s)| (s.deletion_cost, std::cmp::Reverse(uid.as_str())))
-            .map(|(uid, s)| (s.name.to_string(), uid.clone()))
+        })
     }
-}
 
-impl PodIndex {
     /// The pod of `workload` in `namespace` that restoring its split evicts first: one of
     /// capacity type `ct` that counts, with the lowest pod-deletion-cost (the highest place in the
     /// split's order); `(name, uid)`.
@@ -186,6 +174,18 @@ impl PodIndex {
         ct: CapacityType,
         now: i64,
     ) -> Option<(String, String)> {
+        self.first_to_evict(namespace, workload, now, |s| s.capacity_type == Some(ct))
+    }
+
+    /// Of the pods of `workload` in `namespace` that count and are `wanted`, the one of the lowest
+    /// pod-deletion-cost (ties: the highest uid); `(name, uid)`.
+    fn first_to_evict(
+        &self,
+        namespace: &str,
+        workload: &str,
+        now: i64,
+        wanted: impl Fn(&SplitFacts) -> bool,
+    ) -> Option<(String, String)> {
         let index = self.index.read().unwrap_or_else(|e| e.into_inner());
         index
             .pods
@@ -193,7 +193,7 @@ impl PodIndex {
             .iter()
             .filter(|(_, f)| f.counts(now))
             .filter_map(|(uid, f)| Some((uid, f.split.as_ref()?)))
-            .filter(|(_, s)| &*s.workload == workload && s.capacity_type == Some(ct))
+            .filter(|(_, s)| &*s.workload == workload && wanted(s))
             .min_by_key(|(uid, s)| (s.deletion_cost, std::cmp::Reverse(uid.as_str())))
             .map(|(uid, s)| (s.name.to_string(), uid.clone()))
     }
@@ -245,19 +245,16 @@ mod tests {
 
     #[test]
     fn spot_pods_on_on_demand_nodes_count_as_spot_and_fell_back_and_move_when_spot_has_room() {
-        let index = PodIndex::default();
-        let mut relist = None;
         let now = 1_700_000_000;
-        index.handle(watcher::Event::Init, &mut relist, now);
-        for p in [
-            pod("1", "on-demand", 0, "a"),
-            soft_spot("2", "od-node", -2),
-            soft_spot("3", "od-node", -4),
-            soft_spot("4", "spot-node", -3),
-        ] {
-            index.handle(watcher::Event::InitApply(p), &mut relist, now);
-        }
-        index.handle(watcher::Event::InitDone, &mut relist, now);
+        let index = PodIndex::listed(
+            [
+                pod("1", "on-demand", 0, "a"),
+                soft_spot("2", "od-node", -2),
+                soft_spot("3", "od-node", -4),
+                soft_spot("4", "spot-node", -3),
+            ],
+            now,
+        );
         let mut nodes = Nodes {
             types: [
                 ("od-node", CapacityType::OnDemand),
@@ -314,18 +311,15 @@ mod tests {
 
     #[test]
     fn workloads_count_by_chosen_capacity_type_and_name_the_pod_to_evict() {
-        let index = PodIndex::default();
-        let mut relist = None;
         let now = 1_700_000_000;
-        index.handle(watcher::Event::Init, &mut relist, now);
-        for p in [
-            pod("1", "on-demand", 0, "a"),
-            pod("2", "on-demand", -3, "b"),
-            pod("3", "spot", -1, "c"),
-        ] {
-            index.handle(watcher::Event::InitApply(p), &mut relist, now);
-        }
-        index.handle(watcher::Event::InitDone, &mut relist, now);
+        let index = PodIndex::listed(
+            [
+                pod("1", "on-demand", 0, "a"),
+                pod("2", "on-demand", -3, "b"),
+                pod("3", "spot", -1, "c"),
+            ],
+            now,
+        );
         index.with_workloads("shop", now, |v| {
             assert_eq!(
                 v.counts("Deployment/web"),
@@ -348,7 +342,7 @@ mod tests {
         // A deleted pod's split id is gone, so a ledger entry for it stops counting.
         index.handle(
             watcher::Event::Delete(pod("2", "on-demand", -3, "b")),
-            &mut relist,
+            &mut None,
             now,
         );
         index.with_workloads("shop", now, |v| {

@@ -37,7 +37,7 @@ fn drift_beyond_one_pod_is_reported_once_and_its_end_too() {
     // Three on-demand where one is wanted: one event, not repeated.
     let changes = monitor.pass(&[state("Deployment/web", 3, 2)], &metrics);
     assert!(
-        matches!(&changes[..], [DriftChange::Drifted { note, .. }] if note == "3 on-demand + 2 spot; its split (1 on-demand, then 100% spot) wants 1 + 4"),
+        matches!(&changes[..], [DriftChange { change: Change::Drifted, note, .. }] if note == "3 on-demand + 2 spot; its split (1 on-demand, then 100% spot) wants 1 + 4"),
         "{changes:?}"
     );
     assert!(
@@ -62,7 +62,13 @@ fn drift_beyond_one_pod_is_reported_once_and_its_end_too() {
     // Back within one pod.
     let changes = monitor.pass(&[state("Deployment/web", 1, 3)], &metrics);
     assert!(
-        matches!(&changes[..], [DriftChange::Restored { .. }]),
+        matches!(
+            &changes[..],
+            [DriftChange {
+                change: Change::Restored,
+                ..
+            }]
+        ),
         "{changes:?}"
     );
     // A workload that is gone loses its series.
@@ -149,7 +155,7 @@ fn pods_that_fell_back_are_reported_and_moved_one_per_interval_when_spot_has_roo
     s.fallen_back = 2;
     let (changes, restores) = monitor.pass_at(&[s.clone()], &metrics, at(0), interval);
     assert!(
-        matches!(&changes[..], [DriftChange::FellBack { note, .. }] if note == "2 of its 3 spot pods run on on-demand nodes (spot fallback): no spot node had room for them when they were scheduled"),
+        matches!(&changes[..], [DriftChange { change: Change::FellBack, note, .. }] if note == "2 of its 3 spot pods run on on-demand nodes (spot fallback): no spot node had room for them when they were scheduled"),
         "{changes:?}"
     );
     assert!(restores.is_empty(), "nowhere to go");
@@ -200,7 +206,13 @@ fn pods_that_fell_back_are_reported_and_moved_one_per_interval_when_spot_has_roo
     s.movable = 0;
     let (changes, _) = monitor.pass_at(&[s], &metrics, at(130), interval);
     assert!(
-        matches!(&changes[..], [DriftChange::BackOnSpot { .. }]),
+        matches!(
+            &changes[..],
+            [DriftChange {
+                change: Change::BackOnSpot,
+                ..
+            }]
+        ),
         "{changes:?}"
     );
 }
